@@ -1,0 +1,1 @@
+"""Declarative embedding-lookup patterns (data files; see patterns/README.md)."""

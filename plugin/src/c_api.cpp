@@ -1,0 +1,127 @@
+// c_api.cpp: the C ABI (hps.h) and the per-process table registry.
+//
+// Tables are shared: the registry keys them by (canonical config path, model, table_id, device)
+// and counts handles, so N TensorRT execution contexts or plugin clones load a table once.
+#include <climits>
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <string>
+#include <tuple>
+
+#include "gpu_table.hpp"
+#include "hps_plugin/hps.h"
+
+struct hps_table {
+    std::shared_ptr<hps::GpuTable> table;
+};
+
+namespace {
+
+thread_local std::string g_last_error;
+
+using Key = std::tuple<std::string, std::string, int32_t, int32_t>;
+std::mutex g_mutex;
+std::map<Key, std::weak_ptr<hps::GpuTable>>& registry() {
+    // Leaked on purpose: tables still open at exit must not be destroyed after the CUDA runtime
+    // has been torn down (static destruction order across libraries is unspecified).
+    static auto* r = new std::map<Key, std::weak_ptr<hps::GpuTable>>();
+    return *r;
+}
+
+hps_status fail(hps_status code, const std::string& message) {
+    g_last_error = message;
+    return code;
+}
+
+template <typename F>
+hps_status guarded(F&& f) noexcept {
+    try {
+        g_last_error.clear();
+        f();
+        return HPS_OK;
+    } catch (const hps::Error& e) {
+        return fail(e.code(), e.what());
+    } catch (const std::bad_alloc&) {
+        return fail(HPS_ERR_OUT_OF_MEMORY, "host memory allocation failed");
+    } catch (const std::exception& e) {
+        return fail(HPS_ERR_INTERNAL, std::string("internal error: ") + e.what());
+    } catch (...) {
+        return fail(HPS_ERR_INTERNAL, "internal error (unknown exception)");
+    }
+}
+
+std::string canonical(const char* path) {
+    char* real = realpath(path, nullptr);
+    if (!real) return path;  // parse_config reports the unreadable file
+    std::string out(real);
+    std::free(real);
+    return out;
+}
+
+}  // namespace
+
+extern "C" {
+
+const char* hps_version(void) { return "hps_plugin 0.1.0 (abi 1)"; }
+
+const char* hps_last_error(void) { return g_last_error.c_str(); }
+
+hps_status hps_open(const char* config_path, const char* model_name, int32_t table_id, int32_t device,
+                    hps_table** out_handle) {
+    if (!out_handle) return fail(HPS_ERR_INVALID_ARGUMENT, "hps_open: out_handle is NULL");
+    *out_handle = nullptr;
+    if (!config_path || !model_name) return fail(HPS_ERR_INVALID_ARGUMENT, "hps_open: config_path or model_name is NULL");
+    return guarded([&] {
+        const std::string path = canonical(config_path);
+        hps::TableSpec spec = hps::parse_config(path, model_name, table_id);
+        int dev = device;
+        if (dev < 0) dev = spec.deployed_devices.empty() ? 0 : spec.deployed_devices.front();
+        std::lock_guard<std::mutex> lock(g_mutex);
+        const Key key{path, model_name, table_id, dev};
+        std::shared_ptr<hps::GpuTable> table = registry()[key].lock();
+        if (!table) {
+            table = std::make_shared<hps::GpuTable>(spec, dev);
+            registry()[key] = table;
+        }
+        *out_handle = new hps_table{table};
+    });
+}
+
+hps_status hps_lookup(hps_table* handle, const void* keys, int32_t key_bits, int64_t n, float* out, void* stream) {
+    if (!handle || !handle->table) return fail(HPS_ERR_INVALID_ARGUMENT, "hps_lookup: handle is NULL or closed");
+    return guarded([&] { handle->table->lookup(keys, key_bits, n, out, static_cast<cudaStream_t>(stream)); });
+}
+
+hps_status hps_lookup_host(hps_table* handle, const void* keys, int32_t key_bits, int64_t n, float* out) {
+    if (!handle || !handle->table) return fail(HPS_ERR_INVALID_ARGUMENT, "hps_lookup_host: handle is NULL or closed");
+    return guarded([&] { handle->table->lookup_host(keys, key_bits, n, out); });
+}
+
+hps_status hps_stats(hps_table* handle, hps_stats_t* out_stats) {
+    if (!handle || !handle->table || !out_stats)
+        return fail(HPS_ERR_INVALID_ARGUMENT, "hps_stats: handle is NULL/closed or out_stats is NULL");
+    return guarded([&] { *out_stats = handle->table->stats(); });
+}
+
+hps_status hps_table_info(hps_table* handle, hps_table_info_t* out_info) {
+    if (!handle || !handle->table || !out_info)
+        return fail(HPS_ERR_INVALID_ARGUMENT, "hps_table_info: handle is NULL/closed or out_info is NULL");
+    return guarded([&] { *out_info = handle->table->info(); });
+}
+
+hps_status hps_close(hps_table* handle) {
+    if (!handle) return HPS_OK;
+    return guarded([&] {
+        std::shared_ptr<hps::GpuTable> table = std::move(handle->table);
+        delete handle;
+        // Drop the last reference under the lock so a concurrent hps_open cannot revive a table
+        // that is being destroyed; the registry entry expires with it.
+        std::lock_guard<std::mutex> lock(g_mutex);
+        table.reset();
+    });
+}
+
+}  // extern "C"

@@ -1,0 +1,71 @@
+// gpu_table.hpp: one embedding table on one CUDA device: GPU cache + host tier + GPU key index.
+//
+// Layout (see gpu_table.cu for the kernels and the reasoning):
+//   key index  : open-addressing hash in GPU memory, 16-byte entries {int64 key, int32 row},
+//                linear probing, capacity = next power of two >= 2 x rows. It indexes every key of
+//                the table (not only cached ones), so a miss finds its host row without a host
+//                round trip; it costs 32 bytes per row of GPU memory at worst.
+//   resident   : gpucacheper x rows >= rows -> all vectors in GPU memory, slot == row, no host tier.
+//   hierarchical: all vectors in mapped pinned host memory (the host tier, read by the lookup kernel
+//                over PCIe with 16-byte loads), plus a GPU cache of `slots` vectors. row_slot[row]
+//                and owner[slot] = (generation << 32 | row) map rows to slots; owner doubles as a
+//                per-slot sequence lock so readers never return a vector that is being replaced.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include <cuda_runtime.h>
+
+#include "host_table.hpp"
+#include "hps_plugin/hps.h"
+
+namespace hps {
+
+struct DeviceState;  // device pointers, defined in gpu_table.cu
+
+class GpuTable {
+public:
+    // Loads spec's table onto device (throws hps::Error).
+    GpuTable(const TableSpec& spec, int device);
+    ~GpuTable();
+    GpuTable(const GpuTable&) = delete;
+    GpuTable& operator=(const GpuTable&) = delete;
+
+    // Asynchronous on stream; no host synchronisation, no allocation (graph-capturable).
+    void lookup(const void* keys, int key_bits, int64_t n, float* out, cudaStream_t stream) const;
+    // Host buffers in and out; synchronous.
+    void lookup_host(const void* keys, int key_bits, int64_t n, float* out) const;
+
+    hps_stats_t stats() const;
+    hps_table_info_t info() const;
+    int device() const { return device_; }
+    const TableSpec& spec() const { return spec_; }
+
+private:
+    void release() noexcept;
+
+    TableSpec spec_;
+    int device_ = 0;
+    int64_t rows_ = 0;
+    int64_t slots_ = 0;
+    bool resident_ = true;
+    int sm_count_ = 1;
+    std::unique_ptr<DeviceState> s_;
+};
+
+// Sets the current device for the scope and restores the caller's afterwards (TensorRT and
+// frameworks own the current device of their threads; we must not change it behind their back).
+class DeviceGuard {
+public:
+    explicit DeviceGuard(int device);
+    ~DeviceGuard();
+    DeviceGuard(const DeviceGuard&) = delete;
+    DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+private:
+    int previous_ = -1;
+};
+
+}  // namespace hps

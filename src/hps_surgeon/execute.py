@@ -1,0 +1,91 @@
+"""Run a rewritten model on the CPU: onnxruntime for the ONNX part, a lookup backend for HPS_TRT.
+
+onnxruntime cannot run HPS_TRT, so the graph is cut in two: `pre` computes every HPS_TRT node's
+keys, the backend looks them up, and `post` takes the looked-up vectors as extra inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import onnxruntime as ort
+
+from .errors import SurgeonError
+
+HPS_OP = "HPS_TRT"
+
+#: (model_name, table_id, keys) -> vectors of shape keys.shape + [emb_vec_size]
+LookupFn = Callable[[str, int, np.ndarray], np.ndarray]
+
+
+def _string_attr(node: gs.Node, name: str) -> str:
+    value = node.attrs[name]
+    value = value.decode() if isinstance(value, bytes) else str(value)
+    return value.rstrip("\0")
+
+
+class SplitRunner:
+    """Runs a model holding HPS_TRT nodes; `lookup` serves the nodes."""
+
+    def __init__(self, model: str | Path | onnx.ModelProto, lookup: LookupFn):
+        proto = model if isinstance(model, onnx.ModelProto) else onnx.load_model(str(model))
+        graph = gs.import_onnx(proto)
+        self.lookup = lookup
+        self.output_names = [t.name for t in graph.outputs]
+        self.input_names = [t.name for t in graph.inputs]
+        self.nodes = [(n.name, _string_attr(n, "model_name"), int(n.attrs["table_id"]), n.inputs[0].name,
+                       n.outputs[0].name) for n in graph.nodes if n.op == HPS_OP]
+        self.pre = self._session(self._pre_graph(graph.copy()))
+        self.post = self._session(self._post_graph(graph.copy()))
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        values = dict(feeds)
+        if self.pre is not None:
+            values.update(self._run(self.pre, values))
+        for _, model_name, table_id, keys, out in self.nodes:
+            values[out] = self.lookup(model_name, table_id, values[keys])
+        values.update(self._run(self.post, values))
+        return {name: values[name] for name in self.output_names}
+
+    def _pre_graph(self, graph: gs.Graph) -> gs.Graph | None:
+        tensors = graph.tensors()
+        wanted = [tensors[keys] for _, _, _, keys, _ in self.nodes if keys not in self.input_names]
+        if not wanted:
+            return None
+        graph.outputs = wanted
+        graph.cleanup(remove_unused_graph_inputs=True)
+        if any(n.op == HPS_OP for n in graph.nodes):
+            raise SurgeonError("an HPS_TRT node's keys depend on another HPS_TRT node's output; "
+                               "the CPU runner supports independent lookups only")
+        return graph
+
+    def _post_graph(self, graph: gs.Graph) -> gs.Graph:
+        looked_up = []
+        for node in [n for n in graph.nodes if n.op == HPS_OP]:
+            out = node.outputs[0]
+            node.outputs.clear()
+            node.inputs.clear()
+            out.dtype = np.float32
+            looked_up.append(out)
+        graph.inputs = [*graph.inputs, *looked_up]
+        graph.cleanup(remove_unused_graph_inputs=True)
+        return graph
+
+    @staticmethod
+    def _session(graph: gs.Graph | None) -> ort.InferenceSession | None:
+        if graph is None:
+            return None
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        return ort.InferenceSession(gs.export_onnx(graph).SerializeToString(), options,
+                                    providers=["CPUExecutionProvider"])
+
+    @staticmethod
+    def _run(session: ort.InferenceSession, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        names = [o.name for o in session.get_outputs()]
+        feeds = {i.name: values[i.name] for i in session.get_inputs()}
+        return dict(zip(names, session.run(names, feeds)))

@@ -1,0 +1,195 @@
+"""Stage 1: read an ONNX model without reading its external data.
+
+Initializers stored in external data files stay on disk; a `TensorSource` says where their bytes
+are so that `export` can stream them later. Locations that leave the model's folder are refused.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from google.protobuf.message import DecodeError
+from onnx import TensorProto
+
+from .errors import SurgeonError
+
+# dtypes a table may have on disk, with the numpy type of their stored bytes. bfloat16 has no
+# numpy type: its 16-bit patterns are widened to float32 by hand in `TensorSource.read_rows`.
+_STORED = {
+    TensorProto.FLOAT: np.dtype("<f4"),
+    TensorProto.FLOAT16: np.dtype("<f2"),
+    TensorProto.BFLOAT16: np.dtype("<u2"),
+    TensorProto.DOUBLE: np.dtype("<f8"),
+    TensorProto.INT8: np.dtype("i1"),
+    TensorProto.UINT8: np.dtype("u1"),
+    TensorProto.INT16: np.dtype("<i2"),
+    TensorProto.INT32: np.dtype("<i4"),
+    TensorProto.INT64: np.dtype("<i8"),
+}
+
+
+@dataclass(frozen=True)
+class TensorSource:
+    """Where one constant tensor's bytes live: an external file range, or inline in the proto."""
+
+    name: str
+    data_type: int  #: onnx TensorProto.DataType
+    shape: tuple[int, ...]
+    file: Path | None = None  #: external data file; None when the bytes are inline
+    offset: int = 0
+    length: int = 0
+    proto: TensorProto | None = None  #: the inline tensor when `file` is None
+
+    @property
+    def dtype_name(self) -> str:
+        return TensorProto.DataType.Name(self.data_type).lower()
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * _stored_dtype(self).itemsize
+
+    def read_rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of a 2-D tensor as float32, reading only those bytes."""
+        stored = _stored_dtype(self)
+        row_items = int(np.prod(self.shape[1:], dtype=np.int64))
+        if self.file is None:
+            rows = onnx.numpy_helper.to_array(self.proto).reshape(self.shape[0], row_items)[start:stop]
+            return np.ascontiguousarray(rows, dtype=np.float32)
+        row_bytes = row_items * stored.itemsize
+        with open(self.file, "rb") as f:
+            raw = os.pread(f.fileno(), (stop - start) * row_bytes, self.offset + start * row_bytes)
+        values = np.frombuffer(raw, dtype=stored).reshape(stop - start, row_items)
+        if self.data_type == TensorProto.BFLOAT16:
+            return (values.astype(np.uint32) << 16).view(np.float32)
+        return values.astype(np.float32)
+
+    def read_all(self) -> np.ndarray:
+        """The whole tensor in its own dtype (only for small tensors: shape glue, offsets)."""
+        if self.file is None:
+            return onnx.numpy_helper.to_array(self.proto)
+        return np.fromfile(self.file, dtype=_stored_dtype(self), count=self.length // _stored_dtype(self).itemsize,
+                           offset=self.offset).reshape(self.shape)
+
+
+def _stored_dtype(source: TensorSource) -> np.dtype:
+    try:
+        return _STORED[source.data_type]
+    except KeyError:
+        raise SurgeonError(f"tensor '{source.name}': dtype {source.dtype_name} cannot be read as a table") from None
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A parsed model: its proto (external data not loaded), its graph IR, and its constants' sources."""
+
+    path: Path
+    proto: onnx.ModelProto
+    graph: gs.Graph
+    sources: dict[str, TensorSource]  #: main-graph initializers and Constant-node outputs by tensor name
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    @property
+    def opset(self) -> int:
+        return next((o.version for o in self.proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def load_model(path: str | os.PathLike) -> LoadedModel:
+    """Parse `path`, check every external-data reference, and import the graph.
+
+    Raises SurgeonError for a missing or unparsable file, an external-data location outside the
+    model's folder, or an external-data file that is missing or shorter than it should be.
+    """
+    path = Path(path)
+    return load_proto(_parse(path), path)
+
+
+def load_proto(proto: onnx.ModelProto, path: Path) -> LoadedModel:
+    """Like `load_model` for a model already in memory; external data resolves next to `path`."""
+    sources = {}
+    for tensor in _main_graph_constants(proto.graph):
+        sources[tensor.name] = _source_of(tensor, path)
+    for graph in _subgraphs(proto.graph):  # external refs in Loop/If bodies must be safe too
+        for tensor in graph.initializer:
+            _source_of(tensor, path)
+    proto = _with_inferred_shapes(proto)
+    return LoadedModel(path=path, proto=proto, graph=gs.import_onnx(proto), sources=sources)
+
+
+def _with_inferred_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
+    # Exporters often omit intermediate types (a Cast's output, a Reshape's result); patterns check
+    # dtypes and ranks, so infer what can be inferred. A model onnx cannot infer is used as it is.
+    try:
+        return onnx.shape_inference.infer_shapes(proto)
+    except (onnx.shape_inference.InferenceError, ValueError):
+        return proto
+
+
+def _parse(path: Path) -> onnx.ModelProto:
+    if not path.is_file():
+        raise SurgeonError(f"{path}: no such file; pass the path of an .onnx model")
+    try:
+        proto = onnx.load_model(str(path), load_external_data=False)
+    except (DecodeError, RuntimeWarning, ValueError) as exc:
+        raise SurgeonError(f"{path}: not a readable ONNX model ({_first_line(exc)}); "
+                           "check that the file is complete and really is .onnx") from None
+    # Arbitrary bytes sometimes parse as a protobuf; a real model always names its IR version and graph.
+    if proto.ir_version <= 0 or not proto.HasField("graph"):
+        raise SurgeonError(f"{path}: not an ONNX model (no IR version or graph); "
+                           "check that the file is complete and really is .onnx")
+    return proto
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _main_graph_constants(graph: onnx.GraphProto):
+    yield from graph.initializer
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output:
+            for attr in node.attribute:
+                if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
+                    tensor = TensorProto()
+                    tensor.CopyFrom(attr.t)
+                    tensor.name = node.output[0]
+                    yield tensor
+
+
+def _subgraphs(graph: onnx.GraphProto):
+    for node in graph.node:
+        for attr in node.attribute:
+            inner = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+            for sub in inner:
+                yield sub
+                yield from _subgraphs(sub)
+
+
+def _source_of(tensor: TensorProto, model_path: Path) -> TensorSource:
+    shape = tuple(int(d) for d in tensor.dims)
+    if tensor.data_location != TensorProto.EXTERNAL:
+        return TensorSource(tensor.name, tensor.data_type, shape, proto=tensor)
+    info = {entry.key: entry.value for entry in tensor.external_data}
+    base = model_path.parent.resolve()
+    location = info.get("location", "")
+    file = (base / location).resolve()
+    if not location or not file.is_relative_to(base):
+        raise SurgeonError(f"{model_path}: tensor '{tensor.name}' has external data at '{location}', outside the "
+                           f"model's folder {base}; refusing to read it. Move the data file next to the model.")
+    if not file.is_file():
+        raise SurgeonError(f"{model_path}: tensor '{tensor.name}' needs external data file '{location}', which "
+                           f"is missing from {base}; copy it next to the model.")
+    offset = int(info.get("offset", 0))
+    length = int(info["length"]) if "length" in info else file.stat().st_size - offset
+    if offset + length > file.stat().st_size:
+        raise SurgeonError(f"{model_path}: external data file '{location}' is truncated: tensor '{tensor.name}' "
+                           f"needs bytes {offset}..{offset + length}, the file has {file.stat().st_size}.")
+    return TensorSource(tensor.name, tensor.data_type, shape, file=file, offset=offset, length=length)

@@ -1,0 +1,354 @@
+"""Stage 2: find pattern matches in a graph, and say why near misses failed.
+
+Why our own matcher and not `onnx_graphsurgeon.GraphPattern`: patterns need optional nodes (an
+absent Cast means its readers read the keys), constants that are Constant nodes as well as
+initializers, and a reason for every failure; GraphPattern has none of these (STYLE.md 2.3).
+The matcher walks backwards from the anchor (the node producing the rewritten output); each
+tensor has one producer, so a variant (a choice of which optional nodes are present) matches at
+most one way, and variants are tried most-absorbing first.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from . import expr
+from .spec import NodeSpec, PatternSpec, Ref, TensorSpec
+
+
+@dataclass(frozen=True)
+class Match:
+    """A rewritable lookup: which pattern, which graph nodes, and the tensors the rewrite uses."""
+
+    pattern: str
+    anchor: str  #: graph node producing `out`
+    variant: tuple[str, ...]  #: optional pattern nodes that were present
+    nodes: tuple[str, ...]  #: graph node names matched, anchor last
+    keys: str  #: tensor the HPS_TRT node reads
+    table: str  #: constant tensor exported as the table
+    out: str  #: tensor the HPS_TRT node (plus glue) produces
+    size: int = 0  #: number of matched nodes (larger wins on overlap)
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class NearMiss:
+    """A lookup that is not rewritten, and why."""
+
+    pattern: str
+    node: str
+    op: str
+    reason: str
+    refused: bool = False  #: matched, then refused by a `refuse` rule (not a structural failure)
+    table: str = ""  #: the table tensor, when known
+
+
+@dataclass(frozen=True)
+class MatchResult:
+    matches: tuple[Match, ...]
+    near_misses: tuple[NearMiss, ...]
+
+
+class _Fail(Exception):
+    def __init__(self, reason: str, progress: int):
+        super().__init__(reason)
+        self.reason, self.progress = reason, progress
+
+
+@dataclass
+class _Binder:
+    """Binds one pattern variant at one anchor; raises _Fail with a reason and how far it got."""
+
+    spec: PatternSpec
+    present: frozenset[str]
+    tensors: dict[str, gs.Tensor] = field(default_factory=dict)
+    nodes: dict[str, gs.Node] = field(default_factory=dict)
+    progress: int = 0
+
+    def fail(self, reason: str, why: str = "") -> None:
+        raise _Fail(f"{reason}; {why}" if why else reason, self.progress)
+
+    def match_ref(self, ref: Ref, tensor: gs.Tensor) -> None:
+        if ref.name in self.spec.tensors:
+            self.bind_tensor(self.spec.tensors[ref.name], tensor)
+        elif ref.name not in self.present:
+            # Absent optional node: its readers read its first input directly.
+            self.match_ref(self.spec.nodes[ref.name].inputs[0], tensor)
+        else:
+            self.match_node(self.spec.nodes[ref.name], ref.index, tensor)
+
+    def match_node(self, node_spec: NodeSpec, index: int, tensor: gs.Tensor) -> None:
+        producer = tensor.inputs[0] if tensor.inputs else None
+        if producer is None or producer.op != node_spec.op:
+            found = f"{producer.op} '{producer.name}'" if producer else _origin(tensor)
+            self.fail(f"tensor '{tensor.name}' comes from {found}, not {node_spec.op}", node_spec.why)
+        if len(producer.outputs) <= index or producer.outputs[index] is not tensor:
+            self.fail(f"tensor '{tensor.name}' is not output {index} of {producer.op} '{producer.name}'")
+        bound = self.nodes.get(node_spec.name)
+        if bound is not None:
+            if bound is not producer:
+                self.fail(f"pattern node '{node_spec.name}' would be both '{bound.name}' and '{producer.name}'")
+            return
+        for attr, allowed in node_spec.attrs.items():
+            actual = _attribute(producer, attr)
+            if not any(_attr_equal(actual, want) for want in allowed):
+                wanted = " or ".join(str(v) for v in allowed)
+                where = "" if node_spec.name == self.spec.anchor else f"node '{producer.name}' ({producer.op}): "
+                self.fail(f"{where}{attr}={_show(attr, actual)}, pattern needs {wanted}", node_spec.why)
+            self.progress += 1
+        self.nodes[node_spec.name] = producer
+        self.progress += 1
+        for slot, ref in enumerate(node_spec.inputs):
+            if slot >= len(producer.inputs) or producer.inputs[slot].name == "":
+                self.fail(f"node '{producer.name}' ({producer.op}) has no input {slot}")
+            self.match_ref(ref, producer.inputs[slot])
+
+    def bind_tensor(self, tspec: TensorSpec, tensor: gs.Tensor) -> None:
+        bound = self.tensors.get(tspec.name)
+        if bound is not None:
+            if bound is not tensor:
+                self.fail(f"'{tspec.name}' would be both '{bound.name}' and '{tensor.name}'")
+            return
+        if tspec.constant and not is_constant(tensor):
+            self.fail(f"'{tensor.name}' is {_origin(tensor)}, not a constant (initializer or Constant node)",
+                      tspec.why)
+        self.progress += 1
+        dtype = dtype_name(tensor)
+        if tspec.dtypes and dtype is not None and dtype not in tspec.dtypes:
+            self.fail(f"'{tensor.name}' has dtype {dtype}, pattern needs {' or '.join(tspec.dtypes)}", tspec.why)
+        self.progress += 1
+        rank = len(tensor.shape) if tensor.shape is not None else None
+        if tspec.ranks and rank is not None and rank not in tspec.ranks:
+            wanted = " or ".join(str(r) for r in tspec.ranks)
+            self.fail(f"'{tensor.name}' has rank {rank}, pattern needs {wanted}", tspec.why)
+        self.progress += 1
+        self.tensors[tspec.name] = tensor
+
+    def value_of(self, name: str) -> Any:
+        if name in self.tensors:
+            return self.tensors[name]
+        if name in self.nodes:
+            return self.nodes[name]
+        if name in self.spec.outputs:
+            ref = self.spec.outputs[name]
+            return self.nodes[ref.name].outputs[ref.index]
+        if name in self.spec.nodes:  # an absent optional node stands for its first input
+            return self.value_of(self.spec.nodes[name].inputs[0].name)
+        return None
+
+
+def find_matches(graph: gs.Graph, specs: list[PatternSpec], options: dict[str, Any] | None = None) -> MatchResult:
+    """Match every pattern at every node; resolve overlaps; collect near misses for lookups not matched."""
+    options = dict(options or {})
+    found: list[Match] = []
+    misses: dict[str, list[NearMiss | tuple[int, NearMiss]]] = {}
+    for spec in specs:
+        anchor_op = spec.nodes[spec.anchor].op
+        for node in graph.nodes:
+            if node.op != anchor_op:
+                continue
+            outcome = _match_at(spec, node, options)
+            if isinstance(outcome, Match):
+                found.append(outcome)
+            elif outcome is not None:
+                misses.setdefault(node.name, []).append(outcome)
+    matches = _resolve_overlaps(found)
+    matched_anchors = {m.anchor for m in found}
+    near = []
+    for node_name, candidates in misses.items():
+        if node_name in matched_anchors:
+            continue
+        progress, miss = max(candidates, key=lambda c: c[0])
+        near.append(miss)
+    return MatchResult(tuple(matches), tuple(sorted(near, key=lambda n: n.node)))
+
+
+def _match_at(spec: PatternSpec, node: gs.Node, options: dict) -> Match | tuple[int, NearMiss] | None:
+    out_ref = spec.outputs[spec.out]
+    if len(node.outputs) <= out_ref.index:
+        return None
+    best: _Fail | None = None
+    for present in _variants(spec):
+        binder = _Binder(spec, present)
+        try:
+            binder.match_node(spec.nodes[spec.anchor], out_ref.index, node.outputs[out_ref.index])
+            _check_where(spec, binder, options)
+        except _Fail as failure:
+            if best is None or failure.progress > best.progress:
+                best = failure
+            continue
+        refusal = _refusal(spec, binder, options)
+        table = binder.tensors[spec.table].name
+        if refusal:
+            return (1 << 30, NearMiss(spec.id, node.name, node.op, refusal, refused=True, table=table))
+        nodes = [binder.nodes[n].name for n in spec.nodes if n in binder.nodes and n != spec.anchor]
+        return Match(pattern=spec.id, anchor=node.name, variant=tuple(sorted(present)),
+                     nodes=(*nodes, node.name), keys=binder.tensors[spec.keys].name, table=table,
+                     out=binder.value_of(spec.out).name, size=len(binder.nodes), priority=spec.priority)
+    if best is None or not _is_candidate(spec, node):
+        return None
+    reason = f"node '{node.name}' ({node.op}): {best.reason}; not rewritten"
+    return (best.progress, NearMiss(spec.id, node.name, node.op, reason))
+
+
+def _variants(spec: PatternSpec):
+    optional = spec.optional_nodes
+    required = frozenset(n for n in spec.nodes if n not in optional)
+    for size in range(len(optional), -1, -1):
+        for chosen in itertools.combinations(optional, size):
+            yield required | frozenset(chosen)
+
+
+def _check_where(spec: PatternSpec, binder: _Binder, options: dict) -> None:
+    for text, tree in spec.where:
+        if expr.evaluate(tree, binder.value_of, _functions(options)) is False:
+            binder.fail(f"condition '{text}' does not hold")
+
+
+def _refusal(spec: PatternSpec, binder: _Binder, options: dict) -> str:
+    functions = _functions(options)
+    for rule in spec.refusals:
+        if expr.evaluate(rule.condition, binder.value_of, functions) is True:
+            text = expr.format_message(rule.reason, binder.value_of, functions, _render)
+            return f"node '{binder.nodes[spec.anchor].name}' ({binder.nodes[spec.anchor].op}): {text}"
+    return ""
+
+
+def _is_candidate(spec: PatternSpec, node: gs.Node) -> bool:
+    """Whether `node` looks like a lookup: its slot leading to the candidate input has that rank."""
+    if spec.candidate is None:
+        return False
+    name, rank = spec.candidate
+    slot = _slot_leading_to(spec, spec.nodes[spec.anchor], name)
+    if slot is None or slot >= len(node.inputs):
+        return False
+    tensor = node.inputs[slot]
+    while tensor.shape is None and tensor.inputs and tensor.inputs[0].op == "Identity":
+        tensor = tensor.inputs[0].inputs[0]
+    return tensor.shape is not None and len(tensor.shape) == rank
+
+
+def _slot_leading_to(spec: PatternSpec, node_spec: NodeSpec, name: str) -> int | None:
+    for slot, ref in enumerate(node_spec.inputs):
+        current = ref
+        while current.name in spec.nodes:
+            current = spec.nodes[current.name].inputs[0]
+        if current.name == name:
+            return slot
+    return None
+
+
+def _resolve_overlaps(found: list[Match]) -> list[Match]:
+    """Keep the larger match (then higher priority, then pattern id) where matches share nodes."""
+    taken: set[str] = set()
+    kept = []
+    for match in sorted(found, key=lambda m: (-m.size, -m.priority, m.pattern, m.anchor)):
+        if taken.isdisjoint(match.nodes):
+            kept.append(match)
+            taken.update(match.nodes)
+    return sorted(kept, key=lambda m: m.anchor)
+
+
+# --- graph facts shared with plan and rewrite -------------------------------------------------
+
+def is_constant(tensor: gs.Tensor) -> bool:
+    return isinstance(tensor, gs.Constant) or bool(tensor.inputs and tensor.inputs[0].op == "Constant")
+
+
+def dtype_name(tensor: gs.Tensor) -> str | None:
+    dtype = tensor.dtype
+    if dtype is None and tensor.inputs and tensor.inputs[0].op == "Constant":
+        dtype = tensor.inputs[0].attrs["value"].dtype
+    if dtype is None:
+        return None
+    if isinstance(dtype, int):
+        return onnx.TensorProto.DataType.Name(dtype).lower()
+    name = np.dtype(dtype).name
+    return "bfloat16" if name in ("bfloat16", "V2") else name
+
+
+def constant_values(tensor: gs.Tensor) -> np.ndarray | None:
+    if isinstance(tensor, gs.Constant):
+        return tensor.values
+    if tensor.inputs and tensor.inputs[0].op == "Constant":
+        return tensor.inputs[0].attrs["value"].values
+    return None
+
+
+def _origin(tensor: gs.Tensor) -> str:
+    if tensor.inputs:
+        return f"produced by {tensor.inputs[0].op} '{tensor.inputs[0].name}'"
+    return "a graph input" if not isinstance(tensor, gs.Constant) else "a constant"
+
+
+def _attribute(node: gs.Node, name: str) -> Any:
+    if name in node.attrs:
+        return node.attrs[name]
+    try:
+        default = onnx.defs.get_schema(node.op, domain=node.domain or "").attributes[name].default_value
+    except Exception:  # an op unknown to this onnx: no default to fall back on
+        return None
+    return onnx.helper.get_attribute_value(default) if default.type else None
+
+
+def _attr_equal(actual: Any, wanted: Any) -> bool:
+    # Dtype-valued attributes (Cast's `to`) may be written by name in pattern files.
+    if isinstance(wanted, str) and isinstance(actual, int):
+        return onnx.TensorProto.DataType.Name(actual).lower() == wanted if actual in onnx.TensorProto.DataType.values() else False
+    if isinstance(actual, (list, tuple, np.ndarray)):
+        return list(np.asarray(actual).tolist()) == list(wanted if isinstance(wanted, (list, tuple)) else [wanted])
+    return actual == wanted
+
+
+def _show(attr: str, value: Any) -> str:
+    if attr == "to" and isinstance(value, int) and value in onnx.TensorProto.DataType.values():
+        return f"{value} ({onnx.TensorProto.DataType.Name(value).lower()})"
+    return str(value)
+
+
+def _render(value: Any) -> str:
+    if isinstance(value, gs.Tensor):
+        return f"'{value.name}'"
+    if isinstance(value, gs.Node):
+        return f"'{value.name}' ({value.op})"
+    return str(value)
+
+
+def _functions(options: dict):
+    def call(name: str, args: list) -> Any:
+        return _FUNCTIONS[name](options, *args)
+    return call
+
+
+def _dim(_, tensor, index):
+    if not isinstance(tensor, gs.Tensor) or tensor.shape is None or index is None:
+        return None
+    shape = list(tensor.shape)
+    if not -len(shape) <= index < len(shape):
+        return None
+    value = shape[index]
+    return int(value) if isinstance(value, (int, np.integer)) and value >= 0 else None
+
+
+def _value(_, tensor):
+    values = constant_values(tensor) if isinstance(tensor, gs.Tensor) else None
+    if values is None or values.size > 4096:  # only small constants (shapes, axes) are compared
+        return None
+    return np.asarray(values).tolist()
+
+
+_FUNCTIONS = {
+    "dim": _dim,
+    "rank": lambda _, t: len(t.shape) if isinstance(t, gs.Tensor) and t.shape is not None else None,
+    "dtype": lambda _, t: dtype_name(t) if isinstance(t, gs.Tensor) else None,
+    "value": _value,
+    "attr": lambda _, node, name: _attribute(node, name) if isinstance(node, gs.Node) else None,
+    "option": lambda options, name: options.get(name),
+    "len": lambda _, x: None if x is None else len(x),
+}

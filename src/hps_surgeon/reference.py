@@ -1,0 +1,69 @@
+"""CPU reference of HPS_TRT: what the plugin must return, read from hps_config.json and its files.
+
+A key stored in the table returns its vector; any other key returns the table's default value
+in every component (HugeCTR HPS semantics, unlike ONNX Gather, which fails or wraps around).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import SurgeonError
+
+
+@dataclass(frozen=True)
+class _Table:
+    sorted_keys: np.ndarray
+    rows_in_key_order: np.ndarray  #: row of each sorted key in emb_vector
+    vectors: np.ndarray  #: memory-mapped emb_vector, [rows, dim]
+    default: float
+
+
+class ReferenceLookup:
+    """Looks keys up in the tables an `hps_config.json` names, on the CPU."""
+
+    def __init__(self, config_path: str | Path):
+        self.config_path = Path(config_path)
+        try:
+            self.config = json.loads(self.config_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise SurgeonError(f"{self.config_path}: cannot read HPS config ({exc}); pass the hps_config.json "
+                               "that rewrite wrote") from None
+        self._tables: dict[tuple[str, int], _Table] = {}
+
+    def lookup(self, model_name: str, table_id: int, keys: np.ndarray) -> np.ndarray:
+        """Vectors for `keys` (any shape, integer): float32 of shape keys.shape + [dim]."""
+        table = self._table(model_name, table_id)
+        flat = np.asarray(keys).astype(np.int64).ravel()
+        pos = np.searchsorted(table.sorted_keys, flat)
+        clipped = np.minimum(pos, max(len(table.sorted_keys) - 1, 0))
+        found = (pos < len(table.sorted_keys)) & (table.sorted_keys[clipped] == flat) if len(flat) else pos > 0
+        dim = table.vectors.shape[1]
+        out = np.full((flat.size, dim), table.default, dtype=np.float32)
+        out[found] = table.vectors[table.rows_in_key_order[clipped[found]]]
+        return out.reshape(*np.shape(keys), dim)
+
+    def _table(self, model_name: str, table_id: int) -> _Table:
+        key = (model_name, table_id)
+        if key not in self._tables:
+            self._tables[key] = self._open(model_name, table_id)
+        return self._tables[key]
+
+    def _open(self, model_name: str, table_id: int) -> _Table:
+        model = next((m for m in self.config.get("models", []) if m.get("model") == model_name), None)
+        if model is None:
+            raise SurgeonError(f"{self.config_path}: no model '{model_name}' in the config")
+        files = model["sparse_files"]
+        if not 0 <= table_id < len(files):
+            raise SurgeonError(f"{self.config_path}: model '{model_name}' has {len(files)} tables, no table_id {table_id}")
+        folder = self.config_path.parent / files[table_id]
+        dim = int(model["embedding_vecsize_per_table"][table_id])
+        keys = np.fromfile(folder / "key", dtype="<i8")
+        vectors = np.memmap(folder / "emb_vector", dtype="<f4", mode="r").reshape(-1, dim)
+        order = np.argsort(keys, kind="stable")
+        default = float(model.get("default_value_for_each_table", [0.0] * len(files))[table_id])
+        return _Table(keys[order], order, vectors, default)

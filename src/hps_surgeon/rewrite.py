@@ -1,0 +1,137 @@
+"""Stage 4: apply a `Plan` to a fresh copy of the graph (the only stage that mutates a graph).
+
+Each lookup becomes: keys -> [Cast to the key dtype] -> [Reshape to [B, N]] -> HPS_TRT ->
+[Reshape back to keys' shape + [D]] -> [Cast to the original output dtype] -> the original
+output tensor, so every consumer and graph output keeps its name. Replaced nodes and unused
+tables are dropped by `cleanup`. The glue uses only Cast, Reshape, Shape and Concat, all in
+onnx-tensorrt's operator support list.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from .load import LoadedModel
+from .plan import LookupPlan, Plan
+
+HPS_OP = "HPS_TRT"
+HPS_DOMAIN_VERSION = 1
+_NP = {"int32": np.int32, "int64": np.int64, "float32": np.float32, "float16": np.float16}
+
+
+def rewrite_model(loaded: LoadedModel, plan: Plan) -> onnx.ModelProto:
+    """The rewritten model; external-data references still point at the source model's files."""
+    graph = gs.import_onnx(loaded.proto)
+    tensors = graph.tensors()
+    for lookup in plan.lookups:
+        _replace_lookup(graph, tensors, lookup, plan)
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    model = gs.export_onnx(graph, do_type_check=True)
+    _copy_model_metadata(loaded.proto, model)
+    if plan.options.domain and plan.lookups:
+        _import_domain(model, plan.options.domain)
+    return model
+
+
+def _replace_lookup(graph: gs.Graph, tensors: dict[str, gs.Tensor], lookup: LookupPlan, plan: Plan) -> None:
+    out = tensors[lookup.output]
+    _detach_from_producer(out)
+    glue = _Glue(graph, lookup.node)
+    keys = tensors[lookup.keys]
+    batch = lookup.key_shape[0] if lookup.key_shape else 1
+    flat_shape = [batch, lookup.keys_per_sample]
+    flat_keys = glue.to_2d(glue.cast(keys, plan.options.key_dtype), len(lookup.key_shape), flat_shape)
+    hps_out = gs.Variable(f"{lookup.node}:output", dtype=np.float32,
+                          shape=[batch, lookup.keys_per_sample, lookup.emb_vec_size])
+    graph.nodes.append(gs.Node(
+        op=HPS_OP, name=lookup.node, domain=plan.options.domain or None,
+        attrs=_attributes(lookup, plan), inputs=[flat_keys], outputs=[hps_out]))
+    result = glue.from_2d(hps_out, keys, lookup.key_shape, lookup.emb_vec_size)
+    result = glue.cast(result, lookup.output_dtype)
+    glue.deliver(result, out)
+
+
+def _attributes(lookup: LookupPlan, plan: Plan) -> dict[str, Any]:
+    end = "\0" if plan.options.nul_strings else ""
+    model_name = plan.options.model_name
+    return {"ps_config_file": plan.options.ps_config_file + end, "model_name": model_name + end,
+            "table_id": lookup.table_id, "emb_vec_size": lookup.emb_vec_size}
+
+
+def _detach_from_producer(tensor: gs.Tensor) -> None:
+    # Swap in a placeholder rather than removing the slot: removing would shift the producer's
+    # other outputs to different positions.
+    for producer in list(tensor.inputs):
+        slot = producer.outputs.index(tensor)
+        producer.outputs[slot] = gs.Variable(f"{tensor.name}:replaced")
+
+
+class _Glue:
+    """Builds the small ONNX glue around one HPS_TRT node, named after it."""
+
+    def __init__(self, graph: gs.Graph, prefix: str):
+        self.graph, self.prefix = graph, prefix
+
+    def _node(self, op: str, inputs: list[gs.Tensor], dtype: Any, shape: Any, **attrs: Any) -> gs.Variable:
+        out = gs.Variable(f"{self.prefix}/{op.lower()}{len(self.graph.nodes)}", dtype=dtype, shape=shape)
+        self.graph.nodes.append(gs.Node(op=op, name=f"{out.name}_node", attrs=attrs, inputs=inputs,
+                                        outputs=[out]))
+        return out
+
+    def _const(self, name: str, values: list[int]) -> gs.Constant:
+        return gs.Constant(f"{self.prefix}/{name}{len(self.graph.nodes)}", np.asarray(values, dtype=np.int64))
+
+    def cast(self, tensor: gs.Tensor, dtype: str) -> gs.Tensor:
+        if tensor.dtype is not None and np.dtype(tensor.dtype) == np.dtype(_NP[dtype]):
+            return tensor
+        to = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(_NP[dtype]))
+        return self._node("Cast", [tensor], _NP[dtype], tensor.shape, to=to)
+
+    def to_2d(self, keys: gs.Tensor, rank: int, shape: list[Any]) -> gs.Tensor:
+        if rank == 2:
+            return keys
+        # [0, -1]: 0 copies the batch dim (allowzero=0), -1 flattens the rest into N.
+        target = [0, -1] if rank > 2 else ([-1, 1] if rank == 1 else [1, 1])
+        return self._node("Reshape", [keys, self._const("keys_shape", target)], keys.dtype, shape)
+
+    def from_2d(self, emb: gs.Variable, keys: gs.Tensor, key_shape: tuple[Any, ...], dim: int) -> gs.Tensor:
+        rank = len(key_shape)
+        if rank == 2:
+            return emb
+        out_shape = [*key_shape, dim]
+        if all(isinstance(d, int) for d in key_shape[1:]):
+            target = self._const("out_shape", [0, *key_shape[1:], dim] if rank else [dim])
+        else:
+            key_dims = self._node("Shape", [keys], np.int64, [rank])
+            target = self._node("Concat", [key_dims, self._const("dim", [dim])], np.int64, [rank + 1], axis=0)
+        return self._node("Reshape", [emb, target], np.float32, out_shape)
+
+    def deliver(self, result: gs.Tensor, out: gs.Tensor) -> None:
+        """Make `out` itself the last glue output so consumers and graph outputs keep their tensor."""
+        producer = result.inputs[0]
+        producer.outputs[producer.outputs.index(result)] = out
+        if out.dtype is None:
+            out.dtype = result.dtype
+        if out.shape is None:  # shape inference cannot see through a plugin: declare it
+            out.shape = result.shape
+
+
+def _copy_model_metadata(source: onnx.ModelProto, target: onnx.ModelProto) -> None:
+    target.ir_version = source.ir_version
+    target.producer_name, target.producer_version = source.producer_name, source.producer_version
+    target.domain, target.model_version, target.doc_string = source.domain, source.model_version, source.doc_string
+    del target.opset_import[:]
+    target.opset_import.extend(source.opset_import)
+    del target.metadata_props[:]
+    target.metadata_props.extend(source.metadata_props)
+    del target.functions[:]
+    target.functions.extend(source.functions)
+
+
+def _import_domain(model: onnx.ModelProto, domain: str) -> None:
+    if not any(o.domain == domain for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid(domain, HPS_DOMAIN_VERSION))
