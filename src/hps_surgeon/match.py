@@ -180,7 +180,8 @@ def _match_at(spec: PatternSpec, node: gs.Node, options: dict) -> Match | tuple[
             binder.match_node(spec.nodes[spec.anchor], out_ref.index, node.outputs[out_ref.index])
             _check_where(spec, binder, options)
         except _Fail as failure:
-            if best is None or failure.progress > best.progress:
+            # Ties go to the less-absorbing variant: its failure names the slot itself.
+            if best is None or failure.progress >= best.progress:
                 best = failure
             continue
         refusal = _refusal(spec, binder, options)
@@ -224,14 +225,16 @@ def _is_candidate(spec: PatternSpec, node: gs.Node) -> bool:
     """Whether `node` looks like a lookup: its slot leading to the candidate input has that rank."""
     if spec.candidate is None:
         return False
-    name, rank = spec.candidate
+    name, rank, dtypes = spec.candidate
     slot = _slot_leading_to(spec, spec.nodes[spec.anchor], name)
     if slot is None or slot >= len(node.inputs):
         return False
     tensor = node.inputs[slot]
     while tensor.shape is None and tensor.inputs and tensor.inputs[0].op == "Identity":
         tensor = tensor.inputs[0].inputs[0]
-    return tensor.shape is not None and len(tensor.shape) == rank
+    dtype = dtype_name(tensor)
+    return (tensor.shape is not None and len(tensor.shape) == rank
+            and (not dtypes or dtype is None or dtype in dtypes))
 
 
 def _slot_leading_to(spec: PatternSpec, node_spec: NodeSpec, name: str) -> int | None:

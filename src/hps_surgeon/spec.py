@@ -76,7 +76,7 @@ class PatternSpec:
     table: str
     out: str
     priority: int = 0
-    candidate: tuple[str, int] | None = None
+    candidate: tuple[str, int, tuple[str, ...]] | None = None  #: (input, rank, dtypes)
     where: tuple[tuple[str, Any], ...] = ()  #: (source text, parsed)
     refusals: tuple[Refusal, ...] = ()
 
@@ -157,7 +157,7 @@ def _build(path: Path, data: dict) -> PatternSpec:
         id=data["id"], summary=data["summary"], path=path, tensors=tensors, nodes=nodes, outputs=outputs,
         anchor=anchor, keys=rewrite["keys"], table=rewrite["table"], out=rewrite["out"],
         priority=data.get("priority", 0),
-        candidate=(candidate["input"], candidate["rank"]) if candidate else None,
+        candidate=(candidate["input"], candidate["rank"], tuple(candidate.get("dtype", []))) if candidate else None,
         where=tuple((text, _parse(text, declared, f"where: '{text}'")) for text in data.get("where", [])),
         refusals=tuple(_refusal(i, body, declared) for i, body in enumerate(data.get("refuse", []))),
     )

@@ -1,0 +1,240 @@
+"""GPU tests of the native lookup core through hps_surgeon.native (issue 4).
+
+Every result is compared exactly (bitwise) with a numpy reference: the plugin copies vectors, it
+never computes on them, so any difference is a bug. Outputs are poisoned with NaN before each
+lookup so an element the kernel forgot to write cannot pass.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from hps_gpu_helpers import RandomTable, write_config
+
+pytestmark = pytest.mark.gpu
+
+RATIOS = ["r1.0", "r0.2", "r0.01"]
+
+
+@pytest.fixture(scope="module")
+def table64(tmp_path_factory, gpu_lib):
+    return RandomTable(tmp_path_factory.mktemp("t64"), rows=50_000, dim=32, seed=1)
+
+
+@pytest.fixture(scope="module")
+def table32(tmp_path_factory, gpu_lib):
+    # dim 7: exercises the scalar (non-16-byte) path; keys fit int32.
+    return RandomTable(tmp_path_factory.mktemp("t32"), rows=20_000, dim=7, seed=2, int32_keys=True)
+
+
+def _lookup_cuda(torch, table, t, keys: np.ndarray) -> np.ndarray:
+    dk = torch.from_numpy(keys).cuda()
+    out = torch.full(keys.shape + (t.dim,), float("nan"), dtype=torch.float32, device="cuda")
+    table.lookup(dk, out=out)
+    torch.cuda.synchronize()
+    return out.cpu().numpy()
+
+
+@pytest.mark.parametrize("model", RATIOS)
+@pytest.mark.parametrize("absent", [0.0, 0.3, 1.0], ids=["all_hit", "mixed", "all_missing"])
+def test_lookup_matches_reference_int64(table64, torch_cuda, gpu_lib, model, absent):
+    t = table64
+    with gpu_lib.HpsTable.open(t.config, model, 0) as table:
+        assert table.dim == 32 and table.rows == 50_000
+        # Several rounds with Zipf keys: the hierarchical cache inserts and evicts between them.
+        for rnd in range(4):
+            keys = t.draw(40_000, absent_fraction=absent, zipf=1.1 if rnd % 2 else None)
+            got = _lookup_cuda(torch_cuda, table, t, keys)
+            np.testing.assert_array_equal(got, t.reference(keys))
+        s = table.stats()
+        assert s.lookups == s.cache_hits + s.host_hits + s.not_found
+        if absent == 1.0:
+            assert s.not_found >= 4 * 40_000 and s.cache_hits == 0
+
+
+@pytest.mark.parametrize("model", RATIOS)
+@pytest.mark.parametrize("key_dtype", [np.int32, np.int64])
+def test_lookup_int32_keys_scalar_path(table32, torch_cuda, gpu_lib, model, key_dtype):
+    t = table32
+    with gpu_lib.HpsTable.open(t.config, model, 0) as table:
+        for _ in range(3):
+            keys = t.draw(30_000, absent_fraction=0.2, zipf=1.05).astype(key_dtype).reshape(300, 100)
+            got = _lookup_cuda(torch_cuda, table, t, keys)
+            assert got.shape == (300, 100, 7)
+            np.testing.assert_array_equal(got, t.reference(keys))
+
+
+@pytest.mark.parametrize("model", ["r1.0", "r0.2"])
+def test_n_zero_one_and_millions(table64, torch_cuda, gpu_lib, model):
+    torch, t = torch_cuda, table64
+    with gpu_lib.HpsTable.open(t.config, model, 0) as table:
+        empty = table.lookup(torch.empty((0, 26), dtype=torch.int64, device="cuda"))
+        assert tuple(empty.shape) == (0, 26, 32)
+        one = t.draw(1)
+        np.testing.assert_array_equal(_lookup_cuda(torch, table, t, one), t.reference(one))
+        many = t.draw(4_000_000, absent_fraction=0.1, zipf=1.2)
+        np.testing.assert_array_equal(_lookup_cuda(torch, table, t, many), t.reference(many))
+        assert table.lookup_host(np.empty(0, dtype=np.int64)).shape == (0, 32)
+
+
+@pytest.mark.parametrize("model", ["r1.0", "r0.01"])
+def test_lookup_host_matches(table64, gpu_lib, model):
+    t = table64
+    with gpu_lib.HpsTable.open(t.config, model, 0) as table:
+        keys = t.draw(10_000, absent_fraction=0.3).reshape(100, 100)
+        np.testing.assert_array_equal(table.lookup_host(keys), t.reference(keys))
+        k32 = (t.draw(1000) & 0x7FFFFFFF).astype(np.int32)  # mostly absent, exercises int32 host path
+        np.testing.assert_array_equal(table.lookup_host(k32), t.reference(k32.astype(np.int64)))
+
+
+def test_gpucache_off_serves_everything_from_host(table64, torch_cuda, gpu_lib):
+    t = table64
+    with gpu_lib.HpsTable.open(t.config, "r0.0", 0) as table:
+        assert table.cache_slots == 0 and not table.resident
+        keys = t.draw(20_000, absent_fraction=0.1)
+        np.testing.assert_array_equal(_lookup_cuda(torch_cuda, table, t, keys), t.reference(keys))
+        assert table.stats().cache_hits == 0
+
+
+@pytest.mark.parametrize("model", ["r1.0", "r0.2", "r0.01"])
+def test_eight_streams_eight_threads_identical(table64, torch_cuda, gpu_lib, model):
+    """8 threads, each on its own stream, hammer one shared table; all results exact."""
+    torch, t = torch_cuda, table64
+    keys = t.draw(200_000, absent_fraction=0.05, zipf=1.05)
+    ref = t.reference(keys)
+    dk = torch.from_numpy(keys).cuda()
+    errors: list[str] = []
+    results: dict[int, list[np.ndarray]] = {}
+    start = threading.Barrier(8)
+
+    def worker(w: int) -> None:
+        try:
+            with gpu_lib.HpsTable.open(t.config, model, 0) as table:  # shares the loaded table
+                stream = torch.cuda.Stream()
+                outs = []
+                start.wait()
+                with torch.cuda.stream(stream):
+                    for _ in range(6):
+                        out = torch.full((len(keys), 32), float("nan"), device="cuda")
+                        table.lookup(dk, out=out, stream=stream)
+                        outs.append(out)
+                stream.synchronize()
+                results[w] = [o.cpu().numpy() for o in outs]
+        except Exception as exc:  # surfaced below; a thread's exception is otherwise lost
+            errors.append(f"worker {w}: {exc!r}")
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors
+    for w in range(8):
+        for got in results[w]:
+            np.testing.assert_array_equal(got, ref)
+
+
+def test_table_shared_between_handles(table64, torch_cuda, gpu_lib):
+    t = table64
+    a = gpu_lib.HpsTable.open(t.config, "r1.0", 0)
+    b = gpu_lib.HpsTable.open(t.config, "r1.0", 0)
+    before = a.stats().lookups
+    b.lookup_host(t.draw(1234))
+    assert a.stats().lookups == before + 1234  # one table, one set of counters
+    a.close()
+    b.lookup_host(t.draw(10))  # still open through b
+    b.close()
+    b.close()  # idempotent
+    with pytest.raises(gpu_lib.NativeError, match="closed"):
+        b.stats()
+
+
+def test_cuda_graph_capture_and_replay(table64, torch_cuda, gpu_lib):
+    torch, t = torch_cuda, table64
+    with gpu_lib.HpsTable.open(t.config, "r1.0", 0) as table:
+        keys = torch.from_numpy(t.draw(50_000, absent_fraction=0.1)).cuda()
+        out = torch.empty((50_000, 32), device="cuda")
+        stream = torch.cuda.Stream()
+        with torch.cuda.stream(stream):
+            table.lookup(keys, out=out)  # warm-up outside capture
+        stream.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream):
+            table.lookup(keys, out=out)
+        for _ in range(3):
+            new = t.draw(50_000, absent_fraction=0.1)
+            keys.copy_(torch.from_numpy(new))
+            out.fill_(float("nan"))
+            graph.replay()
+            torch.cuda.synchronize()
+            np.testing.assert_array_equal(out.cpu().numpy(), t.reference(new))
+
+
+def test_cupy_and_dlpack_inputs(table64, torch_cuda, gpu_lib):
+    torch, t = torch_cuda, table64
+    keys = t.draw(5000, absent_fraction=0.2)
+    ref = t.reference(keys)
+    with gpu_lib.HpsTable.open(t.config, "r0.2", 0) as table:
+
+        class DLPackOnly:  # no __cuda_array_interface__: forces the DLPack path
+            def __init__(self, x):
+                self.x = x
+
+            def __dlpack__(self, stream=None):
+                return self.x.__dlpack__()
+
+        dk = torch.from_numpy(keys).cuda()
+        out = torch.full((5000, 32), float("nan"), device="cuda")
+        table.lookup(DLPackOnly(dk), out=DLPackOnly(out), stream=0)
+        torch.cuda.synchronize()
+        np.testing.assert_array_equal(out.cpu().numpy(), ref)
+        try:
+            import cupy
+        except Exception:
+            return
+        got = table.lookup(cupy.asarray(keys))
+        cupy.cuda.get_current_stream().synchronize()
+        np.testing.assert_array_equal(cupy.asnumpy(got), ref)
+
+
+def test_argument_errors(table64, torch_cuda, gpu_lib, tmp_path):
+    torch, t = torch_cuda, table64
+    with gpu_lib.HpsTable.open(t.config, "r1.0", 0) as table:
+        with pytest.raises(gpu_lib.NativeError, match="int32 or int64"):
+            table.lookup(torch.zeros(4, dtype=torch.float32, device="cuda"))
+        with pytest.raises(gpu_lib.NativeError, match="shape"):
+            table.lookup(torch.zeros(4, dtype=torch.int64, device="cuda"), out=torch.empty((4, 31), device="cuda"))
+        with pytest.raises(gpu_lib.NativeError, match="not a CUDA array"):
+            table.lookup(np.zeros(4, dtype=np.int64))
+        with pytest.raises(gpu_lib.NativeError, match="C-contiguous"):
+            table.lookup(torch.zeros((4, 4), dtype=torch.int64, device="cuda").t())
+    with pytest.raises(gpu_lib.NativeError, match="no model named"):
+        gpu_lib.HpsTable.open(t.config, "nope", 0)
+    (tmp_path / "tables" / "t0").mkdir(parents=True)
+    (tmp_path / "tables" / "t0" / "key").write_bytes(np.arange(10, dtype="<i8").tobytes())
+    (tmp_path / "tables" / "t0" / "emb_vector").write_bytes(np.zeros(10 * 32 - 1, dtype="<f4").tobytes())
+    cfg = write_config(tmp_path / "c.json", {"m": {"sparse": "tables/t0", "dim": 32}})
+    with pytest.raises(gpu_lib.NativeError, match="expected 1280"):
+        gpu_lib.HpsTable.open(cfg, "m", 0)
+    np.arange(10, dtype="<i8").repeat(2)[:10].tofile(tmp_path / "tables" / "t0" / "key")  # duplicate keys
+    np.zeros(10 * 32, dtype="<f4").tofile(tmp_path / "tables" / "t0" / "emb_vector")
+    with pytest.raises(gpu_lib.NativeError, match="more than once"):
+        gpu_lib.HpsTable.open(cfg, "m", 0)
+
+
+def test_hierarchical_cache_learns_hot_keys(table64, torch_cuda, gpu_lib):
+    """After warm-up on Zipf keys the 20% cache serves most lookups (policy sanity check)."""
+    torch, t = torch_cuda, table64
+    with gpu_lib.HpsTable.open(t.config, "r0.2", 0) as table:
+        for _ in range(30):
+            table.lookup(torch.from_numpy(t.draw(100_000, zipf=1.2)).cuda())
+        torch.cuda.synchronize()
+        s0 = table.stats()
+        keys = t.draw(100_000, zipf=1.2)
+        np.testing.assert_array_equal(_lookup_cuda(torch, table, t, keys), t.reference(keys))
+        s1 = table.stats()
+        hit = (s1.cache_hits - s0.cache_hits) / 100_000
+        assert hit > 0.8, f"hit rate {hit:.3f} after warm-up"
