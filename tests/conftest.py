@@ -1,60 +1,10 @@
-"""Shared helpers: run models with onnxruntime, draw valid keys, build small models."""
-
-from __future__ import annotations
+"""Fixtures shared by the tests; helpers live in support.py."""
 
 from pathlib import Path
 
-import numpy as np
-import onnx
-import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
-ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT / "fixtures"
-
-
-def run_onnxruntime(model_path: Path | str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, feeds)))
-
-
-def random_feeds(model_path: Path | str, batch: int, key_high: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random inputs: keys (integer inputs, or any input named *keys*) from [0, key_high), others N(0, 1)."""
-    rng = np.random.default_rng(seed)
-    model = onnx.load_model(str(model_path), load_external_data=False)
-    feeds = {}
-    for value in model.graph.input:
-        dims = [d.dim_value if d.HasField("dim_value") else batch for d in value.type.tensor_type.shape.dim]
-        dtype = helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
-        if np.issubdtype(dtype, np.integer) or "keys" in value.name:
-            feeds[value.name] = rng.integers(0, key_high, size=dims).astype(dtype)
-        else:
-            feeds[value.name] = rng.standard_normal(dims).astype(dtype)
-    return feeds
-
-
-def lookup_model(path: Path, rows: int = 100, dim: int = 8, key_dtype=TensorProto.INT64,
-                 table_dtype=np.float32, key_shape=("B", 4), axis: int | None = None,
-                 external: bool = False, seed: int = 0) -> Path:
-    """A one-lookup model: Gather(table, keys) -> out. Written to `path`."""
-    rng = np.random.default_rng(seed)
-    table = numpy_helper.from_array(rng.standard_normal((rows, dim)).astype(table_dtype), "table")
-    attrs = {} if axis is None else {"axis": axis}
-    out_type = helper.np_dtype_to_tensor_dtype(np.dtype(table_dtype))
-    graph = helper.make_graph(
-        [helper.make_node("Gather", ["table", "keys"], ["out"], name="lookup", **attrs)], "g",
-        [helper.make_tensor_value_info("keys", key_dtype, list(key_shape))],
-        [helper.make_tensor_value_info("out", out_type, None)], [table])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if external:
-        onnx.save_model(model, str(path), save_as_external_data=True, location=path.name + ".data",
-                        size_threshold=0)
-    else:
-        onnx.save_model(model, str(path))
-    return path
+from support import lookup_model
 
 
 @pytest.fixture

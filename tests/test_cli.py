@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from hps_surgeon import cli, export
 
-from conftest import FIXTURES, lookup_model
+from support import FIXTURES, lookup_model
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

@@ -12,7 +12,7 @@ import hps_surgeon
 from hps_surgeon.execute import SplitRunner
 from hps_surgeon.reference import ReferenceLookup
 
-from conftest import FIXTURES, random_feeds, run_onnxruntime
+from support import FIXTURES, random_feeds, run_onnxruntime
 
 # fixture -> number of lookups it holds (from fixtures/README.md)
 LOOKUPS = {

@@ -5,7 +5,7 @@ never `eval`. Unknown values (a dynamic dim, a shape nobody declared) are `None`
 so a check that cannot be decided neither rejects a match (`where`) nor refuses one (`refuse`).
 
 Vocabulary: dim(t, i), rank(t), dtype(t), value(t), attr(node, "name"), option("name"), len(x),
-literals, lists, comparisons (== != < <= > >= in, not in), and/or/not, + - * // %.
+literals, lists, indexing and slicing, comparisons (== != < <= > >= in, not in), and/or/not, + - * // %.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ _COMPARE = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, as
 _ARITH = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
           ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod}
 _ALLOWED = (ast.Expression, ast.Compare, ast.BoolOp, ast.UnaryOp, ast.BinOp, ast.Call, ast.Name, ast.Constant,
-            ast.List, ast.Tuple, ast.Load, ast.And, ast.Or, ast.Not, ast.USub, *_COMPARE, *_ARITH)
+            ast.List, ast.Tuple, ast.Subscript, ast.Slice, ast.Load, ast.And, ast.Or, ast.Not, ast.USub, *_COMPARE, *_ARITH)
 _FIELD = re.compile(r"\{([^{}]+)\}")
 
 
@@ -78,6 +78,8 @@ def _eval(node: ast.AST, lookup, call) -> Any:
         return [_eval(e, lookup, call) for e in node.elts]
     if isinstance(node, ast.Call):
         return call(node.func.id, [_eval(a, lookup, call) for a in node.args])
+    if isinstance(node, ast.Subscript):
+        return _subscript(node, lookup, call)
     if isinstance(node, ast.UnaryOp):
         value = _eval(node.operand, lookup, call)
         if value is None:
@@ -91,6 +93,17 @@ def _eval(node: ast.AST, lookup, call) -> Any:
     if isinstance(node, ast.Compare):
         return _compare(node, lookup, call)
     raise ExprError(f"cannot evaluate {type(node).__name__}")
+
+
+def _subscript(node: ast.Subscript, lookup, call) -> Any:
+    value = _eval(node.value, lookup, call)
+    if isinstance(node.slice, ast.Slice):
+        parts = [None if p is None else _eval(p, lookup, call) for p in (node.slice.lower, node.slice.upper)]
+        return None if value is None else value[parts[0]:parts[1]]
+    index = _eval(node.slice, lookup, call)
+    if value is None or index is None or not -len(value) <= index < len(value):
+        return None
+    return value[index]
 
 
 def _bool_op(node: ast.BoolOp, lookup, call) -> Any:

@@ -33,6 +33,7 @@ class Match:
     keys: str  #: tensor the HPS_TRT node reads
     table: str  #: constant tensor exported as the table
     out: str  #: tensor the HPS_TRT node (plus glue) produces
+    out_shape: tuple[int, ...] | None = None  #: static reshape target for `out`; None = keys' shape + [D]
     size: int = 0  #: number of matched nodes (larger wins on overlap)
     priority: int = 0
 
@@ -189,9 +190,16 @@ def _match_at(spec: PatternSpec, node: gs.Node, options: dict) -> Match | tuple[
         if refusal:
             return (1 << 30, NearMiss(spec.id, node.name, node.op, refusal, refused=True, table=table))
         nodes = [binder.nodes[n].name for n in spec.nodes if n in binder.nodes and n != spec.anchor]
+        out_shape = None
+        if spec.out_shape is not None:
+            out_shape = expr.evaluate(spec.out_shape, binder.value_of, _functions(options))
+            if not isinstance(out_shape, list) or not all(isinstance(d, int) for d in out_shape):
+                best = _Fail(f"rewrite.out_shape is {out_shape}, not a static shape", binder.progress)
+                continue
         return Match(pattern=spec.id, anchor=node.name, variant=tuple(sorted(present)),
                      nodes=(*nodes, node.name), keys=binder.tensors[spec.keys].name, table=table,
-                     out=binder.value_of(spec.out).name, size=len(binder.nodes), priority=spec.priority)
+                     out=binder.value_of(spec.out).name, out_shape=tuple(out_shape) if out_shape else None,
+                     size=len(binder.nodes), priority=spec.priority)
     if best is None or not _is_candidate(spec, node):
         return None
     reason = f"node '{node.name}' ({node.op}): {best.reason}; not rewritten"

@@ -79,6 +79,7 @@ class LookupPlan:
     emb_vec_size: int
     output: str
     output_dtype: str
+    out_shape: tuple[int, ...] | None  #: static reshape target of `output`; None = keys' shape + [D]
     consumers: tuple[str, ...]
     notes: tuple[str, ...] = ()
 
@@ -160,7 +161,7 @@ def _plan_lookup(tensors: dict[str, gs.Tensor], match: Match, table: TablePlan, 
         notes.append(f"keys cast from {key_dtype} to {options.key_dtype}" +
                      (" (keys beyond int32 wrap; HugeCTR's HPS_TRT takes int32 only)"
                       if options.key_dtype == "int32" and key_dtype == "int64" else ""))
-    if len(key_shape) != 2:
+    if len(key_shape) != 2 and match.out_shape is None:
         notes.append(f"keys of rank {len(key_shape)} reshaped to [B, N] for HPS_TRT and the output reshaped back")
     out_dtype = dtype_name(out) or table.dtype
     if table.dtype != "float32":
@@ -172,7 +173,8 @@ def _plan_lookup(tensors: dict[str, gs.Tensor], match: Match, table: TablePlan, 
         node=f"hps_trt/{match.anchor}", pattern=match.pattern, variant=match.variant, replaced=match.nodes,
         table=table.tensor, table_id=table.table_id, keys=keys.name, key_dtype=key_dtype, key_shape=key_shape,
         keys_per_sample=_keys_per_sample(key_shape), rows=table.rows, emb_vec_size=table.dim,
-        output=out.name, output_dtype=out_dtype, consumers=consumers, notes=tuple(notes))
+        output=out.name, output_dtype=out_dtype, out_shape=match.out_shape, consumers=consumers,
+        notes=tuple(notes))
 
 
 def _shape(tensor: gs.Tensor) -> tuple[Any, ...] | None:

@@ -50,7 +50,10 @@ def _replace_lookup(graph: gs.Graph, tensors: dict[str, gs.Tensor], lookup: Look
     graph.nodes.append(gs.Node(
         op=HPS_OP, name=lookup.node, domain=plan.options.domain or None,
         attrs=_attributes(lookup, plan), inputs=[flat_keys], outputs=[hps_out]))
-    result = glue.from_2d(hps_out, keys, lookup.key_shape, lookup.emb_vec_size)
+    if lookup.out_shape is not None:
+        result = glue.reshape_to(hps_out, list(lookup.out_shape))
+    else:
+        result = glue.from_2d(hps_out, keys, lookup.key_shape, lookup.emb_vec_size)
     result = glue.cast(result, lookup.output_dtype)
     glue.deliver(result, out)
 
@@ -109,6 +112,11 @@ class _Glue:
             key_dims = self._node("Shape", [keys], np.int64, [rank])
             target = self._node("Concat", [key_dims, self._const("dim", [dim])], np.int64, [rank + 1], axis=0)
         return self._node("Reshape", [emb, target], np.float32, out_shape)
+
+    def reshape_to(self, emb: gs.Variable, shape: list[int]) -> gs.Tensor:
+        if shape[0] == -1 and shape[1:] == list(emb.shape[1:]):  # already [B, N, D]
+            return emb
+        return self._node("Reshape", [emb, self._const("out_shape", shape)], np.float32, None)
 
     def deliver(self, result: gs.Tensor, out: gs.Tensor) -> None:
         """Make `out` itself the last glue output so consumers and graph outputs keep their tensor."""

@@ -75,6 +75,7 @@ class PatternSpec:
     keys: str
     table: str
     out: str
+    out_shape: Any = None  #: parsed expression giving a static reshape target for `out`, or None
     priority: int = 0
     candidate: tuple[str, int, tuple[str, ...]] | None = None  #: (input, rank, dtypes)
     where: tuple[tuple[str, Any], ...] = ()  #: (source text, parsed)
@@ -156,6 +157,7 @@ def _build(path: Path, data: dict) -> PatternSpec:
     return PatternSpec(
         id=data["id"], summary=data["summary"], path=path, tensors=tensors, nodes=nodes, outputs=outputs,
         anchor=anchor, keys=rewrite["keys"], table=rewrite["table"], out=rewrite["out"],
+        out_shape=_parse(rewrite["out_shape"], declared, "rewrite.out_shape") if "out_shape" in rewrite else None,
         priority=data.get("priority", 0),
         candidate=(candidate["input"], candidate["rank"], tuple(candidate.get("dtype", []))) if candidate else None,
         where=tuple((text, _parse(text, declared, f"where: '{text}'")) for text in data.get("where", [])),
