@@ -120,7 +120,20 @@ def load_proto(proto: onnx.ModelProto, path: Path) -> LoadedModel:
         for tensor in graph.initializer:
             _source_of(tensor, path)
     proto = _with_inferred_shapes(proto)
+    _name_unnamed_nodes(proto.graph)
     return LoadedModel(path=path, proto=proto, graph=gs.import_onnx(proto), sources=sources)
+
+
+def _name_unnamed_nodes(graph: onnx.GraphProto) -> None:
+    # Plans, reports and error messages refer to nodes by name; ONNX allows nodes without one.
+    taken = {node.name for node in graph.node}
+    for index, node in enumerate(graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{index}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
 
 
 def _with_inferred_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:

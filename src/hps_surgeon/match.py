@@ -144,8 +144,13 @@ class _Binder:
         return None
 
 
-def find_matches(graph: gs.Graph, specs: list[PatternSpec], options: dict[str, Any] | None = None) -> MatchResult:
-    """Match every pattern at every node; resolve overlaps; collect near misses for lookups not matched."""
+def find_matches(graph: gs.Graph, specs: list[PatternSpec], options: dict[str, Any] | None = None,
+                 explain: bool = False) -> MatchResult:
+    """Match every pattern at every node; resolve overlaps; collect near misses for lookups not matched.
+
+    Near misses are kept for nodes that look like lookups (the pattern's `candidate`), or for every
+    node of the anchor's op with `explain`.
+    """
     options = dict(options or {})
     found: list[Match] = []
     misses: dict[str, list[NearMiss | tuple[int, NearMiss]]] = {}
@@ -154,7 +159,7 @@ def find_matches(graph: gs.Graph, specs: list[PatternSpec], options: dict[str, A
         for node in graph.nodes:
             if node.op != anchor_op:
                 continue
-            outcome = _match_at(spec, node, options)
+            outcome = _match_at(spec, node, options, explain)
             if isinstance(outcome, Match):
                 found.append(outcome)
             elif outcome is not None:
@@ -170,7 +175,7 @@ def find_matches(graph: gs.Graph, specs: list[PatternSpec], options: dict[str, A
     return MatchResult(tuple(matches), tuple(sorted(near, key=lambda n: n.node)))
 
 
-def _match_at(spec: PatternSpec, node: gs.Node, options: dict) -> Match | tuple[int, NearMiss] | None:
+def _match_at(spec: PatternSpec, node: gs.Node, options: dict, explain: bool) -> Match | tuple[int, NearMiss] | None:
     out_ref = spec.outputs[spec.out]
     if len(node.outputs) <= out_ref.index:
         return None
@@ -196,11 +201,11 @@ def _match_at(spec: PatternSpec, node: gs.Node, options: dict) -> Match | tuple[
             if not isinstance(out_shape, list) or not all(isinstance(d, int) for d in out_shape):
                 best = _Fail(f"rewrite.out_shape is {out_shape}, not a static shape", binder.progress)
                 continue
-        return Match(pattern=spec.id, anchor=node.name, variant=tuple(sorted(present)),
+        return Match(pattern=spec.id, anchor=node.name, variant=tuple(sorted(present & set(spec.optional_nodes))),
                      nodes=(*nodes, node.name), keys=binder.tensors[spec.keys].name, table=table,
                      out=binder.value_of(spec.out).name, out_shape=tuple(out_shape) if out_shape else None,
                      size=len(binder.nodes), priority=spec.priority)
-    if best is None or not _is_candidate(spec, node):
+    if best is None or not (explain or _is_candidate(spec, node)):
         return None
     reason = f"node '{node.name}' ({node.op}): {best.reason}; not rewritten"
     return (best.progress, NearMiss(spec.id, node.name, node.op, reason))
