@@ -10,7 +10,7 @@ from typing import Any
 
 import onnx
 
-from . import export
+from . import export, validate
 from .errors import SurgeonError
 from .load import LoadedModel, load_model, load_proto
 from .match import MatchResult, NearMiss, dtype_name, find_matches
@@ -113,6 +113,7 @@ def rewrite(model: ModelLike, out_dir: str | os.PathLike, *, model_name: str | N
         export.write_json(stage / export.CONFIG_NAME, export.hps_config(plan))
         export.write_json(stage / export.REPORT_NAME, report)
         check_onnx(model_path, options.domain)
+        _check_valid(model_path, stage / export.CONFIG_NAME)
     return RewriteResult(written=True, out_dir=out_dir, plan=plan, report=report)
 
 
@@ -136,6 +137,12 @@ def check_onnx(path: Path, domain: str) -> None:
     finally:
         if target != path:
             target.unlink(missing_ok=True)
+
+
+def _check_valid(model_path: Path, config_path: Path) -> None:
+    found = validate.errors(validate.validate(model_path, config_path))
+    if found:
+        raise SurgeonError(f"rewritten output fails validation, nothing was written: {found[0]}")
 
 
 def _load(model: ModelLike) -> LoadedModel:
