@@ -10,8 +10,9 @@ import json
 import sys
 from collections.abc import Sequence
 
-from . import api
-from .errors import EXIT_INPUT, EXIT_OK, SurgeonError
+from . import api, deploy
+from .check import check_models
+from .errors import EXIT_FINDINGS, EXIT_INPUT, EXIT_OK, SurgeonError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,6 +56,32 @@ def _parser() -> argparse.ArgumentParser:
     rewrite.add_argument("--json", action="store_true", help="print the report as JSON")
     rewrite.add_argument("--quiet", action="store_true", help="no progress bar")
     rewrite.set_defaults(run=_rewrite)
+
+    verify = commands.add_parser("verify", help="compare a rewritten model with the original (Polygraphy)")
+    verify.add_argument("original", help="the model before rewrite")
+    verify.add_argument("rewritten", help="the rewritten model (model.onnx of rewrite's output)")
+    verify.add_argument("--config", required=True, help="hps_config.json of the rewritten model")
+    verify.add_argument("--backend", choices=["reference", "native"], default="reference",
+                        help="HPS_TRT lookups: CPU reference, or the CUDA plugin library (GPU machines)")
+    verify.add_argument("--iterations", type=int, default=3, help="feeds per batch size (default 3)")
+    verify.add_argument("--batch-size", type=int, default=8, help="batch size besides 1 (default 8)")
+    verify.add_argument("--atol", type=float, default=1e-6, help="absolute tolerance (default 1e-6)")
+    verify.add_argument("--rtol", type=float, default=1e-5, help="relative tolerance (default 1e-5)")
+    verify.add_argument("--seed", type=int, default=1, help="seed of the input data (default 1)")
+    verify.set_defaults(run=_verify)
+
+    check = commands.add_parser("check", help="validate models for a pre-commit hook (exit 1 on any problem)")
+    check.add_argument("models", nargs="+", help="ONNX models")
+    check.add_argument("--config", help="hps_config.json to validate against (default: hps_config.json beside "
+                                        "each model, if any)")
+    check.add_argument("--require-rewritten", action="store_true",
+                       help="fail when an embedding lookup larger than --max-table-mb is not rewritten")
+    check.add_argument("--max-table-mb", type=float, default=0.0,
+                       help="with --require-rewritten: tables up to this size may stay plain lookups")
+    check.add_argument("--json", action="store_true", help="print problems as JSON")
+    check.set_defaults(run=_check)
+
+    deploy.add_parser(commands)  # deploy.py owns its own arguments (issue 6)
     return parser
 
 
@@ -102,6 +129,38 @@ def _rewrite(args: argparse.Namespace) -> int:
     for miss in plan.not_rewritten:
         print(f"  not rewritten: {miss.reason}")
     return EXIT_OK
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from .verify import verify  # Polygraphy is imported only by the commands that use it
+
+    report = verify(args.original, args.rewritten, args.config, backend=args.backend, iterations=args.iterations,
+                    batch_size=args.batch_size, atol=args.atol, rtol=args.rtol, seed=args.seed)
+    for r in report.key_ranges:
+        where = r.input if r.column is None else f"{r.input}[..., {r.column}]"
+        print(f"keys {where}: drawn from [{r.low}, {r.high}]")
+    for out in report.outputs:
+        print(f"output '{out.name}': max abs error {out.max_abs:.3g}, max rel error {out.max_rel:.3g}")
+    if report.passed:
+        print(f"PASSED: {report.iterations} feeds (batch sizes {', '.join(map(str, report.batch_sizes))}) "
+              f"match within atol {report.atol:g}, rtol {report.rtol:g}")
+        return EXIT_OK
+    worst = report.worst
+    print(f"hps-surgeon: verify FAILED: output '{worst.name}' differs: max abs error {worst.max_abs:.3g}, "
+          f"max rel error {worst.max_rel:.3g} (atol {report.atol:g}, rtol {report.rtol:g})", file=sys.stderr)
+    return EXIT_FINDINGS
+
+
+def _check(args: argparse.Namespace) -> int:
+    problems = check_models(args.models, config=args.config, require_rewritten=args.require_rewritten,
+                            max_table_mb=args.max_table_mb)
+    if args.json:
+        print(json.dumps([{"path": p.path, "where": p.where, "message": p.message, "severity": p.severity}
+                          for p in problems], indent=2))
+    else:
+        for problem in problems:
+            print(problem)
+    return EXIT_FINDINGS if any(p.severity == "error" for p in problems) else EXIT_OK
 
 
 def _size(nbytes: int) -> str:

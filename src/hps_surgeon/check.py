@@ -1,0 +1,41 @@
+"""`hps-surgeon check`: the pre-commit gate. Reads graphs only, never table data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import validate
+from .api import scan
+from .errors import SurgeonError
+from .export import CONFIG_NAME
+from .validate import Problem
+
+
+def check_models(models: list[str], config: str | None = None, require_rewritten: bool = False,
+                 max_table_mb: float = 0.0) -> list[Problem]:
+    """Every problem of every model, one `Problem` each; an unreadable model is a problem too."""
+    problems: list[Problem] = []
+    for model in models:
+        problems += _check_one(Path(model), config, require_rewritten, max_table_mb)
+    return problems
+
+
+def _check_one(path: Path, config: str | None, require_rewritten: bool, max_table_mb: float) -> list[Problem]:
+    try:
+        # scan loads and checks the file (external-data locations included) without reading tables
+        lookups = scan(path).lookups if require_rewritten else None
+        config_path = Path(config) if config else _config_beside(path)
+        problems = validate.validate(path, config_path)
+    except SurgeonError as exc:
+        return [Problem(str(path), "(file)", str(exc).removeprefix(f"{path}: "))]
+    for lookup in lookups or []:
+        if lookup.nbytes > max_table_mb * (1 << 20):
+            problems.append(Problem(str(path), lookup.node, f"embedding lookup of table '{lookup.table}' "
+                                    f"({lookup.nbytes / (1 << 20):.1f} MiB) is not rewritten into HPS_TRT — "
+                                    "run hps-surgeon rewrite"))
+    return problems
+
+
+def _config_beside(model: Path) -> Path | None:
+    candidate = model.parent / CONFIG_NAME
+    return candidate if candidate.is_file() else None

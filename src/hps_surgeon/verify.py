@@ -1,0 +1,182 @@
+"""Stage 6: prove with Polygraphy that the rewritten model computes what the original computes.
+
+Two runners go through Polygraphy's `Comparator`: its onnxruntime runner on the original model,
+and `HpsRunner` on the rewritten model (HPS_TRT nodes served by a lookup backend, the rest by
+onnxruntime). Inputs come from Polygraphy's `DataLoader`, with key inputs redrawn column by column
+from the keys that really exist in the exported tables (`keyspace`), at batch 1 and batch B.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from polygraphy.backend.base import BaseRunner
+from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+from polygraphy.common import TensorMetadata
+from polygraphy.comparator import Comparator, CompareFunc, DataLoader
+
+from . import keyspace, validate
+from .errors import SurgeonError
+from .execute import LookupFn, SplitRunner
+from .reference import ReferenceLookup
+
+BACKENDS = ("reference", "native")
+
+
+def lookup_backend(config_path: str | Path, backend: str) -> LookupFn:
+    """The function serving HPS_TRT nodes: the CPU reference, or the CUDA plugin library."""
+    if backend == "reference":
+        return ReferenceLookup(config_path).lookup
+    if backend == "native":
+        from . import native  # imported here: only GPU machines have the library
+
+        return native.lookup_function(config_path)
+    raise SurgeonError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
+
+
+class HpsRunner(BaseRunner):
+    """Polygraphy runner for a model with HPS_TRT nodes (see `execute.SplitRunner`)."""
+
+    def __init__(self, model_path: str | Path, config_path: str | Path, backend: str = "reference",
+                 name: str | None = None):
+        super().__init__(name=name, prefix="hps-runner")
+        self.model_path, self.config_path, self.backend = Path(model_path), Path(config_path), backend
+        self._split: SplitRunner | None = None
+
+    def activate_impl(self):
+        self._split = SplitRunner(self.model_path, lookup_backend(self.config_path, self.backend))
+
+    def get_input_metadata_impl(self):
+        meta = TensorMetadata()
+        model = onnx.load_model(str(self.model_path), load_external_data=False)
+        for value in model.graph.input:
+            tensor_type = value.type.tensor_type
+            shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or -1) for d in tensor_type.shape.dim]
+            meta.add(value.name, dtype=onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type), shape=shape)
+        return meta
+
+    def infer_impl(self, feed_dict):
+        start = time.perf_counter()
+        outputs = OrderedDict(self._split.run({k: np.asarray(v) for k, v in feed_dict.items()}))
+        self.inference_time = time.perf_counter() - start  # Comparator sums it
+        return outputs
+
+    def deactivate_impl(self):
+        self._split = None
+
+
+@dataclass(frozen=True)
+class OutputError:
+    name: str
+    max_abs: float
+    max_rel: float
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    passed: bool
+    iterations: int  #: feeds compared (iterations x batch sizes)
+    batch_sizes: tuple[int, ...]
+    outputs: tuple[OutputError, ...]
+    key_ranges: tuple[keyspace.KeyRange, ...]
+    atol: float
+    rtol: float
+
+    @property
+    def worst(self) -> OutputError | None:
+        return max(self.outputs, key=lambda o: o.max_abs, default=None)
+
+
+def verify(original: str | Path, rewritten: str | Path, config: str | Path, *, backend: str = "reference",
+           iterations: int = 3, batch_size: int = 8, atol: float = 1e-6, rtol: float = 1e-5,
+           seed: int = 1) -> VerifyReport:
+    """Compare the two models on the same inputs; raise SurgeonError on unusable input."""
+    original, rewritten, config = Path(original), Path(rewritten), Path(config)
+    for path in (original, rewritten, config):
+        if not path.is_file():
+            raise SurgeonError(f"{path}: no such file")
+    if iterations < 1 or batch_size < 1:
+        raise SurgeonError("--iterations and --batch-size must be at least 1")
+    problems = validate.errors(validate.validate(rewritten, config))
+    if problems:
+        raise SurgeonError(f"{problems[0]} (and {len(problems) - 1} more)" if len(problems) > 1 else str(problems[0]))
+    ranges = rewritten_key_ranges(rewritten, config)
+    feeds = make_feeds(original, ranges, iterations, (1, batch_size), seed)
+    runners = [OnnxrtRunner(SessionFromOnnx(str(original)), name="onnxrt-original"),
+               HpsRunner(rewritten, config, backend, name=f"hps-{backend}")]
+    results = Comparator.run(runners, data_loader=feeds)
+    accuracy = Comparator.compare_accuracy(results, compare_func=CompareFunc.simple(atol=atol, rtol=rtol))
+    outputs = _output_errors(results, runners)
+    return VerifyReport(passed=bool(accuracy), iterations=len(feeds), batch_sizes=(1, batch_size),
+                        outputs=outputs, key_ranges=tuple(ranges), atol=atol, rtol=rtol)
+
+
+def rewritten_key_ranges(rewritten: Path, config: Path) -> list[keyspace.KeyRange]:
+    """Valid key ranges of the rewritten model's inputs: each table's stored key span, traced back."""
+    graph = gs.import_onnx(onnx.load_model(str(rewritten), load_external_data=False))
+    config_data = json.loads(config.read_text())
+    wanted: dict[str, tuple[int, int]] = {}
+    for node in graph.nodes:
+        if node.op != validate.HPS_OP:
+            continue
+        model_name = _text(node.attrs["model_name"])
+        entry = next(m for m in config_data["models"] if m["model"] == model_name)
+        keys = np.fromfile(config.parent / entry["sparse_files"][int(node.attrs["table_id"])] / "key", dtype="<i8")
+        span = (int(keys.min()), int(keys.max())) if keys.size else (0, 0)
+        old = wanted.get(node.inputs[0].name, span)
+        wanted[node.inputs[0].name] = (max(span[0], old[0]), min(span[1], old[1]))
+    return keyspace.key_ranges(graph, wanted)
+
+
+def make_feeds(model_path: Path, ranges: list[keyspace.KeyRange], iterations: int, batch_sizes: tuple[int, ...],
+               seed: int) -> list[OrderedDict]:
+    """Feeds from Polygraphy's DataLoader, with key inputs redrawn from their valid ranges."""
+    model = onnx.load_model(str(model_path), load_external_data=False)
+    rng = np.random.default_rng(seed)
+    by_input: dict[str, list[keyspace.KeyRange]] = {}
+    for r in ranges:
+        by_input.setdefault(r.input, []).append(r)
+    feeds = []
+    for batch in batch_sizes:
+        meta = TensorMetadata()
+        for value in model.graph.input:
+            tensor_type = value.type.tensor_type
+            shape = [d.dim_value if d.HasField("dim_value") else (batch if i == 0 else 1)
+                     for i, d in enumerate(tensor_type.shape.dim)]
+            meta.add(value.name, dtype=onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type), shape=shape)
+        loader = DataLoader(seed=seed + batch, iterations=iterations, input_metadata=meta)
+        for index in range(iterations):
+            feed = OrderedDict(loader[index])
+            for name, input_ranges in by_input.items():
+                feed[name] = keyspace.draw_keys(feed[name].shape, feed[name].dtype, input_ranges,
+                                                (input_ranges[0].low, input_ranges[0].high), rng)
+            feeds.append(feed)
+    return feeds
+
+
+def _output_errors(results, runners) -> tuple[OutputError, ...]:
+    first, second = (results[r.name] for r in runners)
+    worst: dict[str, OutputError] = {}
+    for a, b in zip(first, second):
+        for name, expected in a.items():
+            expected, actual = np.asarray(expected, dtype=np.float64), np.asarray(b[name], dtype=np.float64)
+            if expected.shape != actual.shape:
+                worst[name] = OutputError(name, float("inf"), float("inf"))
+                continue
+            diff = np.abs(expected - actual)
+            max_abs = float(diff.max()) if diff.size else 0.0
+            max_rel = float((diff / np.maximum(np.abs(expected), 1e-30)).max()) if diff.size else 0.0
+            old = worst.get(name, OutputError(name, 0.0, 0.0))
+            worst[name] = OutputError(name, max(old.max_abs, max_abs), max(old.max_rel, max_rel))
+    return tuple(worst.values())
+
+
+def _text(value) -> str:
+    return (value.decode() if isinstance(value, bytes) else str(value)).rstrip("\0")
