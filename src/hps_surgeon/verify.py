@@ -20,7 +20,7 @@ import onnx_graphsurgeon as gs
 from polygraphy.backend.base import BaseRunner
 from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
 from polygraphy.common import TensorMetadata
-from polygraphy.comparator import Comparator, CompareFunc, DataLoader
+from polygraphy.comparator import Comparator, DataLoader, SimpleCompareFunc
 
 from . import keyspace, validate
 from .errors import SurgeonError
@@ -35,10 +35,22 @@ def lookup_backend(config_path: str | Path, backend: str) -> LookupFn:
     if backend == "reference":
         return ReferenceLookup(config_path).lookup
     if backend == "native":
-        from . import native  # imported here: only GPU machines have the library
-
-        return native.lookup_function(config_path)
+        return _native_lookup(Path(config_path))
     raise SurgeonError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
+
+
+def _native_lookup(config_path: Path) -> LookupFn:
+    from . import native
+
+    native.load_library()  # fail now, with the library path tried, not in the middle of a comparison
+    tables: dict[tuple[str, int], native.HpsTable] = {}
+
+    def lookup(model_name: str, table_id: int, keys: np.ndarray) -> np.ndarray:
+        if (model_name, table_id) not in tables:
+            tables[model_name, table_id] = native.HpsTable.open(config_path, model_name, table_id)
+        return tables[model_name, table_id].lookup_host(np.ascontiguousarray(keys))
+
+    return lookup
 
 
 class HpsRunner(BaseRunner):
@@ -112,7 +124,7 @@ def verify(original: str | Path, rewritten: str | Path, config: str | Path, *, b
     runners = [OnnxrtRunner(SessionFromOnnx(str(original)), name="onnxrt-original"),
                HpsRunner(rewritten, config, backend, name=f"hps-{backend}")]
     results = Comparator.run(runners, data_loader=feeds)
-    accuracy = Comparator.compare_accuracy(results, compare_func=CompareFunc.simple(atol=atol, rtol=rtol))
+    accuracy = Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(atol=atol, rtol=rtol))
     outputs = _output_errors(results, runners)
     return VerifyReport(passed=bool(accuracy), iterations=len(feeds), batch_sizes=(1, batch_size),
                         outputs=outputs, key_ranges=tuple(ranges), atol=atol, rtol=rtol)
