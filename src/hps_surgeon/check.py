@@ -8,6 +8,7 @@ from . import validate
 from .api import scan
 from .errors import SurgeonError
 from .export import CONFIG_NAME
+from .load import read_proto
 from .validate import Problem
 
 
@@ -23,9 +24,10 @@ def check_models(models: list[str], config: str | None = None, require_rewritten
 def _check_one(path: Path, config: str | None, require_rewritten: bool, max_table_mb: float) -> list[Problem]:
     try:
         # scan loads and checks the file (external-data locations included) without reading tables
+        proto = read_proto(path)
         lookups = scan(path).lookups if require_rewritten else None
         config_path = Path(config) if config else _config_beside(path)
-        problems = validate.validate(path, config_path)
+        problems = validate.validate(path, config_path, model=proto)
     except SurgeonError as exc:
         return [Problem(str(path), "(file)", str(exc).removeprefix(f"{path}: "))]
     for lookup in lookups or []:

@@ -111,17 +111,31 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
     return load_proto(_parse(path), path)
 
 
+def read_proto(path: str | os.PathLike) -> onnx.ModelProto:
+    """Parse `path` and check its external-data references, without shape inference or graph import.
+
+    The fast path for checks that only read node attributes (`hps-surgeon check`).
+    """
+    path = Path(path)
+    proto = _parse(path)
+    _sources(proto, path)
+    return proto
+
+
 def load_proto(proto: onnx.ModelProto, path: Path) -> LoadedModel:
     """Like `load_model` for a model already in memory; external data resolves next to `path`."""
-    sources = {}
-    for tensor in _main_graph_constants(proto.graph):
-        sources[tensor.name] = _source_of(tensor, path)
-    for graph in _subgraphs(proto.graph):  # external refs in Loop/If bodies must be safe too
-        for tensor in graph.initializer:
-            _source_of(tensor, path)
+    sources = _sources(proto, path)
     proto = _with_inferred_shapes(proto)
     _name_unnamed_nodes(proto.graph)
     return LoadedModel(path=path, proto=proto, graph=gs.import_onnx(proto), sources=sources)
+
+
+def _sources(proto: onnx.ModelProto, path: Path) -> dict[str, TensorSource]:
+    sources = {tensor.name: _source_of(tensor, path) for tensor in _main_graph_constants(proto.graph)}
+    for graph in _subgraphs(proto.graph):  # external refs in Loop/If bodies must be safe too
+        for tensor in graph.initializer:
+            _source_of(tensor, path)
+    return sources
 
 
 def _name_unnamed_nodes(graph: onnx.GraphProto) -> None:
