@@ -23,6 +23,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SurgeonError as exc:
         print(f"hps-surgeon: error: {exc}", file=sys.stderr)
         return EXIT_INPUT
+    except BrokenPipeError:  # `hps-surgeon scan m.onnx | head`: the reader left, nothing to report
+        sys.stderr.close()
+        return EXIT_OK
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -238,16 +238,44 @@ def _is_candidate(spec: PatternSpec, node: gs.Node) -> bool:
     """Whether `node` looks like a lookup: its slot leading to the candidate input has that rank."""
     if spec.candidate is None:
         return False
-    name, rank, dtypes = spec.candidate
+    name, rank, dtypes, varying = spec.candidate
     slot = _slot_leading_to(spec, spec.nodes[spec.anchor], name)
     if slot is None or slot >= len(node.inputs):
         return False
+    if varying is not None:
+        key_slot = _slot_leading_to(spec, spec.nodes[spec.anchor], varying)
+        if key_slot is None or key_slot >= len(node.inputs) or not _varies_with_inputs(node.inputs[key_slot]):
+            return False
     tensor = node.inputs[slot]
     while tensor.shape is None and tensor.inputs and tensor.inputs[0].op == "Identity":
         tensor = tensor.inputs[0].inputs[0]
     dtype = dtype_name(tensor)
     return (tensor.shape is not None and len(tensor.shape) == rank
             and (not dtypes or dtype is None or dtype in dtypes))
+
+
+def _varies_with_inputs(tensor: gs.Tensor) -> bool:
+    """Whether the tensor's values depend on graph input values (not only on shapes and constants).
+
+    Index arithmetic on shapes (an exporter's Shape -> Gather -> Mul -> Add) selects fixed
+    positions, it does not look keys up; such Gathers are not reported as lookups.
+    """
+    seen: set[int] = set()
+    stack = [tensor]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if not current.inputs:
+            if not isinstance(current, gs.Constant):
+                return True  # a graph input
+            continue
+        producer = current.inputs[0]
+        if producer.op in ("Shape", "Size", "Constant"):
+            continue
+        stack.extend(producer.inputs)
+    return False
 
 
 def _slot_leading_to(spec: PatternSpec, node_spec: NodeSpec, name: str) -> int | None:

@@ -257,7 +257,20 @@ def _framework_device(obj: Any) -> int | None:
     return int(index) if index is not None else None
 
 
+_TORCH_DTYPES = {"torch.int32": np.dtype(np.int32), "torch.int64": np.dtype(np.int64),
+                 "torch.float32": np.dtype(np.float32)}
+
+
+def _from_torch(t: Any) -> _DeviceArray:
+    # Fast path: torch's __cuda_array_interface__ builds a dict per call (tens of microseconds,
+    # more than a small lookup takes on the GPU).
+    dtype = _TORCH_DTYPES[str(t.dtype)]
+    return _DeviceArray(int(t.data_ptr()), tuple(t.shape), dtype, bool(t.is_contiguous()), t.device.index, None)
+
+
 def _describe(obj: Any, what: str) -> _DeviceArray:
+    if _module_of(obj) == "torch" and getattr(obj, "is_cuda", False) and str(obj.dtype) in _TORCH_DTYPES:
+        return _from_torch(obj)
     if hasattr(obj, "__cuda_array_interface__"):
         return _from_cai(obj)
     if hasattr(obj, "__dlpack__"):

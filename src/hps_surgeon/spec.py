@@ -77,7 +77,7 @@ class PatternSpec:
     out: str
     out_shape: Any = None  #: parsed expression giving a static reshape target for `out`, or None
     priority: int = 0
-    candidate: tuple[str, int, tuple[str, ...]] | None = None  #: (input, rank, dtypes)
+    candidate: tuple[str, int, tuple[str, ...], str | None] | None = None  #: (input, rank, dtypes, varying)
     where: tuple[tuple[str, Any], ...] = ()  #: (source text, parsed)
     refusals: tuple[Refusal, ...] = ()
 
@@ -152,14 +152,17 @@ def _build(path: Path, data: dict) -> PatternSpec:
     if nodes[anchor].optional:
         raise ValueError(f"nodes.{anchor}: the node producing rewrite.out cannot be optional")
     candidate = data.get("candidate")
-    if candidate and candidate["input"] not in tensors:
-        raise ValueError(f"candidate.input uses '{candidate['input']}', not declared (declared: {', '.join(declared)})")
+    for field in ("input", "varying"):
+        if candidate and field in candidate and candidate[field] not in tensors:
+            raise ValueError(f"candidate.{field} uses '{candidate[field]}', not declared "
+                             f"(declared: {', '.join(declared)})")
     return PatternSpec(
         id=data["id"], summary=data["summary"], path=path, tensors=tensors, nodes=nodes, outputs=outputs,
         anchor=anchor, keys=rewrite["keys"], table=rewrite["table"], out=rewrite["out"],
         out_shape=_parse(rewrite["out_shape"], declared, "rewrite.out_shape") if "out_shape" in rewrite else None,
         priority=data.get("priority", 0),
-        candidate=(candidate["input"], candidate["rank"], tuple(candidate.get("dtype", []))) if candidate else None,
+        candidate=(candidate["input"], candidate["rank"], tuple(candidate.get("dtype", [])),
+                   candidate.get("varying")) if candidate else None,
         where=tuple((text, _parse(text, declared, f"where: '{text}'")) for text in data.get("where", [])),
         refusals=tuple(_refusal(i, body, declared) for i, body in enumerate(data.get("refuse", []))),
     )
