@@ -39,8 +39,10 @@ class SplitRunner:
         self.input_names = [t.name for t in graph.inputs]
         self.nodes = [(n.name, _string_attr(n, "model_name"), int(n.attrs["table_id"]), n.inputs[0].name,
                        n.outputs[0].name) for n in graph.nodes if n.op == HPS_OP]
-        self.pre = self._session(self._pre_graph(graph.copy()))
-        self.post = self._session(self._post_graph(graph.copy()))
+        # Each half from a fresh import: Graph.copy() loses sequence types inside Loop bodies
+        # (onnx-graphsurgeon 0.6.1), which breaks torch's EmbeddingBag exports.
+        self.pre = self._session(self._pre_graph(gs.import_onnx(proto)))
+        self.post = self._session(self._post_graph(gs.import_onnx(proto)))
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         values = dict(feeds)
@@ -57,7 +59,7 @@ class SplitRunner:
         if not wanted:
             return None
         graph.outputs = wanted
-        graph.cleanup(remove_unused_graph_inputs=True)
+        graph.cleanup(remove_unused_graph_inputs=True, recurse_subgraphs=False)
         if any(n.op == HPS_OP for n in graph.nodes):
             raise SurgeonError("an HPS_TRT node's keys depend on another HPS_TRT node's output; "
                                "the CPU runner supports independent lookups only")
@@ -72,7 +74,7 @@ class SplitRunner:
             out.dtype = np.float32
             looked_up.append(out)
         graph.inputs = [*graph.inputs, *looked_up]
-        graph.cleanup(remove_unused_graph_inputs=True)
+        graph.cleanup(remove_unused_graph_inputs=True, recurse_subgraphs=False)
         return graph
 
     @staticmethod

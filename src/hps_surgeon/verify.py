@@ -124,7 +124,7 @@ def verify(original: str | Path, rewritten: str | Path, config: str | Path, *, b
     runners = [OnnxrtRunner(SessionFromOnnx(str(original)), name="onnxrt-original"),
                HpsRunner(rewritten, config, backend, name=f"hps-{backend}")]
     results = Comparator.run(runners, data_loader=feeds)
-    accuracy = Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(atol=atol, rtol=rtol))
+    accuracy = Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(atol=atol, rtol=rtol, infinities_compare_equal=True))
     outputs = _output_errors(results, runners)
     return VerifyReport(passed=bool(accuracy), iterations=len(feeds), batch_sizes=(1, batch_size),
                         outputs=outputs, key_ranges=tuple(ranges), atol=atol, rtol=rtol)
@@ -182,7 +182,9 @@ def _output_errors(results, runners) -> tuple[OutputError, ...]:
             if expected.shape != actual.shape:
                 worst[name] = OutputError(name, float("inf"), float("inf"))
                 continue
-            diff = np.abs(expected - actual)
+            same = (expected == actual) | (np.isnan(expected) & np.isnan(actual))  # equal infinities too
+            with np.errstate(invalid="ignore"):
+                diff = np.where(same, 0.0, np.abs(expected - actual))
             max_abs = float(diff.max()) if diff.size else 0.0
             max_rel = float((diff / np.maximum(np.abs(expected), 1e-30)).max()) if diff.size else 0.0
             old = worst.get(name, OutputError(name, 0.0, 0.0))
