@@ -13,7 +13,7 @@ import onnx
 from . import export, validate
 from .errors import SurgeonError
 from .load import LoadedModel, load_model, load_proto
-from .match import MatchResult, NearMiss, dtype_name, find_matches
+from .match import MatchResult, NearMiss, all_tensors, dtype_name, find_matches
 from .plan import Options, Plan, plan_rewrites
 from .rewrite import rewrite_model
 from .spec import PatternSpec, load_patterns
@@ -68,7 +68,7 @@ def scan(model: ModelLike, *, patterns: str | os.PathLike | None = None, key_dty
     """List the embedding lookups `rewrite` would replace, and those it would not (with the reason)."""
     loaded = _load(model)
     result = _match(loaded, load_patterns(patterns), Options(key_dtype=key_dtype))
-    tensors = loaded.graph.tensors()
+    tensors = all_tensors(loaded.graph)
     entries = []
     for match in result.matches:
         table, keys = tensors[match.table], tensors[match.keys]

@@ -34,6 +34,7 @@ class Match:
     table: str  #: constant tensor exported as the table
     out: str  #: tensor the HPS_TRT node (plus glue) produces
     out_shape: tuple[int, ...] | None = None  #: static reshape target for `out`; None = keys' shape + [D]
+    hoist: str | None = None  #: loop-body node re-applied to the rows looked up in the main graph
     size: int = 0  #: number of matched nodes (larger wins on overlap)
     priority: int = 0
 
@@ -105,6 +106,9 @@ class _Binder:
             self.progress += 1
         self.nodes[node_spec.name] = producer
         self.progress += 1
+        if len(producer.inputs) > len(node_spec.inputs):
+            self.fail(f"node '{producer.name}' ({producer.op}) has {len(producer.inputs)} inputs, the pattern "
+                      f"expects {len(node_spec.inputs)}")
         for slot, ref in enumerate(node_spec.inputs):
             if slot >= len(producer.inputs) or producer.inputs[slot].name == "":
                 self.fail(f"node '{producer.name}' ({producer.op}) has no input {slot}")
@@ -154,12 +158,16 @@ def find_matches(graph: gs.Graph, specs: list[PatternSpec], options: dict[str, A
     options = dict(options or {})
     found: list[Match] = []
     misses: dict[str, list[NearMiss | tuple[int, NearMiss]]] = {}
+    top_level = set(graph.tensors())
     for spec in specs:
         anchor_op = spec.nodes[spec.anchor].op
-        for node in graph.nodes:
+        # HPS_TRT lives in the main graph: a lookup inside a loop body is rewritten only by
+        # hoisting it out (patterns with rewrite.hoist), never as one plugin call per iteration.
+        nodes = subgraph_nodes(graph) if spec.hoist else graph.nodes
+        for node in nodes:
             if node.op != anchor_op:
                 continue
-            outcome = _match_at(spec, node, options, explain)
+            outcome = _match_at(spec, node, options, explain, top_level)
             if isinstance(outcome, Match):
                 found.append(outcome)
             elif outcome is not None:
@@ -175,7 +183,8 @@ def find_matches(graph: gs.Graph, specs: list[PatternSpec], options: dict[str, A
     return MatchResult(tuple(matches), tuple(sorted(near, key=lambda n: n.node)))
 
 
-def _match_at(spec: PatternSpec, node: gs.Node, options: dict, explain: bool) -> Match | tuple[int, NearMiss] | None:
+def _match_at(spec: PatternSpec, node: gs.Node, options: dict, explain: bool,
+              top_level: set[str]) -> Match | tuple[int, NearMiss] | None:
     out_ref = spec.outputs[spec.out]
     if len(node.outputs) <= out_ref.index:
         return None
@@ -185,6 +194,9 @@ def _match_at(spec: PatternSpec, node: gs.Node, options: dict, explain: bool) ->
         try:
             binder.match_node(spec.nodes[spec.anchor], out_ref.index, node.outputs[out_ref.index])
             _check_where(spec, binder, options)
+            if spec.hoist and binder.tensors[spec.keys].name not in top_level:
+                binder.fail(f"keys '{binder.tensors[spec.keys].name}' are computed inside the loop body, so the "
+                            "lookup cannot be hoisted into the main graph")
         except _Fail as failure:
             # Ties go to the less-absorbing variant: its failure names the slot itself.
             if best is None or failure.progress >= best.progress:
@@ -202,6 +214,7 @@ def _match_at(spec: PatternSpec, node: gs.Node, options: dict, explain: bool) ->
                 best = _Fail(f"rewrite.out_shape is {out_shape}, not a static shape", binder.progress)
                 continue
         return Match(pattern=spec.id, anchor=node.name, variant=tuple(sorted(present & set(spec.optional_nodes))),
+                     hoist=binder.nodes[spec.hoist].name if spec.hoist else None,
                      nodes=(*nodes, node.name), keys=binder.tensors[spec.keys].name, table=table,
                      out=binder.value_of(spec.out).name, out_shape=tuple(out_shape) if out_shape else None,
                      size=len(binder.nodes), priority=spec.priority)
@@ -300,6 +313,27 @@ def _resolve_overlaps(found: list[Match]) -> list[Match]:
 
 
 # --- graph facts shared with plan and rewrite -------------------------------------------------
+
+def subgraph_nodes(graph: gs.Graph):
+    """Nodes inside the bodies of Loop/If/Scan nodes, at any depth (not the main graph's own)."""
+    for node in graph.nodes:
+        for value in node.attrs.values():
+            for sub in (value if isinstance(value, list) else [value]):
+                if isinstance(sub, gs.Graph):
+                    yield from sub.nodes
+                    yield from subgraph_nodes(sub)
+
+
+def all_tensors(graph: gs.Graph) -> dict[str, gs.Tensor]:
+    """Tensors of the graph and of every subgraph by name (ONNX names are unique across scopes)."""
+    tensors = dict(graph.tensors())
+    for node in graph.nodes:
+        for value in node.attrs.values():
+            for sub in (value if isinstance(value, list) else [value]):
+                if isinstance(sub, gs.Graph):
+                    tensors.update({k: v for k, v in all_tensors(sub).items() if k not in tensors})
+    return tensors
+
 
 def is_constant(tensor: gs.Tensor) -> bool:
     return isinstance(tensor, gs.Constant) or bool(tensor.inputs and tensor.inputs[0].op == "Constant")

@@ -15,7 +15,7 @@ import onnx_graphsurgeon as gs
 
 from .errors import SurgeonError
 from .load import LoadedModel
-from .match import Match, NearMiss, dtype_name
+from .match import Match, NearMiss, all_tensors, dtype_name
 
 #: table dtypes HPS_TRT can serve; fp16/bf16 are widened to float32 exactly on export.
 TABLE_DTYPES = ("float32", "float16", "bfloat16")
@@ -80,6 +80,7 @@ class LookupPlan:
     output: str
     output_dtype: str
     out_shape: tuple[int, ...] | None  #: static reshape target of `output`; None = keys' shape + [D]
+    hoist: str | None  #: loop-body node re-applied to the rows HPS_TRT looks up in the main graph
     consumers: tuple[str, ...]
     notes: tuple[str, ...] = ()
 
@@ -101,7 +102,7 @@ def plan_rewrites(loaded: LoadedModel, matches: tuple[Match, ...], near_misses: 
     """Decide table ids, key handling and notes for every match; raise SurgeonError on what must be fixed."""
     if options.key_dtype not in KEY_DTYPES:
         raise SurgeonError(f"--key-dtype {options.key_dtype}: HPS_TRT keys are {' or '.join(KEY_DTYPES)}")
-    tensors = loaded.graph.tensors()
+    tensors = all_tensors(loaded.graph)
     replaced = {name for m in matches for name in m.nodes}
     table_order: dict[str, list[Match]] = {}
     for match in matches:
@@ -126,7 +127,7 @@ def _plan_table(loaded: LoadedModel, tensor: gs.Tensor, table_id: int, name: str
                            f"HPS_TRT tables are float32 (float16/bfloat16 are converted). Re-export the table "
                            f"as float32.")
     rows, dim = (int(d) for d in tensor.shape)
-    per_sample = [_keys_per_sample(_shape(loaded.graph.tensors()[m.keys])) for m in users]
+    per_sample = [_keys_per_sample(_shape(all_tensors(loaded.graph)[m.keys])) for m in users]
     if any(n is None for n in per_sample):
         if options.max_keys_per_sample is None:
             raise SurgeonError(f"{loaded.path}: keys '{users[per_sample.index(None)].keys}' of node "
@@ -161,6 +162,9 @@ def _plan_lookup(tensors: dict[str, gs.Tensor], match: Match, table: TablePlan, 
         notes.append(f"keys cast from {key_dtype} to {options.key_dtype}" +
                      (" (keys beyond int32 wrap; HugeCTR's HPS_TRT takes int32 only)"
                       if options.key_dtype == "int32" and key_dtype == "int64" else ""))
+    if match.hoist:
+        notes.append(f"lookup hoisted out of its loop: one HPS_TRT over all of '{keys.name}' in the main graph, "
+                     f"node '{match.hoist}' then picks the looked-up rows inside the loop")
     if len(key_shape) != 2 and match.out_shape is None:
         notes.append(f"keys of rank {len(key_shape)} reshaped to [B, N] for HPS_TRT and the output reshaped back")
     out_dtype = dtype_name(out) or table.dtype
@@ -173,7 +177,7 @@ def _plan_lookup(tensors: dict[str, gs.Tensor], match: Match, table: TablePlan, 
         node=f"hps_trt/{match.anchor}", pattern=match.pattern, variant=match.variant, replaced=match.nodes,
         table=table.tensor, table_id=table.table_id, keys=keys.name, key_dtype=key_dtype, key_shape=key_shape,
         keys_per_sample=_keys_per_sample(key_shape), rows=table.rows, emb_vec_size=table.dim,
-        output=out.name, output_dtype=out_dtype, out_shape=match.out_shape, consumers=consumers,
+        output=out.name, output_dtype=out_dtype, out_shape=match.out_shape, hoist=match.hoist, consumers=consumers,
         notes=tuple(notes))
 
 

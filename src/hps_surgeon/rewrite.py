@@ -16,6 +16,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .load import LoadedModel
+from .match import all_tensors
 from .plan import LookupPlan, Plan
 
 HPS_OP = "HPS_TRT"
@@ -26,7 +27,7 @@ _NP = {"int32": np.int32, "int64": np.int64, "float32": np.float32, "float16": n
 def rewrite_model(loaded: LoadedModel, plan: Plan) -> onnx.ModelProto:
     """The rewritten model; external-data references still point at the source model's files."""
     graph = gs.import_onnx(loaded.proto)
-    tensors = graph.tensors()
+    tensors = all_tensors(graph)
     for lookup in plan.lookups:
         _replace_lookup(graph, tensors, lookup, plan)
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
@@ -55,7 +56,35 @@ def _replace_lookup(graph: gs.Graph, tensors: dict[str, gs.Tensor], lookup: Look
     else:
         result = glue.from_2d(hps_out, keys, lookup.key_shape, lookup.emb_vec_size)
     result = glue.cast(result, lookup.output_dtype)
-    glue.deliver(result, out)
+    if lookup.hoist:
+        _pick_inside_loop(graph, lookup.hoist, result, out)
+    else:
+        glue.deliver(result, out)
+
+
+def _pick_inside_loop(graph: gs.Graph, pick_name: str, rows: gs.Tensor, out: gs.Tensor) -> None:
+    """Re-apply the body's key selection (an axis-0 Slice) to the rows looked up in the main graph.
+
+    Selecting keys then looking them up equals looking all keys up then selecting rows, because
+    the lookup maps each key to one row in the same position along axis 0.
+    """
+    body, pick = _owner_of(graph, pick_name)
+    body.nodes.append(gs.Node(op=pick.op, name=f"{pick.name}/rows", attrs=dict(pick.attrs),
+                              inputs=[rows, *pick.inputs[1:]], outputs=[out]))
+
+
+def _owner_of(graph: gs.Graph, node_name: str) -> tuple[gs.Graph, gs.Node]:
+    for node in graph.nodes:
+        if node.name == node_name:
+            return graph, node
+        for value in node.attrs.values():
+            for sub in (value if isinstance(value, list) else [value]):
+                if isinstance(sub, gs.Graph):
+                    try:
+                        return _owner_of(sub, node_name)
+                    except KeyError:
+                        pass
+    raise KeyError(node_name)
 
 
 def _attributes(lookup: LookupPlan, plan: Plan) -> dict[str, Any]:
