@@ -2,6 +2,7 @@
 
 match_<what>.onnx.txt   -> matches; plan equals match_<what>.plan.yaml; rewrite passes the checker and
                            computes what onnxruntime computes on the original
+refuse_<what>.onnx.txt  -> matches, then refused: nothing rewritten; (node, reason) equals refuse_<what>.expect.yaml
 nomatch_<what>.onnx.txt -> nothing rewritten; near miss (node, reason) equals nomatch_<what>.expect.yaml
 
 Snapshots change only with HPS_SURGEON_UPDATE_SNAPSHOTS=1.
@@ -51,7 +52,8 @@ def _plan_snapshot(plan) -> dict:
 
 def test_every_pattern_has_positive_and_negative_fixtures():
     for folder in sorted(p.parent for p in PATTERNS.glob("*/pattern.yaml")):
-        assert list(folder.glob("match_*.onnx.txt")), f"{folder.name}: no match_*.onnx.txt"
+        positive = [*folder.glob("match_*.onnx.txt"), *folder.glob("refuse_*.onnx.txt")]
+        assert positive, f"{folder.name}: no match_*.onnx.txt or refuse_*.onnx.txt"
         assert list(folder.glob("nomatch_*.onnx.txt")), f"{folder.name}: no nomatch_*.onnx.txt"
 
 
@@ -81,15 +83,16 @@ def test_positive_fixture(fixture: Path, tmp_path):
             np.testing.assert_array_equal(value, expected[name])
 
 
-@pytest.mark.parametrize("fixture", _cases("nomatch"))
+@pytest.mark.parametrize("fixture", _cases("nomatch") + _cases("refuse"))
 def test_negative_fixture(fixture: Path):
     spec = load_pattern(fixture.parent / "pattern.yaml")
     loaded = _load(fixture)
     result = find_matches(loaded.graph, [spec], {"key_dtype": "int32"}, explain=True)
     assert not result.matches
     expect = yaml.safe_load(fixture.with_name(fixture.name.replace(".onnx.txt", ".expect.yaml")).read_text())
-    reasons = {m.node: m.reason for m in result.near_misses}
-    assert reasons.get(expect["node"]) == expect["reason"]
+    misses = {m.node: m for m in result.near_misses}
+    assert misses[expect["node"]].reason == expect["reason"]
+    assert misses[expect["node"]].refused == fixture.name.startswith("refuse_")
 
 
 def _only(spec, tmp_path: Path) -> Path:

@@ -173,8 +173,9 @@ def find_matches(graph: gs.Graph, specs: list[PatternSpec], options: dict[str, A
             elif outcome is not None:
                 misses.setdefault(node.name, []).append(outcome)
     matches = _resolve_overlaps(found)
-    matched_anchors = {m.anchor for m in found}
-    near = []
+    matches, blocked = _drop_lookups_of_refused_tables(matches, misses)
+    matched_anchors = {m.anchor for m in matches}
+    near = list(blocked)
     for node_name, candidates in misses.items():
         if node_name in matched_anchors:
             continue
@@ -222,6 +223,29 @@ def _match_at(spec: PatternSpec, node: gs.Node, options: dict, explain: bool,
         return None
     reason = f"node '{node.name}' ({node.op}): {best.reason}; not rewritten"
     return (best.progress, NearMiss(spec.id, node.name, node.op, reason))
+
+
+def _drop_lookups_of_refused_tables(matches: list[Match], misses: dict) -> tuple[list[Match], list[NearMiss]]:
+    """A table one refused lookup reads stays in the model as it is: its other lookups stay too.
+
+    (torch's max_norm renormalisation, for one, gathers the table's rows a second time.)
+    """
+    refused = {}
+    for candidates in misses.values():
+        for _, miss in candidates:
+            if miss.refused and miss.table:
+                refused.setdefault(miss.table, miss)
+    kept, blocked = [], []
+    for match in matches:
+        cause = refused.get(match.table)
+        if cause is None:
+            kept.append(match)
+        else:
+            blocked.append(NearMiss(match.pattern, match.anchor, cause.op,
+                                    f"node '{match.anchor}': table '{match.table}' is also read by node "
+                                    f"'{cause.node}', which is refused (see its reason); leaving every lookup of "
+                                    "the table in place", refused=True, table=match.table))
+    return kept, blocked
 
 
 def _variants(spec: PatternSpec):
