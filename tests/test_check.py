@@ -15,7 +15,7 @@ from onnx import TensorProto, helper
 import hps_surgeon
 from hps_surgeon.validate import validate
 
-from support import FIXTURES, ROOT, lookup_model
+from support import FIXTURES, ROOT
 
 
 @pytest.fixture(scope="module")

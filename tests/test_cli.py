@@ -38,7 +38,7 @@ def test_rewrite_writes_exactly_the_documented_files(one_lookup, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert listing(out) == ["hps_config.json", "model.onnx", "report.json", "tables/table/emb_vector",
                             "tables/table/key"]
-    assert f"rewrote 1 lookup(s) into HPS_TRT nodes, 1 table(s)" in proc.stdout
+    assert "rewrote 1 lookup(s) into HPS_TRT nodes, 1 table(s)" in proc.stdout
     assert str(out / "model.onnx") in proc.stdout
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
 

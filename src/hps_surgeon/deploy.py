@@ -26,11 +26,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import onnx
 from onnx import AttributeProto, TensorProto
 
-from . import triton, validate
+from . import keyspace, triton, validate
 from .errors import EXIT_OK, SurgeonError
 from .export import CONFIG_NAME, MODEL_NAME
 
@@ -77,7 +76,8 @@ class DeployResult:
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     """Register the `deploy` subcommand."""
-    p = commands.add_parser("deploy", help="make a Triton model repository (TensorRT + HPS plugin) from a rewrite folder")
+    p = commands.add_parser("deploy", help="make a Triton model repository (TensorRT engine recipe, HPS "
+                            "plugin) from a rewrite folder")
     p.add_argument("rewrite_dir", metavar="REWRITE_DIR", help="output folder of hps-surgeon rewrite")
     p.add_argument("--repo", required=True, help="Triton model repository to write (empty or absent; see --force)")
     p.add_argument("--name", help="Triton model name (default: the HPS model_name)")
@@ -144,7 +144,7 @@ def deploy(rewrite_dir: str | os.PathLike, repo: str | os.PathLike, options: Dep
     files = {
         "config.pbtxt": triton.config_pbtxt(name, inputs, outputs, options.instances, options.gpus),
         "build_engine.sh": triton.build_engine_sh(name, deployed_config, options.plugin_lib, prof, options.fp16),
-        "perf_data.json": json.dumps(triton.perf_data(inputs, batch.opt, _valid_keys(source, tables))),
+        "perf_data.json": json.dumps(triton.perf_data(inputs, batch.opt, keyspace.rewritten_key_ranges(source.model, source.path / CONFIG_NAME))),
     }
     hps_config = _deployed_hps_config(source, tables, posixpath.join(root, name, "hps"), options.gpus)
     model = _deployed_model(source.model, deployed_config)
@@ -177,7 +177,8 @@ def read_rewrite(path: Path) -> RewriteFolder:
         raise SurgeonError(f"{model_path}: not a readable ONNX model ({str(exc).splitlines()[0]}) — {fix}") from None
     nodes = validate.hps_nodes(model)
     if not nodes:
-        raise SurgeonError(f"{model_path}: has no HPS_TRT node, so there is nothing for the HPS plugin to serve — {fix}")
+        raise SurgeonError(f"{model_path}: has no HPS_TRT node, so there is nothing for the HPS plugin to serve — "
+                           f"{fix}")
     _check_external_data(model, path)
     problems = validate.errors(validate.validate(model_path, config_path, model=model))
     if problems:
@@ -293,29 +294,6 @@ def _deployed_model(model: onnx.ModelProto, deployed_config: str) -> onnx.ModelP
                 nul = "\0" if attr.s.endswith(b"\0") else ""
                 attr.s = (deployed_config + nul).encode()
     return copy
-
-
-def _valid_keys(source: RewriteFolder, tables: dict) -> dict[str, dict[int | None, np.ndarray]]:
-    """Per keys input and column, keys stored in every table that column reaches (None: any column)."""
-    found = {}
-    for input_name, columns in triton.key_tables(source.model).items():
-        whole = columns.get(None, set())
-        keys = {None: _common_keys([tables[t][0] for t in set().union(*columns.values())])}
-        for column, used in columns.items():
-            if column is not None:
-                keys[column] = _common_keys([tables[t][0] for t in used | whole])
-        found[input_name] = keys
-    return found
-
-
-def _common_keys(folders: list[Path]) -> np.ndarray:
-    keys = None
-    for folder in sorted(set(folders)):
-        stored = np.fromfile(folder / "key", dtype="<i8")
-        keys = stored if keys is None else np.intersect1d(keys, stored)
-    if keys is None or keys.size == 0:
-        keys = np.fromfile(sorted(folders)[0] / "key", dtype="<i8")
-    return keys if keys.size else np.zeros(1, dtype=np.int64)
 
 
 def _write_hps(folder: Path, source: RewriteFolder, model: onnx.ModelProto, config: dict, tables: dict) -> None:

@@ -9,9 +9,12 @@ graph input and the node — Cast, Reshape, Squeeze, column picks (Gather on axi
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from .match import constant_values
@@ -29,6 +32,28 @@ class KeyRange:
     column: int | None
     low: int
     high: int
+
+
+def rewritten_key_ranges(model: onnx.ModelProto, config: Path) -> list[KeyRange]:
+    """Valid key ranges of a rewritten model's inputs: each table's stored key span, traced back."""
+    graph = gs.import_onnx(model)
+    config_data = json.loads(Path(config).read_text())
+    wanted: dict[str, tuple[int, int]] = {}
+    for node in graph.nodes:
+        if node.op != "HPS_TRT":
+            continue
+        model_name = _text(node.attrs["model_name"])
+        entry = next(m for m in config_data["models"] if m["model"] == model_name)
+        folder = Path(config).parent / entry["sparse_files"][int(node.attrs["table_id"])]
+        keys = np.fromfile(folder / "key", dtype="<i8")
+        span = (int(keys.min()), int(keys.max())) if keys.size else (0, 0)
+        old = wanted.get(node.inputs[0].name, span)
+        wanted[node.inputs[0].name] = (max(span[0], old[0]), min(span[1], old[1]))
+    return key_ranges(graph, wanted)
+
+
+def _text(value) -> str:
+    return (value.decode() if isinstance(value, bytes) else str(value)).rstrip("\0")
 
 
 def key_ranges(graph: gs.Graph, wanted: dict[str, tuple[int, int]]) -> list[KeyRange]:

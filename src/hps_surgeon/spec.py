@@ -157,9 +157,9 @@ def _build(path: Path, data: dict) -> PatternSpec:
     if nodes[anchor].optional:
         raise ValueError(f"nodes.{anchor}: the node producing rewrite.out cannot be optional")
     candidate = data.get("candidate")
-    for field in ("input", "varying"):
-        if candidate and field in candidate and candidate[field] not in tensors:
-            raise ValueError(f"candidate.{field} uses '{candidate[field]}', not declared "
+    for key in ("input", "varying"):
+        if candidate and key in candidate and candidate[key] not in tensors:
+            raise ValueError(f"candidate.{key} uses '{candidate[key]}', not declared "
                              f"(declared: {', '.join(declared)})")
     return PatternSpec(
         id=data["id"], summary=data["summary"], path=path, tensors=tensors, nodes=nodes, outputs=outputs,

@@ -8,7 +8,6 @@ from the keys that really exist in the exported tables (`keyspace`), at batch 1 
 
 from __future__ import annotations
 
-import json
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -16,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnx_graphsurgeon as gs
 from polygraphy.backend.base import BaseRunner
 from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
 from polygraphy.common import TensorMetadata
@@ -119,7 +117,7 @@ def verify(original: str | Path, rewritten: str | Path, config: str | Path, *, b
     problems = validate.errors(validate.validate(rewritten, config))
     if problems:
         raise SurgeonError(f"{problems[0]} (and {len(problems) - 1} more)" if len(problems) > 1 else str(problems[0]))
-    ranges = rewritten_key_ranges(rewritten, config)
+    ranges = keyspace.rewritten_key_ranges(onnx.load_model(str(rewritten), load_external_data=False), config)
     feeds = make_feeds(original, ranges, iterations, (1, batch_size), seed)
     runners = [OnnxrtRunner(SessionFromOnnx(str(original)), name="onnxrt-original"),
                HpsRunner(rewritten, config, backend, name=f"hps-{backend}")]
@@ -128,23 +126,6 @@ def verify(original: str | Path, rewritten: str | Path, config: str | Path, *, b
     outputs = _output_errors(results, runners)
     return VerifyReport(passed=bool(accuracy), iterations=len(feeds), batch_sizes=(1, batch_size),
                         outputs=outputs, key_ranges=tuple(ranges), atol=atol, rtol=rtol)
-
-
-def rewritten_key_ranges(rewritten: Path, config: Path) -> list[keyspace.KeyRange]:
-    """Valid key ranges of the rewritten model's inputs: each table's stored key span, traced back."""
-    graph = gs.import_onnx(onnx.load_model(str(rewritten), load_external_data=False))
-    config_data = json.loads(config.read_text())
-    wanted: dict[str, tuple[int, int]] = {}
-    for node in graph.nodes:
-        if node.op != validate.HPS_OP:
-            continue
-        model_name = _text(node.attrs["model_name"])
-        entry = next(m for m in config_data["models"] if m["model"] == model_name)
-        keys = np.fromfile(config.parent / entry["sparse_files"][int(node.attrs["table_id"])] / "key", dtype="<i8")
-        span = (int(keys.min()), int(keys.max())) if keys.size else (0, 0)
-        old = wanted.get(node.inputs[0].name, span)
-        wanted[node.inputs[0].name] = (max(span[0], old[0]), min(span[1], old[1]))
-    return keyspace.key_ranges(graph, wanted)
 
 
 def make_feeds(model_path: Path, ranges: list[keyspace.KeyRange], iterations: int, batch_sizes: tuple[int, ...],
