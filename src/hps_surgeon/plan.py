@@ -110,7 +110,7 @@ def plan_rewrites(loaded: LoadedModel, matches: tuple[Match, ...], near_misses: 
     names = _unique_names(list(table_order))
     tables, lookups = [], []
     for table_id, (tensor_name, users) in enumerate(table_order.items()):
-        table = _plan_table(loaded, tensors[tensor_name], table_id, names[tensor_name], users, replaced, options)
+        table = _plan_table(loaded, tensors, tensor_name, table_id, names[tensor_name], users, replaced, options)
         tables.append(table)
         lookups.extend(_plan_lookup(tensors, m, table, options) for m in users)
     lookups.sort(key=lambda lp: lp.node)
@@ -118,8 +118,9 @@ def plan_rewrites(loaded: LoadedModel, matches: tuple[Match, ...], near_misses: 
                 notes=_global_notes(options) if lookups else ())
 
 
-def _plan_table(loaded: LoadedModel, tensor: gs.Tensor, table_id: int, name: str, users: list[Match],
-                replaced: set[str], options: Options) -> TablePlan:
+def _plan_table(loaded: LoadedModel, tensors: dict[str, gs.Tensor], tensor_name: str, table_id: int, name: str,
+                users: list[Match], replaced: set[str], options: Options) -> TablePlan:
+    tensor = tensors[tensor_name]
     dtype = dtype_name(tensor)
     anchor = users[0].anchor
     if dtype not in TABLE_DTYPES:
@@ -127,7 +128,7 @@ def _plan_table(loaded: LoadedModel, tensor: gs.Tensor, table_id: int, name: str
                            f"HPS_TRT tables are float32 (float16/bfloat16 are converted). Re-export the table "
                            f"as float32.")
     rows, dim = (int(d) for d in tensor.shape)
-    per_sample = [_keys_per_sample(_shape(all_tensors(loaded.graph)[m.keys])) for m in users]
+    per_sample = [_keys_per_sample(_shape(tensors[m.keys])) for m in users]
     if any(n is None for n in per_sample):
         if options.max_keys_per_sample is None:
             raise SurgeonError(f"{loaded.path}: keys '{users[per_sample.index(None)].keys}' of node "

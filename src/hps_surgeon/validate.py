@@ -225,7 +225,8 @@ def _check_table_files(folder: Path, table_id: int, dim: int, key_type, tables: 
         bad(f"table {table_id}: {vector_file} has {vector_bytes} bytes, expected {rows} rows x {dim} x 4 = "
             f"{rows * dim * 4} — the file is truncated or emb_vec_size is wrong; re-export the table")
     keys = tables.keys(folder)
-    if np.unique(keys).size != keys.size:
+    # Strictly increasing keys (what rewrite writes) are unique; sort only when they are not.
+    if not bool(np.all(keys[1:] > keys[:-1])) and np.unique(keys).size != keys.size:
         bad(f"table {table_id}: {key_file} holds duplicate keys — each key must appear once")
     if key_type is not None and key_type[0] == TensorProto.INT32 and keys.size and (
             keys.max() > _INT32_MAX or keys.min() < -_INT32_MAX - 1):
