@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import onnx
 
 from . import export, validate
+from .attach import SparseModelInput, parse_sparse_model, plan_attached
 from .errors import SurgeonError
 from .load import LoadedModel, load_model, load_proto
 from .match import MatchResult, NearMiss, all_tensors, dtype_name, find_matches
@@ -85,12 +87,15 @@ def rewrite(model: ModelLike, out_dir: str | os.PathLike, *, model_name: str | N
             key_dtype: str = "int32", max_batch_size: int = 1024, max_keys_per_sample: int | None = None,
             gpucache_ratio: float = 1.0, domain: str = "trt.plugins", nul_strings: bool = True,
             ps_config_file: str | None = None, default_value: float = 0.0, force: bool = False,
-            quiet: bool = True, patterns: str | os.PathLike | None = None) -> RewriteResult:
+            quiet: bool = True, patterns: str | os.PathLike | None = None,
+            hugectr_sparse_models: Sequence[str | SparseModelInput] = ()) -> RewriteResult:
     """Rewrite every embedding lookup into an HPS_TRT node and write the deployable folder.
 
     `out_dir` receives model.onnx (+ model.onnx.data when large), hps_config.json, tables/<name>/
     {key, emb_vector} and report.json, all at once: on any error nothing is left behind.
     `ps_config_file` defaults to the absolute path of `out_dir/hps_config.json`.
+    `hugectr_sparse_models` ("INPUT=FOLDER[:combiner][:nnz]") attach lookups to embedding outputs that
+    are graph inputs (HugeCTR models converted with convert_embedding=False).
     Raises SurgeonError with a one-line message on bad input.
     """
     out_dir = Path(out_dir)
@@ -102,7 +107,9 @@ def rewrite(model: ModelLike, out_dir: str | os.PathLike, *, model_name: str | N
         domain=domain, nul_strings=nul_strings, default_value=default_value,
         ps_config_file=ps_config_file or str((out_dir / export.CONFIG_NAME).absolute()))
     result = _match(loaded, load_patterns(patterns), options)
-    plan = plan_rewrites(loaded, result.matches, result.near_misses, options)
+    attached = tuple(plan_attached(loaded, parse_sparse_model(s) if isinstance(s, str) else s, options)
+                     for s in hugectr_sparse_models)
+    plan = plan_rewrites(loaded, result.matches, result.near_misses, options, attached)
     report = _report(loaded, plan)
     if not plan.lookups:
         return RewriteResult(written=False, out_dir=out_dir, plan=plan, report=report)
@@ -152,7 +159,7 @@ def _load(model: ModelLike) -> LoadedModel:
 
 
 def _match(loaded: LoadedModel, specs: list[PatternSpec], options: Options) -> MatchResult:
-    return find_matches(loaded.graph, specs, options.as_match_options())
+    return find_matches(loaded.graph, specs, options.as_match_options(), tables=loaded.sources)
 
 
 def _default_model_name(path: Path) -> str:

@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
                          help="do not end string attributes with NUL (HugeCTR's samples do)")
     rewrite.add_argument("--ps-config-file", help="path written into the nodes (default: OUT/hps_config.json, absolute)")
     rewrite.add_argument("--patterns", help="folder of pattern folders (default: the built-in patterns)")
+    rewrite.add_argument("--hugectr-sparse-model", action="append", default=[], metavar="INPUT=FOLDER[:combiner][:nnz]",
+                         help="attach an HPS_TRT lookup producing embedding input INPUT from HugeCTR sparse-model "
+                              "FOLDER (models converted with convert_embedding=False); repeatable")
     rewrite.add_argument("--force", action="store_true", help="replace a non-empty output folder")
     rewrite.add_argument("--json", action="store_true", help="print the report as JSON")
     rewrite.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -112,7 +115,7 @@ def _rewrite(args: argparse.Namespace) -> int:
         max_batch_size=args.max_batch_size, max_keys_per_sample=args.max_keys_per_sample,
         gpucache_ratio=args.gpucache_ratio, domain=args.domain, nul_strings=args.nul_strings,
         ps_config_file=args.ps_config_file, force=args.force, quiet=args.quiet or args.json,
-        patterns=args.patterns)
+        patterns=args.patterns, hugectr_sparse_models=args.hugectr_sparse_model)
     if args.json:
         print(json.dumps({"written": result.written, "out_dir": str(result.out_dir), **result.report}, indent=2))
         return EXIT_OK

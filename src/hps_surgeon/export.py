@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from .errors import SurgeonError
 from .load import LoadedModel, TensorSource
-from .plan import Plan, TablePlan
+from .plan import Plan, TablePlan, mapped_keys
 
 CONFIG_NAME = "hps_config.json"
 MODEL_NAME = "model.onnx"
@@ -73,7 +73,13 @@ def write_tables(loaded: LoadedModel, plan: Plan, folder: Path, quiet: bool = Tr
     show = not quiet and os.isatty(2) and total >= (256 << 20)
     with tqdm(total=total, unit="B", unit_scale=True, desc="tables", disable=not show, leave=False) as bar:
         for table in plan.tables:
-            _write_table(loaded.sources[table.tensor], table, folder / table.folder, bar)
+            if table.source_folder:
+                _copy_folder(Path(table.source_folder), folder / table.folder, bar)
+            elif table.key_map:
+                _write_mapped_table(loaded.sources[table.tensor], loaded.sources[table.key_map], table,
+                                    folder / table.folder, bar)
+            else:
+                _write_table(loaded.sources[table.tensor], table, folder / table.folder, bar)
 
 
 def _write_table(source: TensorSource, table: TablePlan, folder: Path, bar: tqdm) -> None:
@@ -93,6 +99,32 @@ def _write_table(source: TensorSource, table: TablePlan, folder: Path, bar: tqdm
                 rows = source.read_rows(start, min(start + step, table.rows))
                 rows.astype("<f4", copy=False).tofile(out)
                 bar.update(rows.nbytes)
+        _fsync(out)
+
+
+def _copy_folder(source: Path, folder: Path, bar: tqdm) -> None:
+    folder.mkdir(parents=True)
+    for name in ("key", "emb_vector"):
+        with open(folder / name, "wb") as out:
+            _copy_range(source / name, 0, (source / name).stat().st_size, out, bar.update)
+            _fsync(out)
+
+
+def _write_mapped_table(source: TensorSource, key_map: TensorSource, table: TablePlan, folder: Path,
+                        bar: tqdm) -> None:
+    """Key k with row key_map[k] of the table, for every key the map sends to a real row."""
+    folder.mkdir(parents=True)
+    mapping = key_map.read_all()
+    keys = mapped_keys(mapping, source.shape[0])
+    with open(folder / "key", "wb") as out:
+        keys.astype("<i8").tofile(out)
+        _fsync(out)
+    step = max(1, _CHUNK_BYTES // (table.dim * 4))
+    with open(folder / "emb_vector", "wb") as out:
+        for start in range(0, keys.size, step):
+            rows = source.read_row_indices(mapping[keys[start:start + step]])
+            rows.astype("<f4", copy=False).tofile(out)
+            bar.update(rows.nbytes)
         _fsync(out)
 
 
@@ -186,7 +218,7 @@ def hps_config(plan: Plan) -> dict[str, Any]:
             "embedding_table_names": [t.name for t in plan.tables],
             "embedding_vecsize_per_table": [t.dim for t in plan.tables],
             "maxnum_catfeature_query_per_table_per_sample": [t.max_keys_per_sample for t in plan.tables],
-            "default_value_for_each_table": [options.default_value for _ in plan.tables],
+            "default_value_for_each_table": [t.default_value for t in plan.tables],
             "deployed_device_list": [0],
             "max_batch_size": options.max_batch_size,
             "cache_refresh_percentage_per_iteration": 0.2,

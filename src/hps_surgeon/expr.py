@@ -5,6 +5,7 @@ never `eval`. Unknown values (a dynamic dim, a shape nobody declared) are `None`
 so a check that cannot be decided neither rejects a match (`where`) nor refuses one (`refuse`).
 
 Vocabulary: dim(t, i), rank(t), dtype(t), value(t), attr(node, "name"), option("name"), len(x),
+uniform_row(t, i) (row i of a constant table holds one value throughout; reads that row only),
 literals, lists, indexing and slicing, comparisons (== != < <= > >= in, not in), and/or/not, + - * // %.
 """
 
@@ -16,7 +17,7 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
-FUNCTIONS = ("dim", "rank", "dtype", "value", "attr", "option", "len")
+FUNCTIONS = ("dim", "rank", "dtype", "value", "attr", "option", "len", "uniform_row")
 
 _COMPARE = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
             ast.Gt: operator.gt, ast.GtE: operator.ge,

@@ -68,6 +68,17 @@ class TensorSource:
             return (values.astype(np.uint32) << 16).view(np.float32)
         return values.astype(np.float32)
 
+    def read_row_indices(self, rows: np.ndarray) -> np.ndarray:
+        """The given rows of a 2-D tensor as float32 (random access: for key-mapped tables)."""
+        if self.file is None:
+            return np.asarray(onnx.numpy_helper.to_array(self.proto)[rows], dtype=np.float32)
+        stored = _stored_dtype(self)
+        table = np.memmap(self.file, dtype=stored, mode="r", offset=self.offset, shape=self.shape)
+        values = np.asarray(table[rows])
+        if self.data_type == TensorProto.BFLOAT16:
+            return (values.astype(np.uint32) << 16).view(np.float32)
+        return values.astype(np.float32)
+
     def read_all(self) -> np.ndarray:
         """The whole tensor in its own dtype (only for small tensors: shape glue, offsets)."""
         if self.file is None:

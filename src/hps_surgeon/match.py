@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,7 @@ class Match:
     out: str  #: tensor the HPS_TRT node (plus glue) produces
     out_shape: tuple[int, ...] | None = None  #: static reshape target for `out`; None = keys' shape + [D]
     hoist: str | None = None  #: loop-body node re-applied to the rows looked up in the main graph
+    key_map: str | None = None  #: constant mapping keys to table rows, folded into the exported table
     size: int = 0  #: number of matched nodes (larger wins on overlap)
     priority: int = 0
 
@@ -149,13 +151,14 @@ class _Binder:
 
 
 def find_matches(graph: gs.Graph, specs: list[PatternSpec], options: dict[str, Any] | None = None,
-                 explain: bool = False) -> MatchResult:
+                 explain: bool = False, tables: Mapping[str, Any] | None = None) -> MatchResult:
     """Match every pattern at every node; resolve overlaps; collect near misses for lookups not matched.
 
     Near misses are kept for nodes that look like lookups (the pattern's `candidate`), or for every
     node of the anchor's op with `explain`.
     """
-    options = dict(options or {})
+    # What expressions see: option("...") values, and the constants' bytes for row predicates.
+    options = {"options": dict(options or {}), "tables": tables or {}}
     found: list[Match] = []
     misses: dict[str, list[NearMiss | tuple[int, NearMiss]]] = {}
     top_level = set(graph.tensors())
@@ -216,6 +219,7 @@ def _match_at(spec: PatternSpec, node: gs.Node, options: dict, explain: bool,
                 continue
         return Match(pattern=spec.id, anchor=node.name, variant=tuple(sorted(present & set(spec.optional_nodes))),
                      hoist=binder.nodes[spec.hoist].name if spec.hoist else None,
+                     key_map=binder.tensors[spec.key_map].name if spec.key_map else None,
                      nodes=(*nodes, node.name), keys=binder.tensors[spec.keys].name, table=table,
                      out=binder.value_of(spec.out).name, out_shape=tuple(out_shape) if out_shape else None,
                      size=len(binder.nodes), priority=spec.priority)
@@ -235,12 +239,13 @@ def _drop_lookups_of_refused_tables(matches: list[Match], misses: dict) -> tuple
         for _, miss in candidates:
             if miss.refused and miss.table:
                 refused.setdefault(miss.table, miss)
+    refused_nodes = {miss.node for miss in refused.values()}
     kept, blocked = [], []
     for match in matches:
         cause = refused.get(match.table)
         if cause is None:
             kept.append(match)
-        else:
+        elif match.anchor not in refused_nodes:  # a refused node is reported once, with its own reason
             blocked.append(NearMiss(match.pattern, match.anchor, cause.op,
                                     f"node '{match.anchor}': table '{match.table}' is also read by node "
                                     f"'{cause.node}', which is refused (see its reason); leaving every lookup of "
@@ -422,10 +427,19 @@ def _render(value: Any) -> str:
     return str(value)
 
 
-def _functions(options: dict):
+def _functions(context: dict):
     def call(name: str, args: list) -> Any:
-        return _FUNCTIONS[name](options, *args)
+        return _FUNCTIONS[name](context, *args)
     return call
+
+
+def _uniform_row(context, tensor, row) -> bool | None:
+    """Whether row `row` of a constant 2-D tensor holds one value in every component (reads that row only)."""
+    source = context["tables"].get(tensor.name) if isinstance(tensor, gs.Tensor) else None
+    if source is None or row is None:
+        return None
+    values = source.read_rows(row, row + 1)
+    return bool(np.all(values == values.flat[0]))
 
 
 def _dim(_, tensor, index):
@@ -451,6 +465,7 @@ _FUNCTIONS = {
     "dtype": lambda _, t: dtype_name(t) if isinstance(t, gs.Tensor) else None,
     "value": _value,
     "attr": lambda _, node, name: _attribute(node, name) if isinstance(node, gs.Node) else None,
-    "option": lambda options, name: options.get(name),
+    "option": lambda context, name: context["options"].get(name),
+    "uniform_row": _uniform_row,
     "len": lambda _, x: None if x is None else len(x),
 }

@@ -8,9 +8,10 @@ here, before any file exists.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
 from .errors import SurgeonError
@@ -51,6 +52,9 @@ class TablePlan:
     max_keys_per_sample: int  #: maxnum_catfeature_query_per_table_per_sample
     kept: bool  #: still read by nodes that are not rewritten (e.g. tied output projection)
     other_readers: tuple[str, ...] = ()
+    key_map: str | None = None  #: constant mapping keys to rows of `tensor` (HugeCTR's hash), folded into keys
+    default_value: float = 0.0  #: default_value_for_each_table entry
+    source_folder: str | None = None  #: a HugeCTR sparse-model folder copied as it is (no tensor in the model)
 
     @property
     def folder(self) -> str:
@@ -83,6 +87,8 @@ class LookupPlan:
     hoist: str | None  #: loop-body node re-applied to the rows HPS_TRT looks up in the main graph
     consumers: tuple[str, ...]
     notes: tuple[str, ...] = ()
+    new_keys_input: bool = False  #: `keys` is a graph input to create; `output` stops being an input
+    combiner: str | None = None  #: "sum"/"mean" over the keys' last axis after the lookup (HugeCTR nnz)
 
 
 @dataclass(frozen=True)
@@ -98,24 +104,42 @@ class Plan:
 
 
 def plan_rewrites(loaded: LoadedModel, matches: tuple[Match, ...], near_misses: tuple[NearMiss, ...],
-                  options: Options) -> Plan:
+                  options: Options, attached: tuple[tuple[TablePlan, LookupPlan], ...] = ()) -> Plan:
     """Decide table ids, key handling and notes for every match; raise SurgeonError on what must be fixed."""
     if options.key_dtype not in KEY_DTYPES:
         raise SurgeonError(f"--key-dtype {options.key_dtype}: HPS_TRT keys are {' or '.join(KEY_DTYPES)}")
     tensors = all_tensors(loaded.graph)
     replaced = {name for m in matches for name in m.nodes}
-    table_order: dict[str, list[Match]] = {}
+    table_order: dict[tuple[str, str | None], list[Match]] = {}
     for match in matches:
-        table_order.setdefault(match.table, []).append(match)
-    names = _unique_names(list(table_order))
+        table_order.setdefault((match.table, match.key_map), []).append(match)
+    names = _unique_names([table for table, _ in table_order])
     tables, lookups = [], []
-    for table_id, (tensor_name, users) in enumerate(table_order.items()):
-        table = _plan_table(loaded, tensors, tensor_name, table_id, names[tensor_name], users, replaced, options)
+    for table_id, ((tensor_name, key_map), users) in enumerate(table_order.items()):
+        table = _plan_table(loaded, tensors, tensor_name, table_id, names[table_id], users, replaced, options)
+        if key_map is not None:
+            table = _with_key_map(loaded, table, key_map)
         tables.append(table)
         lookups.extend(_plan_lookup(tensors, m, table, options) for m in users)
+    for table, lookup in attached:  # tables from HugeCTR sparse-model folders (see attach.py)
+        table_id = len(tables)
+        tables.append(replace(table, table_id=table_id, name=_unique_names([*[t.name for t in tables], table.name])[-1]))
+        lookups.append(replace(lookup, table_id=table_id))
     lookups.sort(key=lambda lp: lp.node)
-    return Plan(options=options, tables=tuple(tables), lookups=tuple(lookups), not_rewritten=near_misses,
+    return Plan(options=options, tables=tuple(tables), lookups=tuple(lookups),
+                not_rewritten=near_misses,
                 notes=_global_notes(options) if lookups else ())
+
+
+def mapped_keys(key_map: np.ndarray, rows: int) -> np.ndarray:
+    """Keys a HugeCTR-style map sends to a real row: 0 means missing, rows past the table do not exist."""
+    return np.flatnonzero((key_map > 0) & (key_map < rows)).astype(np.int64)
+
+
+def _with_key_map(loaded: LoadedModel, table: TablePlan, key_map: str) -> TablePlan:
+    keys = mapped_keys(loaded.sources[key_map].read_all(), table.rows)
+    default = float(loaded.sources[table.tensor].read_rows(0, 1).flat[0])
+    return replace(table, rows=int(keys.size), key_map=key_map, default_value=default)
 
 
 def _plan_table(loaded: LoadedModel, tensors: dict[str, gs.Tensor], tensor_name: str, table_id: int, name: str,
@@ -137,7 +161,8 @@ def _plan_table(loaded: LoadedModel, tensors: dict[str, gs.Tensor], tensor_name:
         per_sample = [options.max_keys_per_sample if n is None else n for n in per_sample]
     readers = [n.name for n in _readers(tensor) if n.name not in replaced]
     return TablePlan(table_id=table_id, tensor=tensor.name, name=name, rows=rows, dim=dim, dtype=dtype,
-                     max_keys_per_sample=max(per_sample), kept=bool(readers), other_readers=tuple(readers))
+                     max_keys_per_sample=max(per_sample), kept=bool(readers), other_readers=tuple(readers),
+                     default_value=options.default_value)
 
 
 def _readers(tensor: gs.Tensor):
@@ -157,8 +182,13 @@ def _plan_lookup(tensors: dict[str, gs.Tensor], match: Match, table: TablePlan, 
     if key_shape is None:
         raise SurgeonError(f"keys '{keys.name}' of node '{match.anchor}' have unknown rank; run onnx shape "
                            f"inference on the model or give the input a shape.")
-    notes = [f"keys outside [0, {table.rows - 1}] return the table's default value "
-             f"({options.default_value}) instead of ONNX Gather's error or negative-index wrap-around"]
+    if table.key_map:
+        notes = [f"HugeCTR key map '{table.key_map}' folded into the table: {table.rows} keys stored with the row "
+                 f"the map gives them; keys it maps to 0 read row 0 in ONNX and the table's default value "
+                 f"({table.default_value}) in HPS, the same numbers; keys outside the map fail in ONNX"]
+    else:
+        notes = [f"keys outside [0, {table.rows - 1}] return the table's default value "
+                 f"({table.default_value}) instead of ONNX Gather's error or negative-index wrap-around"]
     if key_dtype != options.key_dtype:
         notes.append(f"keys cast from {key_dtype} to {options.key_dtype}" +
                      (" (keys beyond int32 wrap; HugeCTR's HPS_TRT takes int32 only)"
@@ -202,17 +232,16 @@ def _keys_per_sample(shape: tuple[Any, ...] | None) -> int | None:
     return n
 
 
-def _unique_names(tensor_names: list[str]) -> dict[str, str]:
-    names: dict[str, str] = {}
-    used: set[str] = set()
+def _unique_names(tensor_names: list[str]) -> list[str]:
+    """Folder-safe, distinct table names, in the order given."""
+    names: list[str] = []
     for tensor in tensor_names:
         base = re.sub(r"[^A-Za-z0-9_.-]+", "_", tensor).strip("._") or "table"
         name, suffix = base, 1
-        while name in used:
+        while name in names:
             suffix += 1
             name = f"{base}_{suffix}"
-        used.add(name)
-        names[tensor] = name
+        names.append(name)
     return names
 
 

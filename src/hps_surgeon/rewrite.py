@@ -29,7 +29,7 @@ def rewrite_model(loaded: LoadedModel, plan: Plan) -> onnx.ModelProto:
     graph = gs.import_onnx(loaded.proto)
     tensors = all_tensors(graph)
     for lookup in plan.lookups:
-        _replace_lookup(graph, tensors, lookup, plan)
+        _replace_lookup(graph, tensors, lookup, plan, loaded.opset)
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     model = gs.export_onnx(graph, do_type_check=True)
     _copy_model_metadata(loaded.proto, model)
@@ -38,11 +38,16 @@ def rewrite_model(loaded: LoadedModel, plan: Plan) -> onnx.ModelProto:
     return model
 
 
-def _replace_lookup(graph: gs.Graph, tensors: dict[str, gs.Tensor], lookup: LookupPlan, plan: Plan) -> None:
+def _replace_lookup(graph: gs.Graph, tensors: dict[str, gs.Tensor], lookup: LookupPlan, plan: Plan,
+                    opset: int) -> None:
     out = tensors[lookup.output]
-    _detach_from_producer(out)
+    if lookup.new_keys_input:  # the embedding output was an input: keys take its place
+        keys = gs.Variable(lookup.keys, dtype=np.int64, shape=list(lookup.key_shape))
+        graph.inputs = [keys if t is out else t for t in graph.inputs]
+    else:
+        keys = tensors[lookup.keys]
+        _detach_from_producer(out)
     glue = _Glue(graph, lookup.node)
-    keys = tensors[lookup.keys]
     batch = lookup.key_shape[0] if lookup.key_shape else 1
     flat_shape = [batch, lookup.keys_per_sample]
     flat_keys = glue.to_2d(glue.cast(keys, plan.options.key_dtype), len(lookup.key_shape), flat_shape)
@@ -55,6 +60,8 @@ def _replace_lookup(graph: gs.Graph, tensors: dict[str, gs.Tensor], lookup: Look
         result = glue.reshape_to(hps_out, list(lookup.out_shape))
     else:
         result = glue.from_2d(hps_out, keys, lookup.key_shape, lookup.emb_vec_size)
+    if lookup.combiner:
+        result = glue.reduce_last_key_axis(result, lookup.combiner, opset)
     result = glue.cast(result, lookup.output_dtype)
     if lookup.hoist:
         _pick_inside_loop(graph, lookup.hoist, result, out)
@@ -141,6 +148,15 @@ class _Glue:
             key_dims = self._node("Shape", [keys], np.int64, [rank])
             target = self._node("Concat", [key_dims, self._const("dim", [dim])], np.int64, [rank + 1], axis=0)
         return self._node("Reshape", [emb, target], np.float32, out_shape)
+
+    def reduce_last_key_axis(self, emb: gs.Tensor, combiner: str, opset: int) -> gs.Tensor:
+        """Sum or mean over the keys' last axis ([B, slots, nnz, D] -> [B, slots, D])."""
+        op = "ReduceSum" if combiner == "sum" else "ReduceMean"
+        shape = list(emb.shape[:-2]) + [emb.shape[-1]] if emb.shape else None
+        # Axes moved from attribute to input: ReduceSum in opset 13, ReduceMean in opset 18.
+        if opset >= (13 if op == "ReduceSum" else 18):
+            return self._node(op, [emb, self._const("axes", [-2])], np.float32, shape, keepdims=0)
+        return self._node(op, [emb], np.float32, shape, keepdims=0, axes=[-2])
 
     def reshape_to(self, emb: gs.Variable, shape: list[int]) -> gs.Tensor:
         if shape[0] == -1 and shape[1:] == list(emb.shape[1:]):  # already [B, N, D]

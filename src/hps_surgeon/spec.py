@@ -22,7 +22,7 @@ from . import expr
 from .errors import SurgeonError
 
 # Ops a rewrite may put around HPS_TRT; all are in onnx-tensorrt's operator support list.
-GLUE_OPS = ("Cast", "Reshape", "Shape", "Concat", "Slice")
+GLUE_OPS = ("Cast", "Reshape", "Shape", "Concat", "Slice", "ReduceSum", "ReduceMean")
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,7 @@ class PatternSpec:
     out: str
     out_shape: Any = None  #: parsed expression giving a static reshape target for `out`, or None
     hoist: str | None = None  #: node re-applied to the looked-up rows when the lookup sits in a loop body
+    key_map: str | None = None  #: constant mapping keys to table rows (HugeCTR's hash), folded into the export
     priority: int = 0
     candidate: tuple[str, int, tuple[str, ...], str | None] | None = None  #: (input, rank, dtypes, varying)
     where: tuple[tuple[str, Any], ...] = ()  #: (source text, parsed)
@@ -150,6 +151,8 @@ def _build(path: Path, data: dict) -> PatternSpec:
     if unknown_glue:
         raise ValueError(f"rewrite.glue_ops: {sorted(unknown_glue)} not among the ops a rewrite adds {list(GLUE_OPS)}")
     anchor = outputs[rewrite["out"]].name
+    if "key_map" in rewrite and (rewrite["key_map"] not in tensors or not tensors[rewrite["key_map"]].constant):
+        raise ValueError(f"rewrite.key_map: '{rewrite['key_map']}' must be listed under constants")
     hoist = rewrite.get("hoist")
     if hoist is not None and (hoist not in nodes or nodes[hoist].inputs[0].name != rewrite["keys"]):
         raise ValueError(f"rewrite.hoist: '{hoist}' must be a node whose first input is rewrite.keys "
@@ -165,7 +168,7 @@ def _build(path: Path, data: dict) -> PatternSpec:
         id=data["id"], summary=data["summary"], path=path, tensors=tensors, nodes=nodes, outputs=outputs,
         anchor=anchor, keys=rewrite["keys"], table=rewrite["table"], out=rewrite["out"],
         out_shape=_parse(rewrite["out_shape"], declared, "rewrite.out_shape") if "out_shape" in rewrite else None,
-        hoist=rewrite.get("hoist"),
+        hoist=rewrite.get("hoist"), key_map=rewrite.get("key_map"),
         priority=data.get("priority", 0),
         candidate=(candidate["input"], candidate["rank"], tuple(candidate.get("dtype", [])),
                    candidate.get("varying")) if candidate else None,
