@@ -21,7 +21,6 @@ import os
 import posixpath
 import re
 import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from onnx import AttributeProto, TensorProto
 
 from . import keyspace, triton, validate
 from .errors import EXIT_OK, SurgeonError
-from .export import CONFIG_NAME, MODEL_NAME
+from .export import CONFIG_NAME, MODEL_NAME, make_stage
 
 #: Where HugeCTR's HPS containers install the plugin (HPS_TRT creator, version "1").
 DEFAULT_PLUGIN_LIB = "/usr/local/hps_trt/lib/libhps_plugin.so"
@@ -319,15 +318,9 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 @contextlib.contextmanager
 def _staged(repo: Path, name: str) -> Iterator[Path]:
     """A folder beside `repo` to write into; on success NAME/ and start_triton.sh move into `repo`."""
-    parent = repo.absolute().parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".{repo.name}.deploy-", dir=parent))
-    except OSError as exc:
-        raise SurgeonError(f"--repo {repo}: cannot write there ({exc.strerror}) — choose a writable --repo") from None
+    stage = make_stage(repo, "deploy", f"--repo {repo}: cannot write there ({{reason}}) — choose a writable --repo")
     try:
         yield stage
-        stage.chmod(0o755)  # mkdtemp makes 0700; the server in the container may run as another user
         _move_into_place(stage, repo, name)
     finally:
         shutil.rmtree(stage, ignore_errors=True)

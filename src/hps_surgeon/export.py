@@ -42,18 +42,28 @@ def staged_output(out_dir: Path, force: bool) -> Iterator[Path]:
         raise SurgeonError(f"{out_dir}: exists and is not a folder; choose another --out")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
         raise SurgeonError(f"{out_dir}: folder is not empty; pass --force to replace it or choose another --out")
-    parent = out_dir.absolute().parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=parent))
-    except OSError as exc:
-        raise SurgeonError(f"{out_dir}: cannot write there ({exc.strerror}); choose a writable --out") from None
+    stage = make_stage(out_dir, "tmp", f"{out_dir}: cannot write there ({{reason}}); choose a writable --out")
     try:
         yield stage
         _replace(out_dir, stage)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
+
+
+def make_stage(target: Path, kind: str, error: str) -> Path:
+    """An empty folder beside `target` (same filesystem, so the final move is a rename).
+
+    `error` is the message raised when that is impossible; `{reason}` stands for the OS's reason.
+    """
+    parent = target.absolute().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.{kind}-", dir=parent))
+    except OSError as exc:
+        raise SurgeonError(error.format(reason=exc.strerror)) from None
+    stage.chmod(0o755)  # mkdtemp makes 0700; a server reading the output may run as another user
+    return stage
 
 
 def _replace(out_dir: Path, stage: Path) -> None:
