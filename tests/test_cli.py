@@ -13,7 +13,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from hps_surgeon import cli, export
+from hps_surgeon import cli, export, load
 
 from support import FIXTURES, lookup_model
 
@@ -286,7 +286,9 @@ def test_large_external_data_moves_to_the_output_folder(tmp_path, monkeypatch):
     onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(source),
                     save_as_external_data=True, all_tensors_to_one_file=True, location="weights.bin",
                     size_threshold=0)
+    # as if the dense weights were large: neither read at load time nor inlined on save
     monkeypatch.setattr(export, "INLINE_LIMIT", 0)
+    monkeypatch.setattr(load, "SMALL_CONSTANT_BYTES", 0)
     import hps_surgeon
     result = hps_surgeon.rewrite(source, tmp_path / "out")
     assert listing(result.out_dir) == ["hps_config.json", "model.onnx", "model.onnx.data", "report.json",

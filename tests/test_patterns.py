@@ -61,7 +61,7 @@ def test_every_pattern_has_positive_and_negative_fixtures():
 def test_positive_fixture(fixture: Path, tmp_path):
     spec = load_pattern(fixture.parent / "pattern.yaml")
     loaded = _load(fixture)
-    result = find_matches(loaded.graph, [spec], {"key_dtype": "int32"})
+    result = find_matches(loaded.graph, [spec], {"key_dtype": "int32"}, tables=loaded.sources)
     assert result.matches, f"{spec.id} did not match {fixture.name}: {result.near_misses}"
     plan = plan_rewrites(loaded, result.matches, result.near_misses, Options(model_name="m"))
     snapshot = fixture.with_name(fixture.name.replace(".onnx.txt", ".plan.yaml"))
@@ -87,7 +87,7 @@ def test_positive_fixture(fixture: Path, tmp_path):
 def test_negative_fixture(fixture: Path):
     spec = load_pattern(fixture.parent / "pattern.yaml")
     loaded = _load(fixture)
-    result = find_matches(loaded.graph, [spec], {"key_dtype": "int32"}, explain=True)
+    result = find_matches(loaded.graph, [spec], {"key_dtype": "int32"}, explain=True, tables=loaded.sources)
     assert not result.matches
     expect = yaml.safe_load(fixture.with_name(fixture.name.replace(".onnx.txt", ".expect.yaml")).read_text())
     misses = {m.node: m for m in result.near_misses}

@@ -137,6 +137,7 @@ def load_proto(proto: onnx.ModelProto, path: Path) -> LoadedModel:
     """Like `load_model` for a model already in memory; external data resolves next to `path`."""
     sources = _sources(proto, path)
     proto = _with_inferred_shapes(proto)
+    _inline_small_external(proto.graph, sources)
     _name_unnamed_nodes(proto.graph)
     return LoadedModel(path=path, proto=proto, graph=gs.import_onnx(proto), sources=sources)
 
@@ -147,6 +148,21 @@ def _sources(proto: onnx.ModelProto, path: Path) -> dict[str, TensorSource]:
         for tensor in graph.initializer:
             _source_of(tensor, path)
     return sources
+
+
+#: external tensors up to this size (shape vectors, axes, offsets) are read at load time: patterns
+#: compare their values. Larger ones (tables) stay on disk until export streams them.
+SMALL_CONSTANT_BYTES = 64 << 10
+
+
+def _inline_small_external(graph: onnx.GraphProto, sources: dict[str, TensorSource]) -> None:
+    for tensor in graph.initializer:
+        source = sources.get(tensor.name)
+        if source is not None and source.file is not None and source.length <= SMALL_CONSTANT_BYTES:
+            with open(source.file, "rb") as f:
+                tensor.raw_data = os.pread(f.fileno(), source.length, source.offset)
+            del tensor.external_data[:]
+            tensor.data_location = TensorProto.DEFAULT
 
 
 def _name_unnamed_nodes(graph: onnx.GraphProto) -> None:

@@ -331,13 +331,15 @@ def _slot_leading_to(spec: PatternSpec, node_spec: NodeSpec, name: str) -> int |
 
 
 def _resolve_overlaps(found: list[Match]) -> list[Match]:
-    """Keep the larger match (then higher priority, then pattern id) where matches share nodes."""
-    taken: set[str] = set()
-    kept = []
+    """Where one match's anchor lies inside another match, keep the larger (then higher priority).
+
+    Sharing only glue is no conflict: two lookups may read keys through one Cast, or a table
+    through one Identity; each gets its own HPS_TRT node and the shared node stays while read.
+    """
+    kept: list[Match] = []
     for match in sorted(found, key=lambda m: (-m.size, -m.priority, m.pattern, m.anchor)):
-        if taken.isdisjoint(match.nodes):
+        if not any(match.anchor in other.nodes or other.anchor in match.nodes for other in kept):
             kept.append(match)
-            taken.update(match.nodes)
     return sorted(kept, key=lambda m: m.anchor)
 
 

@@ -16,12 +16,13 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .load import LoadedModel
-from .match import all_tensors
+from .match import all_tensors, dtype_name
 from .plan import LookupPlan, Plan
 
 HPS_OP = "HPS_TRT"
 HPS_DOMAIN_VERSION = 1
-_NP = {"int32": np.int32, "int64": np.int64, "float32": np.float32, "float16": np.float16}
+_ONNX_TYPES = {"int32": onnx.TensorProto.INT32, "int64": onnx.TensorProto.INT64, "float32": onnx.TensorProto.FLOAT,
+               "float16": onnx.TensorProto.FLOAT16, "bfloat16": onnx.TensorProto.BFLOAT16}
 
 
 def rewrite_model(loaded: LoadedModel, plan: Plan) -> onnx.ModelProto:
@@ -125,10 +126,10 @@ class _Glue:
         return gs.Constant(f"{self.prefix}/{name}{len(self.graph.nodes)}", np.asarray(values, dtype=np.int64))
 
     def cast(self, tensor: gs.Tensor, dtype: str) -> gs.Tensor:
-        if tensor.dtype is not None and np.dtype(tensor.dtype) == np.dtype(_NP[dtype]):
+        if dtype_name(tensor) == dtype:
             return tensor
-        to = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(_NP[dtype]))
-        return self._node("Cast", [tensor], _NP[dtype], tensor.shape, to=to)
+        # onnx's enum, not numpy's dtype: numpy has no bfloat16
+        return self._node("Cast", [tensor], _ONNX_TYPES[dtype], tensor.shape, to=_ONNX_TYPES[dtype])
 
     def to_2d(self, keys: gs.Tensor, rank: int, shape: list[Any]) -> gs.Tensor:
         if rank == 2:

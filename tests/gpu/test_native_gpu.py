@@ -205,9 +205,11 @@ def test_argument_errors(table64, torch_cuda, gpu_lib, tmp_path):
     with gpu_lib.HpsTable.open(t.config, "r1.0", 0) as table:
         with pytest.raises(gpu_lib.NativeError, match="int32 or int64"):
             table.lookup(torch.zeros(4, dtype=torch.float32, device="cuda"))
+        with pytest.raises(gpu_lib.NativeError, match="int32 or int64"):
+            table.lookup(torch.zeros(4, dtype=torch.int16, device="cuda"))
         with pytest.raises(gpu_lib.NativeError, match="shape"):
             table.lookup(torch.zeros(4, dtype=torch.int64, device="cuda"), out=torch.empty((4, 31), device="cuda"))
-        with pytest.raises(gpu_lib.NativeError, match="not a CUDA array"):
+        with pytest.raises(gpu_lib.NativeError, match="not a CUDA array|not CUDA"):
             table.lookup(np.zeros(4, dtype=np.int64))
         with pytest.raises(gpu_lib.NativeError, match="C-contiguous"):
             table.lookup(torch.zeros((4, 4), dtype=torch.int64, device="cuda").t())
