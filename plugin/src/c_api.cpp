@@ -9,7 +9,10 @@
 #include <mutex>
 #include <new>
 #include <string>
+#include <iterator>
 #include <tuple>
+
+#include <cuda_runtime.h>
 
 #include "gpu_table.hpp"
 #include "hps_plugin/hps.h"
@@ -69,6 +72,16 @@ const char* hps_version(void) { return "hps_plugin 0.1.0 (abi 1)"; }
 
 const char* hps_last_error(void) { return g_last_error.c_str(); }
 
+hps_status hps_device_count(int32_t* out_count) {
+    if (!out_count) return fail(HPS_ERR_INVALID_ARGUMENT, "hps_device_count: out_count is NULL");
+    int count = 0;
+    // No driver / no device is an answer (0), not an error: callers use it to skip GPU work.
+    if (cudaGetDeviceCount(&count) != cudaSuccess) count = 0;
+    cudaGetLastError();
+    *out_count = count;
+    return HPS_OK;
+}
+
 hps_status hps_open(const char* config_path, const char* model_name, int32_t table_id, int32_t device,
                     hps_table** out_handle) {
     if (!out_handle) return fail(HPS_ERR_INVALID_ARGUMENT, "hps_open: out_handle is NULL");
@@ -121,6 +134,8 @@ hps_status hps_close(hps_table* handle) {
         // that is being destroyed; the registry entry expires with it.
         std::lock_guard<std::mutex> lock(g_mutex);
         table.reset();
+        for (auto it = registry().begin(); it != registry().end();)
+            it = it->second.expired() ? registry().erase(it) : std::next(it);
     });
 }
 

@@ -10,8 +10,9 @@
 // mapped pinned host tier by the same kernel (no host synchronisation, nothing to capture besides
 // one kernel), then offered to the cache by the same warp:
 //   eviction policy = sampled-frequency LFU admission over a clock hand (TinyLFU-like):
-//   - every lookup of a found key counts towards freq[row] with probability 1/4 (sampling keeps
-//     same-address atomics on very hot keys, Zipf's head, affordable);
+//   - every lookup of a found key counts towards freq[row]: exactly while the count is below 32 (the
+//     rows competing for the last cache slots are rare, so their counts must not be sampled away),
+//     then with probability 1/8 (keeps same-address atomics on Zipf's hottest keys affordable);
 //   - a missed row claims its row_slot entry (CAS -1 -> -2, so each row is inserted once however
 //     often it repeats in the batch or across streams), then examines kProbes slots at the clock
 //     hand; it takes an empty slot, or evicts the first occupant seen less often than itself;
@@ -36,10 +37,30 @@ constexpr long long kEmptyKey = LLONG_MIN;  // hash-slot sentinel; a table key e
 constexpr int kLockedRow = -2;              // owner row while a slot is being written
 constexpr int kPending = -2;                // row_slot while a row is being inserted
 constexpr int kProbes = 2;                  // clock-hand slots examined per admission attempt
-constexpr unsigned kSampleMask = 3;         // count 1 in 4 lookups
+constexpr unsigned kExactCountBelow = 32;   // rows seen fewer times are counted exactly
+constexpr unsigned kSampleMask = 7;         // above that, 1 lookup in 8 is counted
 constexpr unsigned kFreqCap = 1u << 30;
 constexpr int kBlock = 256;
-constexpr int kUnroll = 8;
+// Tuning knobs (compile-time; bench/LOOKUP_RESULTS.md records the variants measured on H100).
+#ifndef HPS_UNROLL
+#define HPS_UNROLL 8  // 16-byte loads in flight per lane before the stores
+#endif
+#ifndef HPS_MIN_BLOCKS
+#define HPS_MIN_BLOCKS 1  // __launch_bounds__ min blocks per SM (caps registers)
+#endif
+#ifndef HPS_HIER_UNROLL
+#define HPS_HIER_UNROLL 8
+#endif
+#ifndef HPS_BLOCKS_PER_SM
+#define HPS_BLOCKS_PER_SM 16  // grid = SMs x this (capped by the work)
+#endif
+constexpr int kBlocksPerSm = HPS_BLOCKS_PER_SM;
+#ifndef HPS_STREAM_STORES
+#define HPS_STREAM_STORES 1
+#endif
+#ifndef HPS_HIER_MIN_BLOCKS
+#define HPS_HIER_MIN_BLOCKS 1
+#endif
 
 enum Counter { kLookups = 0, kCacheHits, kHostHits, kNotFound, kInsertions, kEvictions, kNumCounters };
 
@@ -78,17 +99,26 @@ __device__ __forceinline__ unsigned long long mix64(unsigned long long x) {
     return x;
 }
 
-__device__ __forceinline__ int probe(const Params& p, long long key) {
+// First probe of key's hash slot (16 bytes: key + row in one sector); issued early, used later.
+__device__ __forceinline__ longlong2 first_probe(const Params& p, long long key) {
+    const longlong2* e = reinterpret_cast<const longlong2*>(p.entries);
+    return __ldg(e + (mix64(static_cast<unsigned long long>(key)) & p.mask));
+}
+
+// Row of key given the entry at its hash slot (continues linear probing if needed); -1 if absent.
+__device__ __forceinline__ int probe_resolve(const Params& p, long long key, longlong2 v) {
     if (key == kEmptyKey) return p.sentinel_row;
     unsigned long long h = mix64(static_cast<unsigned long long>(key)) & p.mask;
     const longlong2* e = reinterpret_cast<const longlong2*>(p.entries);
     while (true) {
-        const longlong2 v = __ldg(e + h);
         if (v.x == key) return static_cast<int>(v.y & 0xffffffffLL);
         if (v.x == kEmptyKey) return -1;
         h = (h + 1) & p.mask;
+        v = __ldg(e + h);
     }
 }
+
+__device__ __forceinline__ int probe(const Params& p, long long key) { return probe_resolve(p, key, first_probe(p, key)); }
 
 template <typename T>
 __device__ __forceinline__ T ld_volatile(const T* p) {
@@ -107,10 +137,97 @@ __device__ __forceinline__ unsigned long long warp_sum(unsigned long long v) {
     return v;
 }
 
-// RESIDENT: slot == row, the cache is never written after load (read-only path, __ldg).
-template <bool RESIDENT, typename KeyT, typename VecT>
-__global__ void __launch_bounds__(kBlock) lookup_kernel(Params p, const KeyT* __restrict__ keys, long long n,
-                                                        float* __restrict__ out) {
+// Copies a warp's run of rows into dst[0, cnt * V): element e comes from src(k, c), k = e / V,
+// c = e % V (a null source means the default value); kU 16-byte loads in flight per lane before
+// the stores. The output side is plain contiguous indexing on purpose: at ~3 TB/s the kernel is
+// close to instruction-issue bound, and per-element address arithmetic showed up in the timings.
+template <int kU, bool kL2Only, typename VecT, typename SrcFn>
+__device__ __forceinline__ void warp_copy_rows(int cnt, int V, int vec_shift, int lane, VecT dflt, SrcFn src,
+                                               VecT* dst) {
+    const int E = cnt * V;
+    for (int e0 = 0; e0 < E; e0 += 32 * kU) {
+        VecT v[kU];
+#pragma unroll
+        for (int u = 0; u < kU; ++u) {
+            const int e = e0 + u * 32 + lane;
+            int k = vec_shift >= 0 ? (e >> vec_shift) : (e / V);
+            k = min(k, 31);  // lanes past E still take part in the shuffles inside src()
+            const VecT* s = src(k, e - k * V);
+            // kL2Only: the row may be rewritten by another SM (hierarchical cache); L1 is not
+            // coherent, so read through L2 only. Otherwise the read-only path.
+            if (e < E) v[u] = s ? (kL2Only ? __ldcg(s) : __ldg(s)) : dflt;
+        }
+#pragma unroll
+        for (int u = 0; u < kU; ++u) {
+            const int e = e0 + u * 32 + lane;
+            if (e < E) {
+                if (HPS_STREAM_STORES) __stcs(dst + e, v[u]);  // evict-first: keep L2 for hot rows and the index
+                else dst[e] = v[u];
+            }
+        }
+    }
+}
+
+// Resident tables: slot == row and the cache is never written after load (read-only loads).
+template <typename KeyT, typename VecT>
+__global__ void __launch_bounds__(kBlock, HPS_MIN_BLOCKS)
+    resident_kernel(Params p, const KeyT* __restrict__ keys, long long n, float* __restrict__ out) {
+    constexpr unsigned FULL = 0xffffffffu;
+    __shared__ unsigned long long block_counts[kNumCounters];
+    if (threadIdx.x < kNumCounters) block_counts[threadIdx.x] = 0;
+    __syncthreads();
+
+    const int lane = threadIdx.x & 31;
+    const int V = p.vec;
+    const long long warp_id = (static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+    const long long nwarps = (static_cast<long long>(gridDim.x) * blockDim.x) >> 5;
+    const long long chunks = (n + 31) >> 5;
+    const VecT dflt = splat<VecT>(p.default_value);
+    const VecT* cache_v = reinterpret_cast<const VecT*>(p.cache);
+    VecT* out_v = reinterpret_cast<VecT*>(out);
+    unsigned long long c_cache = 0, c_absent = 0;
+
+    // The next chunk's keys are loaded before this chunk's gather, so their latency hides behind it.
+    long long key_next = 0;
+    if (warp_id < chunks && (warp_id << 5) + lane < n) key_next = static_cast<long long>(keys[(warp_id << 5) + lane]);
+    for (long long chunk = warp_id; chunk < chunks; chunk += nwarps) {
+        const int cnt = static_cast<int>(min(32LL, n - (chunk << 5)));
+        const long long key = key_next;
+        const long long nxt = chunk + nwarps;
+        if (nxt < chunks && (nxt << 5) + lane < n) key_next = static_cast<long long>(keys[(nxt << 5) + lane]);
+        const int row = lane < cnt ? probe(p, key) : -1;
+        const long long out_base = (chunk << 5) * V;
+        warp_copy_rows<HPS_UNROLL, false, VecT>(
+            cnt, V, p.vec_shift, lane, dflt,
+            [&](int k, int c) -> const VecT* {
+                const int r = __shfl_sync(FULL, row, k);
+                return r >= 0 ? cache_v + static_cast<long long>(r) * V + c : nullptr;
+            },
+            out_v + out_base);
+        if (row >= 0) ++c_cache;
+        else if (lane < cnt) ++c_absent;
+    }
+    const unsigned long long w_cache = warp_sum(c_cache), w_absent = warp_sum(c_absent);
+    if (lane == 0) {
+        atomicAdd(&block_counts[kCacheHits], w_cache);
+        atomicAdd(&block_counts[kNotFound], w_absent);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        atomicAdd(&p.counters[kLookups], block_counts[kCacheHits] + block_counts[kNotFound]);
+        if (block_counts[kCacheHits]) atomicAdd(&p.counters[kCacheHits], block_counts[kCacheHits]);
+        if (block_counts[kNotFound]) atomicAdd(&p.counters[kNotFound], block_counts[kNotFound]);
+    }
+}
+
+// Hierarchical tables: each warp looks up 32 keys, then copies their rows from the GPU cache,
+// the mapped host tier or the default value in one pass, then offers the host-tier rows to the
+// cache. (A warp-specialised variant, producers handing host rows to consumer warps through a
+// shared-memory ring, measured the same on H100 here, 8.0 ms at Zipf 1.05: the host tier's random
+// 512-byte reads are bound by address translation near 21 GB/s, not by how they are issued.)
+template <typename KeyT, typename VecT>
+__global__ void __launch_bounds__(kBlock, HPS_HIER_MIN_BLOCKS)
+    hier_kernel(Params p, const KeyT* __restrict__ keys, long long n, float* __restrict__ out) {
     constexpr unsigned FULL = 0xffffffffu;
     __shared__ unsigned long long block_counts[kNumCounters];
     if (threadIdx.x < kNumCounters) block_counts[threadIdx.x] = 0;
@@ -126,151 +243,127 @@ __global__ void __launch_bounds__(kBlock) lookup_kernel(Params p, const KeyT* __
     const VecT* host_v = reinterpret_cast<const VecT*>(p.host);
     VecT* out_v = reinterpret_cast<VecT*>(out);
     unsigned long long c_cache = 0, c_host = 0, c_absent = 0, c_ins = 0, c_evict = 0;
-    const unsigned epoch = RESIDENT ? 0u : ld_volatile(p.epoch);
+    const unsigned epoch = ld_volatile(p.epoch);
 
+    long long key_next = 0;
+    if (warp_id < chunks && (warp_id << 5) + lane < n) key_next = static_cast<long long>(keys[(warp_id << 5) + lane]);
     for (long long chunk = warp_id; chunk < chunks; chunk += nwarps) {
         const long long i = (chunk << 5) + lane;
         const int cnt = static_cast<int>(min(32LL, n - (chunk << 5)));
-        int row = -1;
-        if (lane < cnt) row = probe(p, static_cast<long long>(keys[i]));
+        const long long key = key_next;
+        const long long nxt = chunk + nwarps;
+        if (nxt < chunks && (nxt << 5) + lane < n) key_next = static_cast<long long>(keys[(nxt << 5) + lane]);
+        const int row = lane < cnt ? probe(p, key) : -1;
         // src >= 0: cache slot; -1: default value; <= -2: host row -(src + 2).
-        int src = -1;
+        int src = row >= 0 ? -(row + 2) : -1;
         unsigned long long o1 = 0;
-        if (row >= 0) {
-            if (RESIDENT) {
-                src = row;
-            } else {
-                src = -(row + 2);
-                if (p.slots > 0) {
-                    const int s = ld_volatile(p.row_slot + row);
-                    if (s >= 0) {
-                        o1 = ld_volatile(p.owner + s);
-                        if (static_cast<int>(static_cast<unsigned>(o1)) == row) src = s;
-                    }
-                }
+        if (row >= 0 && p.slots > 0) {
+            const int s = ld_volatile(p.row_slot + row);
+            if (s >= 0) {
+                o1 = ld_volatile(p.owner + s);
+                if (static_cast<int>(static_cast<unsigned>(o1)) == row) src = s;
             }
         }
-        if (!RESIDENT) __threadfence();  // owner read (o1) before the vector reads
-
+        __threadfence();  // owner word read (o1) before the vector reads
         const long long out_base = (chunk << 5) * V;
-        const int E = cnt * V;
-        for (int e0 = 0; e0 < E; e0 += 32 * kUnroll) {
-            VecT v[kUnroll];
-#pragma unroll
-            for (int u = 0; u < kUnroll; ++u) {
-                const int e = e0 + u * 32 + lane;
-                int k = p.vec_shift >= 0 ? (e >> p.vec_shift) : (e / V);
-                k = min(k, 31);
-                const int c = e - k * V;
-                const int sk = __shfl_sync(FULL, src, k);
-                if (e < E) {
-                    if (sk >= 0) {
-                        v[u] = RESIDENT ? __ldg(cache_v + static_cast<long long>(sk) * V + c)
-                                        : __ldcg(cache_v + static_cast<long long>(sk) * V + c);
-                    } else if (sk == -1) {
-                        v[u] = dflt;
-                    } else {
-                        v[u] = __ldcg(host_v + static_cast<long long>(-(sk + 2)) * V + c);
-                    }
+        warp_copy_rows<HPS_HIER_UNROLL, true, VecT>(
+            cnt, V, p.vec_shift, lane, dflt,
+            [&](int k, int c) -> const VecT* {
+                const int s = __shfl_sync(FULL, src, k);
+                if (s >= 0) return cache_v + static_cast<long long>(s) * V + c;
+                return s == -1 ? nullptr : host_v + static_cast<long long>(-(s + 2)) * V + c;
+            },
+            out_v + out_base);
+
+        // Sequence-lock check: a slot whose owner word changed while we read it may hold another
+        // row's bytes; re-read those keys from the host tier (exact, rare).
+        if (__any_sync(FULL, src >= 0)) {
+            __threadfence();
+            const bool torn = src >= 0 && ld_volatile(p.owner + src) != o1;
+            unsigned tm = __ballot_sync(FULL, torn);
+            if (tm) {
+                __syncwarp();
+                while (tm) {
+                    const int k = __ffs(tm) - 1;
+                    tm &= tm - 1;
+                    const int r = __shfl_sync(FULL, row, k);
+                    for (int c = lane; c < V; c += 32)
+                        __stcs(out_v + out_base + static_cast<long long>(k) * V + c,
+                               __ldcg(host_v + static_cast<long long>(r) * V + c));
                 }
-            }
-#pragma unroll
-            for (int u = 0; u < kUnroll; ++u) {
-                const int e = e0 + u * 32 + lane;
-                if (e < E) __stcs(out_v + out_base + e, v[u]);
+                if (torn) src = -(row + 2);
             }
         }
-
-        if (!RESIDENT) {
-            // Sequence-lock check: a slot whose owner word changed while we read it may hold
-            // another row's bytes; re-read those keys from the host tier (exact, rare).
-            if (__any_sync(FULL, src >= 0)) {
-                __threadfence();
-                const bool torn = src >= 0 && ld_volatile(p.owner + src) != o1;
-                unsigned tm = __ballot_sync(FULL, torn);
-                if (tm) {
-                    __syncwarp();
-                    while (tm) {
-                        const int k = __ffs(tm) - 1;
-                        tm &= tm - 1;
-                        const int r = __shfl_sync(FULL, row, k);
-                        for (int c = lane; c < V; c += 32)
-                            __stcs(out_v + out_base + static_cast<long long>(k) * V + c,
-                                   __ldcg(host_v + static_cast<long long>(r) * V + c));
-                    }
-                    if (torn) src = -(row + 2);
-                }
-            }
-            // Frequency sample (see the policy at the top of the file).
-            if (row >= 0 && p.slots > 0) {
+        // Frequency sample (see the policy at the top of the file).
+        if (row >= 0 && p.slots > 0) {
+            const unsigned f = ld_volatile(p.freq + row);
+            bool count = f < kExactCountBelow;
+            if (!count) {
                 const unsigned long long h =
                     mix64(static_cast<unsigned long long>(i) ^ (static_cast<unsigned long long>(epoch) << 40) ^
                           (static_cast<unsigned long long>(row) << 1));
-                if ((h & kSampleMask) == 0 && ld_volatile(p.freq + row) < kFreqCap) atomicAdd(p.freq + row, 1u);
+                count = (h & kSampleMask) == 0 && f < kFreqCap;
             }
-            // Admission of rows served from the host tier.
-            bool want = src <= -2 && p.slots > 0;
-            if (want) want = ld_volatile(p.row_slot + row) == -1 && atomicCAS(p.row_slot + row, -1, kPending) == -1;
-            const unsigned wm = __ballot_sync(FULL, want);
-            if (wm) {
-                const int leader = __ffs(wm) - 1;
-                unsigned long long base = 0;
-                if (lane == leader) base = atomicAdd(p.hand, static_cast<unsigned long long>(__popc(wm)) * kProbes);
-                base = __shfl_sync(FULL, base, leader);
-                long long slot = -1;
-                unsigned long long gen = 0;
-                if (want) {
-                    const unsigned rank = __popc(wm & ((1u << lane) - 1u));
-                    const unsigned f = ld_volatile(p.freq + row);
-                    for (int t = 0; t < kProbes && slot < 0; ++t) {
-                        const long long c = static_cast<long long>((base + rank * kProbes + t) %
-                                                                   static_cast<unsigned long long>(p.slots));
-                        const unsigned long long o = ld_volatile(p.owner + c);
-                        const int orow = static_cast<int>(static_cast<unsigned>(o));
-                        if (orow == kLockedRow) continue;
-                        if (orow >= 0 && !(f > ld_volatile(p.freq + orow))) continue;
-                        const unsigned long long locked = (o & 0xffffffff00000000ULL) | static_cast<unsigned>(kLockedRow);
-                        if (atomicCAS(p.owner + c, o, locked) == o) {
-                            slot = c;
-                            gen = o >> 32;
-                            if (orow >= 0) {
-                                // Readers that still map orow to this slot fail the owner check.
-                                atomicCAS(p.row_slot + orow, static_cast<int>(c), -1);
-                                ++c_evict;
-                            }
-                        }
-                    }
-                    if (slot < 0) atomicExch(p.row_slot + row, -1);
-                }
-                unsigned cm = __ballot_sync(FULL, slot >= 0);
-                if (cm) {
-                    __threadfence();  // lock visible before the vector bytes change
-                    __syncwarp();     // this warp's output stores visible to the copying lanes
-                    VecT* cache_w = reinterpret_cast<VecT*>(p.cache);
-                    while (cm) {
-                        const int k = __ffs(cm) - 1;
-                        cm &= cm - 1;
-                        const long long sl = __shfl_sync(FULL, slot, k);
-                        for (int c = lane; c < V; c += 32)
-                            __stcg(cache_w + sl * V + c, __ldcg(out_v + out_base + static_cast<long long>(k) * V + c));
-                    }
-                    __threadfence();  // vector bytes visible before the slot is published
-                    if (slot >= 0) {
-                        atomicExch(p.owner + slot, ((gen + 1ULL) << 32) | static_cast<unsigned>(row));
-                        atomicExch(p.row_slot + row, static_cast<int>(slot));
-                        ++c_ins;
-                    }
-                }
-            }
+            if (count) atomicAdd(p.freq + row, 1u);
         }
-        if (row >= 0) {
-            if (src >= 0) ++c_cache; else ++c_host;
-        } else if (lane < cnt) {
-            ++c_absent;
+        if (src >= 0) ++c_cache;
+        else if (src <= -2) ++c_host;
+        else if (lane < cnt) ++c_absent;
+
+        // Admission of the rows just served from the host tier.
+        bool want = src <= -2 && p.slots > 0;
+        if (want) want = ld_volatile(p.row_slot + row) == -1 && atomicCAS(p.row_slot + row, -1, kPending) == -1;
+        const unsigned wm = __ballot_sync(FULL, want);
+        if (!wm) continue;
+        const int leader = __ffs(wm) - 1;
+        unsigned long long base = 0;
+        if (lane == leader) base = atomicAdd(p.hand, static_cast<unsigned long long>(__popc(wm)) * kProbes);
+        base = __shfl_sync(FULL, base, leader);
+        long long slot = -1;
+        unsigned long long gen = 0;
+        if (want) {
+            const unsigned rank = __popc(wm & ((1u << lane) - 1u));
+            const unsigned f = ld_volatile(p.freq + row);
+            for (int t = 0; t < kProbes && slot < 0; ++t) {
+                const long long c =
+                    static_cast<long long>((base + rank * kProbes + t) % static_cast<unsigned long long>(p.slots));
+                const unsigned long long o = ld_volatile(p.owner + c);
+                const int orow = static_cast<int>(static_cast<unsigned>(o));
+                if (orow == kLockedRow) continue;
+                if (orow >= 0 && !(f > ld_volatile(p.freq + orow))) continue;
+                const unsigned long long locked = (o & 0xffffffff00000000ULL) | static_cast<unsigned>(kLockedRow);
+                if (atomicCAS(p.owner + c, o, locked) == o) {
+                    slot = c;
+                    gen = o >> 32;
+                    if (orow >= 0) {
+                        // Readers that still map orow to this slot fail the owner check.
+                        atomicCAS(p.row_slot + orow, static_cast<int>(c), -1);
+                        ++c_evict;
+                    }
+                }
+            }
+            if (slot < 0) atomicExch(p.row_slot + row, -1);
+        }
+        unsigned cm = __ballot_sync(FULL, slot >= 0);
+        if (!cm) continue;
+        __threadfence();  // locks visible before the vector bytes change
+        __syncwarp();     // this warp's output stores visible to the copying lanes
+        VecT* cache_w = reinterpret_cast<VecT*>(p.cache);
+        while (cm) {
+            const int k = __ffs(cm) - 1;
+            cm &= cm - 1;
+            const long long sl = __shfl_sync(FULL, slot, k);
+            for (int c = lane; c < V; c += 32)
+                __stcg(cache_w + sl * V + c, __ldcg(out_v + out_base + static_cast<long long>(k) * V + c));
+        }
+        __threadfence();  // vector bytes visible before the slot is published
+        if (slot >= 0) {
+            atomicExch(p.owner + slot, ((gen + 1ULL) << 32) | static_cast<unsigned>(row));
+            atomicExch(p.row_slot + row, static_cast<int>(slot));
+            ++c_ins;
         }
     }
 
-    // One global atomic per counter per block.
     const unsigned long long w_cache = warp_sum(c_cache), w_host = warp_sum(c_host), w_absent = warp_sum(c_absent);
     const unsigned long long w_ins = warp_sum(c_ins), w_evict = warp_sum(c_evict);
     if (lane == 0) {
@@ -286,7 +379,7 @@ __global__ void __launch_bounds__(kBlock) lookup_kernel(Params p, const KeyT* __
         atomicAdd(&p.counters[kLookups], total);
         for (int c = kCacheHits; c < kNumCounters; ++c)
             if (block_counts[c]) atomicAdd(&p.counters[c], block_counts[c]);
-        if (!RESIDENT && blockIdx.x == 0) atomicAdd(p.epoch, 1u);
+        if (blockIdx.x == 0) atomicAdd(p.epoch, 1u);
     }
 }
 
@@ -512,12 +605,23 @@ GpuTable::~GpuTable() {
 }
 
 namespace {
+template <bool RESIDENT, typename KeyT, typename VecT>
+void launch_one(const Params& p, const void* keys, long long n, float* out, int sm_count, cudaStream_t s) {
+    auto kernel = RESIDENT ? resident_kernel<KeyT, VecT> : hier_kernel<KeyT, VecT>;
+    const long long chunks = (n + 31) / 32;
+    const long long want_blocks = (chunks + kBlock / 32 - 1) / (kBlock / 32);
+    // Several waves of blocks, warps striding over the rest (see LOOKUP_RESULTS.md for the grid
+    // sizes measured).
+    const int blocks = static_cast<int>(std::min<long long>(want_blocks, static_cast<long long>(sm_count) * kBlocksPerSm));
+    kernel<<<blocks, kBlock, 0, s>>>(p, static_cast<const KeyT*>(keys), n, out);
+}
+
 template <bool RESIDENT, typename KeyT>
-void launch_typed(const Params& p, bool vec4, const void* keys, long long n, float* out, int blocks, cudaStream_t s) {
+void launch_typed(const Params& p, bool vec4, const void* keys, long long n, float* out, int sm_count, cudaStream_t s) {
     if (vec4)
-        lookup_kernel<RESIDENT, KeyT, float4><<<blocks, kBlock, 0, s>>>(p, static_cast<const KeyT*>(keys), n, out);
+        launch_one<RESIDENT, KeyT, float4>(p, keys, n, out, sm_count, s);
     else
-        lookup_kernel<RESIDENT, KeyT, float><<<blocks, kBlock, 0, s>>>(p, static_cast<const KeyT*>(keys), n, out);
+        launch_one<RESIDENT, KeyT, float>(p, keys, n, out, sm_count, s);
 }
 }  // namespace
 
@@ -537,19 +641,23 @@ void GpuTable::lookup(const void* keys, int key_bits, int64_t n, float* out, cud
     p.vec_shift = -1;
     for (int b = 0; b < 31; ++b)
         if ((1 << b) == p.vec) p.vec_shift = b;
-    const long long chunks = (n + 31) / 32;
-    const long long want_blocks = (chunks + kBlock / 32 - 1) / (kBlock / 32);
-    // A grid of a few waves is enough; warps stride over the remaining chunks.
-    const int blocks = static_cast<int>(std::min<long long>(want_blocks, static_cast<long long>(sm_count_) * 16));
     DeviceGuard guard(device_);
-    if (resident_) {
-        if (key_bits == 64) launch_typed<true, long long>(p, vec4, keys, n, out, blocks, stream);
-        else launch_typed<true, int>(p, vec4, keys, n, out, blocks, stream);
-    } else {
-        if (key_bits == 64) launch_typed<false, long long>(p, vec4, keys, n, out, blocks, stream);
-        else launch_typed<false, int>(p, vec4, keys, n, out, blocks, stream);
+    const int sms = sm_count_;
+    // Output positions travel as int32 inside the kernels: launch in slices of at most 2^30 keys.
+    const int64_t kSlice = int64_t(1) << 30;
+    for (int64_t off = 0; off < n; off += kSlice) {
+        const long long m = static_cast<long long>(std::min(kSlice, n - off));
+        const void* k = static_cast<const char*>(keys) + off * (key_bits / 8);
+        float* o = out + off * spec_.emb_vec_size;
+        if (resident_) {
+            if (key_bits == 64) launch_typed<true, long long>(p, vec4, k, m, o, sms, stream);
+            else launch_typed<true, int>(p, vec4, k, m, o, sms, stream);
+        } else {
+            if (key_bits == 64) launch_typed<false, long long>(p, vec4, k, m, o, sms, stream);
+            else launch_typed<false, int>(p, vec4, k, m, o, sms, stream);
+        }
+        HPS_CUDA(cudaGetLastError(), "lookup kernel launch");
     }
-    HPS_CUDA(cudaGetLastError(), "lookup kernel launch");
 }
 
 void GpuTable::lookup_host(const void* keys, int key_bits, int64_t n, float* out) const {

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -37,7 +38,7 @@ int main(int argc, char** argv) {
     const std::string dir = argv[1];
     const int rows = argc > 2 ? std::atoi(argv[2]) : 4096;
     const int dim = argc > 3 ? std::atoi(argv[3]) : 16;
-    std::system(("mkdir -p '" + dir + "/t0'").c_str());
+    std::filesystem::create_directories(dir + "/t0");
     std::vector<long long> keys(rows);
     std::vector<float> vecs(static_cast<size_t>(rows) * dim);
     for (int r = 0; r < rows; ++r) {

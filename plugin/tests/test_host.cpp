@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <string>
@@ -35,7 +36,7 @@ void write_text(const std::string& path, const std::string& text) { write_file(p
 // Writes tables/<name>/{key,emb_vector} with rows keys k*7+1 and vectors v[r][c] = r + c/100.
 void write_table(const std::string& name, int rows, int dim, int drop_vec_bytes = 0, int drop_key_bytes = 0) {
     const std::string dir = g_dir + "/tables/" + name;
-    std::system(("mkdir -p '" + dir + "'").c_str());
+    std::filesystem::create_directories(dir);
     std::vector<long long> keys(rows);
     std::vector<float> vecs(static_cast<size_t>(rows) * dim);
     for (int r = 0; r < rows; ++r) {
@@ -174,7 +175,7 @@ int main() {
     test_parse_ok();
     test_parse_errors();
     test_files();
-    std::system(("rm -rf '" + g_dir + "'").c_str());
+    std::filesystem::remove_all(g_dir);
     std::printf("%s: %d failure(s)\n", g_failures ? "FAILED" : "OK", g_failures);
     return g_failures == 0 ? 0 : 1;
 }

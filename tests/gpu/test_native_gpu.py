@@ -12,7 +12,7 @@ import threading
 import numpy as np
 import pytest
 
-from hps_gpu_helpers import RandomTable, write_config
+from hps_gpu_helpers import RandomTable, write_config, write_table
 
 pytestmark = pytest.mark.gpu
 
@@ -152,9 +152,11 @@ def test_table_shared_between_handles(table64, torch_cuda, gpu_lib):
         b.stats()
 
 
-def test_cuda_graph_capture_and_replay(table64, torch_cuda, gpu_lib):
+@pytest.mark.parametrize("model", ["r1.0", "r0.2"])
+def test_cuda_graph_capture_and_replay(table64, torch_cuda, gpu_lib, model):
+    """One kernel, no host synchronisation, no allocation: capturable, also with the host tier."""
     torch, t = torch_cuda, table64
-    with gpu_lib.HpsTable.open(t.config, "r1.0", 0) as table:
+    with gpu_lib.HpsTable.open(t.config, model, 0) as table:
         keys = torch.from_numpy(t.draw(50_000, absent_fraction=0.1)).cuda()
         out = torch.empty((50_000, 32), device="cuda")
         stream = torch.cuda.Stream()
@@ -240,3 +242,23 @@ def test_hierarchical_cache_learns_hot_keys(table64, torch_cuda, gpu_lib):
         s1 = table.stats()
         hit = (s1.cache_hits - s0.cache_hits) / 100_000
         assert hit > 0.8, f"hit rate {hit:.3f} after warm-up"
+
+
+def test_extreme_keys(torch_cuda, gpu_lib, tmp_path):
+    """int64 min/max and -1 are ordinary keys (the hash's empty marker is handled aside)."""
+    torch = torch_cuda
+    keys = np.array([np.iinfo(np.int64).min, np.iinfo(np.int64).max, -1, 0, 7], dtype=np.int64)
+    vecs = np.arange(5 * 4, dtype=np.float32).reshape(5, 4) + 0.5
+    write_table(tmp_path / "tables" / "t0", keys, vecs)
+    cfg = write_config(tmp_path / "hps_config.json", {
+        "res": {"sparse": "tables/t0", "dim": 4, "default": 9.0, "ratio": 1.0},
+        "hier": {"sparse": "tables/t0", "dim": 4, "default": 9.0, "ratio": 0.4}})
+    query = np.array([[7, np.iinfo(np.int64).min], [-1, 3], [np.iinfo(np.int64).max, 0]], dtype=np.int64)
+    want = np.stack([vecs[4], vecs[0], vecs[2], np.full(4, 9.0, np.float32), vecs[1], vecs[3]]).reshape(3, 2, 4)
+    for model in ("res", "hier"):
+        with gpu_lib.HpsTable.open(cfg, model, 0) as table:
+            for _ in range(3):
+                got = table.lookup(torch.from_numpy(query).cuda())
+                torch.cuda.synchronize()
+                np.testing.assert_array_equal(got.cpu().numpy(), want)
+            np.testing.assert_array_equal(table.lookup_host(query), want)

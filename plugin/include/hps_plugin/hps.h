@@ -61,6 +61,9 @@ typedef struct hps_table_info_t {
 /* Library version string, e.g. "hps_plugin 0.1.0 (abi 1)". */
 HPS_API const char* hps_version(void);
 
+/* Number of visible CUDA devices (0 and HPS_OK when there is no driver or no device). */
+HPS_API hps_status hps_device_count(int32_t* out_count);
+
 /* Message for the last failed call on this thread ("" if none). */
 HPS_API const char* hps_last_error(void);
 
