@@ -116,17 +116,42 @@ def _check_model_entry(path: Path, index: int, model: dict) -> list[Problem]:
     return problems
 
 
+@dataclass(frozen=True)
+class _KeySummary:
+    unique: bool
+    low: int
+    high: int
+
+
 class _TableFiles:
-    """Facts about exported table folders, each read once."""
+    """Facts about exported key files, each read once, in bounded chunks."""
+
+    CHUNK = 8 << 20  #: keys per read: 64 MiB
 
     def __init__(self, config_path: Path):
         self.config_path = config_path
-        self._keys: dict[Path, np.ndarray] = {}
+        self._summaries: dict[Path, _KeySummary] = {}
 
-    def keys(self, folder: Path) -> np.ndarray:
-        if folder not in self._keys:
-            self._keys[folder] = np.fromfile(folder / "key", dtype="<i8")
-        return self._keys[folder]
+    def keys(self, folder: Path) -> _KeySummary:
+        if folder not in self._summaries:
+            self._summaries[folder] = self._summarise(folder / "key")
+        return self._summaries[folder]
+
+    def _summarise(self, path: Path) -> _KeySummary:
+        keys = np.memmap(path, dtype="<i8", mode="r") if path.stat().st_size else np.zeros(0, np.int64)
+        if keys.size == 0:
+            return _KeySummary(True, 0, 0)
+        increasing, previous, low, high = True, None, None, None
+        for start in range(0, keys.size, self.CHUNK):
+            chunk = np.asarray(keys[start:start + self.CHUNK])
+            increasing = increasing and bool(np.all(chunk[1:] > chunk[:-1])) and (
+                previous is None or chunk[0] > previous)
+            previous = chunk[-1]
+            low = chunk.min() if low is None else min(low, chunk.min())
+            high = chunk.max() if high is None else max(high, chunk.max())
+        # Strictly increasing keys (what rewrite writes) are unique; sort only when they are not.
+        unique = increasing or np.unique(np.asarray(keys)).size == keys.size
+        return _KeySummary(unique, int(low), int(high))
 
 
 # --- nodes ---------------------------------------------------------------------------------------
@@ -225,12 +250,11 @@ def _check_table_files(folder: Path, table_id: int, dim: int, key_type, tables: 
         bad(f"table {table_id}: {vector_file} has {vector_bytes} bytes, expected {rows} rows x {dim} x 4 = "
             f"{rows * dim * 4} — the file is truncated or emb_vec_size is wrong; re-export the table")
     keys = tables.keys(folder)
-    # Strictly increasing keys (what rewrite writes) are unique; sort only when they are not.
-    if not bool(np.all(keys[1:] > keys[:-1])) and np.unique(keys).size != keys.size:
+    if not keys.unique:
         bad(f"table {table_id}: {key_file} holds duplicate keys — each key must appear once")
-    if key_type is not None and key_type[0] == TensorProto.INT32 and keys.size and (
-            keys.max() > _INT32_MAX or keys.min() < -_INT32_MAX - 1):
-        bad(f"table {table_id}: stored keys reach {int(keys.max())}, beyond int32 keys of this node — "
+    if key_type is not None and key_type[0] == TensorProto.INT32 and (
+            keys.high > _INT32_MAX or keys.low < -_INT32_MAX - 1):
+        bad(f"table {table_id}: stored keys reach {keys.high}, beyond int32 keys of this node — "
             "rewrite with --key-dtype int64")
 
 
