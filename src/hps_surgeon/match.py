@@ -337,9 +337,13 @@ def _resolve_overlaps(found: list[Match]) -> list[Match]:
     through one Identity; each gets its own HPS_TRT node and the shared node stays while read.
     """
     kept: list[Match] = []
+    inside_kept: set[str] = set()  # every node of a kept match
+    kept_anchors: set[str] = set()
     for match in sorted(found, key=lambda m: (-m.size, -m.priority, m.pattern, m.anchor)):
-        if not any(match.anchor in other.nodes or other.anchor in match.nodes for other in kept):
+        if match.anchor not in inside_kept and kept_anchors.isdisjoint(match.nodes):
             kept.append(match)
+            inside_kept.update(match.nodes)
+            kept_anchors.add(match.anchor)
     return sorted(kept, key=lambda m: m.anchor)
 
 
