@@ -33,7 +33,7 @@ BIG_ROWS, BIG_DIM = 8 << 20, 128  # 4 GiB of float32
 def make_model(folder: Path, nodes: int) -> Path:
     path = make_scaling_graph(folder, nodes)
     model = onnx.load(str(path))
-    big = helper.make_tensor("big.weight", TensorProto.FLOAT, [BIG_ROWS, BIG_DIM], vals=[])
+    big = TensorProto(name="big.weight", data_type=TensorProto.FLOAT, dims=[BIG_ROWS, BIG_DIM])
     big.data_location = TensorProto.EXTERNAL
     for key, value in (("location", "big.data"), ("offset", "0"), ("length", str(BIG_ROWS * BIG_DIM * 4))):
         entry = big.external_data.add()
