@@ -55,14 +55,18 @@ def test_verify_cli_passes_and_prints_errors(dlrm):
     assert "PASSED: 6 feeds (batch sizes 1, 16)" in proc.stdout
 
 
-def test_tampered_vector_fails_with_exit_1_naming_the_output(dlrm, tmp_path):
-    source, out = dlrm
+def tampered(out, tmp_path, table: str, change) -> object:
+    """A copy of the rewrite output whose table `table` holds `change(vectors)` instead."""
     copy = tmp_path / "rw"
     shutil.copytree(out, copy)
-    vectors = copy / "tables/emb_l.0.weight/emb_vector"
-    data = np.fromfile(vectors, dtype="<f4")
-    data += 0.5
-    data.tofile(vectors)
+    vectors = copy / f"tables/{table}/emb_vector"
+    change(np.fromfile(vectors, dtype="<f4")).astype("<f4").tofile(vectors)
+    return copy
+
+
+def test_tampered_vector_fails_with_exit_1_naming_the_output(dlrm, tmp_path):
+    source, out = dlrm
+    copy = tampered(out, tmp_path, "emb_l.0.weight", lambda v: v + 0.5)
     proc = run("verify", source, copy / "model.onnx", "--config", copy / "hps_config.json")
     assert proc.returncode == 1
     assert "hps-surgeon: verify FAILED: output 'click_probability' differs: max abs error" in proc.stderr
@@ -104,10 +108,7 @@ def test_polygraphy_run_hps_compares_with_the_original(dlrm):
 
 def test_polygraphy_run_hps_fails_on_tampered_table(dlrm, tmp_path):
     source, out = dlrm
-    copy = tmp_path / "rw"
-    shutil.copytree(out, copy)
-    vectors = copy / "tables/emb_l.3.weight/emb_vector"
-    (np.fromfile(vectors, dtype="<f4") * -1).tofile(vectors)
+    copy = tampered(out, tmp_path, "emb_l.3.weight", lambda v: -v)
     proc = subprocess.run(
         ["polygraphy", "run", str(copy / "model.onnx"), "--hps", "--hps-config", str(copy / "hps_config.json"),
          "--hps-original", str(source), "--input-shapes", "dense_features:[4,13]", "sparse_keys:[4,26]",
