@@ -26,7 +26,11 @@ from hps_surgeon import deploy, triton, validate
 
 from support import FIXTURES, lookup_model
 
-ALL_FIXTURES = sorted(p.relative_to(FIXTURES).as_posix() for p in FIXTURES.glob("*/*.onnx"))
+#: fixtures with nothing for `rewrite` to do (a refused lookup; a HugeCTR model without embeddings)
+NOTHING_TO_REWRITE = {"torch/embedding_max_norm_dynamo.onnx", "hugectr/dlrm_nonconstant_default.onnx",
+                      "hugectr/dlrm_sparse_input.onnx"}
+ALL_FIXTURES = sorted(p.relative_to(FIXTURES).as_posix() for p in FIXTURES.glob("*/*.onnx")
+                      if p.relative_to(FIXTURES).as_posix() not in NOTHING_TO_REWRITE)
 PLUGIN = "/opt/fake/libhps_plugin.so"
 RECORDER = """#!{python}
 import json, os, sys
@@ -54,9 +58,7 @@ def listing(folder: Path) -> list[str]:
 
 
 def rewritten(fixture: str, out: Path) -> Path:
-    result = hps_surgeon.rewrite(FIXTURES / fixture, out)
-    if not result.written:
-        pytest.skip(f"rewrite finds nothing to rewrite in {fixture}")
+    assert hps_surgeon.rewrite(FIXTURES / fixture, out).written
     return out
 
 
