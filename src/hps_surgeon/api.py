@@ -14,6 +14,7 @@ from typing import Any
 import onnx
 
 from . import export, validate
+from .contract import DEFAULT_DOMAIN, DOMAIN_VERSION, HPS_OP
 from .attach import SparseModelInput, parse_sparse_model, plan_attached
 from .errors import SurgeonError
 from .load import LoadedModel, load_model, load_proto
@@ -87,7 +88,7 @@ def scan(model: ModelLike, *, patterns: str | os.PathLike | None = None, key_dty
 
 def rewrite(model: ModelLike, out_dir: str | os.PathLike, *, model_name: str | None = None,
             key_dtype: str = "int32", max_batch_size: int = 1024, max_keys_per_sample: int | None = None,
-            gpucache_ratio: float = 1.0, domain: str = "trt.plugins", nul_strings: bool = True,
+            gpucache_ratio: float = 1.0, domain: str = DEFAULT_DOMAIN, nul_strings: bool = True,
             ps_config_file: str | None = None, default_value: float = 0.0, force: bool = False,
             quiet: bool = True, patterns: str | os.PathLike | None = None,
             hugectr_sparse_models: Sequence[str | SparseModelInput] = ()) -> RewriteResult:
@@ -153,9 +154,9 @@ def check_onnx(path: Path, domain: str) -> None:
         # The checker rejects unknown ops in the default domain; check a copy with the nodes moved.
         proto = onnx.load_model(str(path), load_external_data=False)
         for node in proto.graph.node:
-            if node.op_type == "HPS_TRT":
-                node.domain = "trt.plugins"
-        proto.opset_import.append(onnx.helper.make_opsetid("trt.plugins", 1))
+            if node.op_type == HPS_OP:
+                node.domain = DEFAULT_DOMAIN
+        proto.opset_import.append(onnx.helper.make_opsetid(DEFAULT_DOMAIN, DOMAIN_VERSION))
         target = path.with_name(f".{path.name}.checked")
         onnx.save_model(proto, str(target))
     try:

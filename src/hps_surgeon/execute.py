@@ -14,9 +14,8 @@ import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
+from .contract import HPS_OP
 from .errors import SurgeonError
-
-HPS_OP = "HPS_TRT"
 
 #: (model_name, table_id, keys) -> vectors of shape keys.shape + [emb_vec_size]
 LookupFn = Callable[[str, int, np.ndarray], np.ndarray]

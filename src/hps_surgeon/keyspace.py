@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from .contract import HPS_OP
 from .match import constant_values
 
 #: keys reaching a table through Mod are valid for any input; draw them from this span.
@@ -40,7 +41,7 @@ def rewritten_key_ranges(model: onnx.ModelProto, config: Path) -> list[KeyRange]
     config_data = json.loads(Path(config).read_text())
     wanted: dict[str, tuple[int, int]] = {}
     for node in graph.nodes:
-        if node.op != "HPS_TRT":
+        if node.op != HPS_OP:
             continue
         model_name = _text(node.attrs["model_name"])
         entry = next(m for m in config_data["models"] if m["model"] == model_name)

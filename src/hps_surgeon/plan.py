@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from .contract import DEFAULT_DOMAIN
 from .errors import SurgeonError
 from .load import LoadedModel
 from .match import Match, NearMiss, all_tensors, dtype_name
@@ -32,7 +33,7 @@ class Options:
     max_batch_size: int = 1024
     max_keys_per_sample: int | None = None
     gpucache_ratio: float = 1.0
-    domain: str = "trt.plugins"  #: ONNX Runtime's TensorRT EP looks for plugins here; '' = HugeCTR's layout
+    domain: str = DEFAULT_DOMAIN  #: "" = HugeCTR's default-domain layout
     nul_strings: bool = True  #: HugeCTR's samples end string attributes with NUL
     ps_config_file: str = ""  #: path written into each node; default: the output's hps_config.json
     default_value: float = 0.0

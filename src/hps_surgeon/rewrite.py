@@ -15,12 +15,11 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from .contract import DOMAIN_VERSION, HPS_OP
 from .load import LoadedModel
 from .match import all_tensors, dtype_name
 from .plan import LookupPlan, Plan
 
-HPS_OP = "HPS_TRT"
-HPS_DOMAIN_VERSION = 1
 _ONNX_TYPES = {"int32": onnx.TensorProto.INT32, "int64": onnx.TensorProto.INT64, "float32": onnx.TensorProto.FLOAT,
                "float16": onnx.TensorProto.FLOAT16, "bfloat16": onnx.TensorProto.BFLOAT16}
 
@@ -192,4 +191,4 @@ def _copy_model_metadata(source: onnx.ModelProto, target: onnx.ModelProto) -> No
 
 def _import_domain(model: onnx.ModelProto, domain: str) -> None:
     if not any(o.domain == domain for o in model.opset_import):
-        model.opset_import.append(onnx.helper.make_opsetid(domain, HPS_DOMAIN_VERSION))
+        model.opset_import.append(onnx.helper.make_opsetid(domain, DOMAIN_VERSION))

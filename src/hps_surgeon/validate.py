@@ -18,10 +18,8 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, TensorProto
 
-HPS_OP = "HPS_TRT"
-#: HugeCTR's HPS_TRT v1 creator declares exactly these fields (hps_plugin.cpp).
-ATTRIBUTES = {"ps_config_file": AttributeProto.STRING, "model_name": AttributeProto.STRING,
-              "table_id": AttributeProto.INT, "emb_vec_size": AttributeProto.INT}
+from .contract import ATTRIBUTES, HPS_OP
+
 _KEY_DTYPES = {TensorProto.INT32: "int32", TensorProto.INT64: "int64"}
 _INT32_MAX = 2**31 - 1
 
