@@ -29,7 +29,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hps-surgeon", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="hps-surgeon",
+        description="Rewrite the embedding lookups of ONNX recommendation models into HPS_TRT nodes for "
+                    "NVIDIA's Hierarchical Parameter Server, export the tables, verify and deploy the result.",
+        epilog="exit codes: 0 success; 1 verify found a mismatch or check found a problem; 2 bad input or usage")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     scan = commands.add_parser("scan", help="list embedding lookups and whether they can be rewritten")
