@@ -197,6 +197,9 @@ def _plan_lookup(tensors: dict[str, gs.Tensor], match: Match, table: TablePlan, 
     if match.hoist:
         notes.append(f"lookup hoisted out of its loop: one HPS_TRT over all of '{keys.name}' in the main graph, "
                      f"node '{match.hoist}' then picks the looked-up rows inside the loop")
+        if len(key_shape) == 1:  # the bag's keys, not its samples, are HPS_TRT's batch
+            notes.append(f"HPS_TRT sees each of the {key_shape[0]} keys as one sample: max_batch_size must "
+                         "cover the most keys one inference looks up (--max-batch-size)")
     if len(key_shape) != 2 and match.out_shape is None:
         notes.append(f"keys of rank {len(key_shape)} reshaped to [B, N] for HPS_TRT and the output reshaped back")
     out_dtype = dtype_name(out) or table.dtype
