@@ -234,6 +234,14 @@ def test_out_dir_not_empty_needs_force(one_lookup, tmp_path):
     assert "keep.txt" not in listing(out)
 
 
+def test_out_dir_holding_the_source_is_refused_even_with_force(one_lookup):
+    proc = run_cli("rewrite", one_lookup, "--out", one_lookup.parent, "--force")
+    assert proc.returncode == 2
+    assert error_line(proc) == (f"hps-surgeon: error: {one_lookup.parent}: holds the source model {one_lookup}; "
+                                "choose another --out (--force would delete the source)")
+    assert one_lookup.exists()
+
+
 def test_dynamic_keys_per_sample_needs_max_keys_per_sample(tmp_path):
     model = lookup_model(tmp_path / "dyn.onnx", key_shape=("B", "N"))
     proc = run_cli("rewrite", model, "--out", tmp_path / "out")

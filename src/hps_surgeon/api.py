@@ -105,6 +105,7 @@ def rewrite(model: ModelLike, out_dir: str | os.PathLike, *, model_name: str | N
     _check_numbers(max_batch_size, max_keys_per_sample, gpucache_ratio)
     with _no_gc_pauses():
         loaded = _load(model)
+        _check_out_dir_spares_source(out_dir, loaded.path)
         options = Options(
             model_name=model_name or _default_model_name(loaded.path), key_dtype=key_dtype,
             max_batch_size=max_batch_size, max_keys_per_sample=max_keys_per_sample, gpucache_ratio=gpucache_ratio,
@@ -187,6 +188,13 @@ def _match(loaded: LoadedModel, specs: list[PatternSpec], options: Options) -> M
 
 def _default_model_name(path: Path) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", path.stem).strip("_") or "model"
+
+
+def _check_out_dir_spares_source(out_dir: Path, source: Path) -> None:
+    # --force replaces the whole folder: it must not be the one the model (and its external data) lives in.
+    if source.absolute().resolve().is_relative_to(out_dir.absolute().resolve()):
+        raise SurgeonError(f"{out_dir}: holds the source model {source}; choose another --out (--force would "
+                           "delete the source)")
 
 
 def _check_numbers(max_batch_size: int, max_keys_per_sample: int | None, gpucache_ratio: float) -> None:
