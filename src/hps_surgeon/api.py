@@ -18,7 +18,8 @@ from .contract import DEFAULT_DOMAIN, DOMAIN_VERSION, HPS_OP
 from .attach import SparseModelInput, parse_sparse_model, plan_attached
 from .errors import SurgeonError
 from .load import LoadedModel, load_model, load_proto
-from .match import MatchResult, NearMiss, all_tensors, dtype_name, find_matches
+from .graph import all_tensors, dtype_name
+from .match import MatchResult, NearMiss, find_matches
 from .plan import Options, Plan, plan_rewrites
 from .rewrite import rewrite_model
 from .spec import PatternSpec, load_patterns

@@ -18,7 +18,7 @@ import onnx_graphsurgeon as gs
 
 from .errors import SurgeonError
 from .load import LoadedModel
-from .match import dtype_name
+from .graph import dtype_name
 from .plan import LookupPlan, Options, TablePlan
 
 COMBINERS = ("sum", "mean")

@@ -18,7 +18,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .contract import HPS_OP
-from .match import constant_values
+from .graph import constant_values
 
 #: keys reaching a table through Mod are valid for any input; draw them from this span.
 HASHED_SPAN = (0, 1 << 20)

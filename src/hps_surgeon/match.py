@@ -20,6 +20,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from . import expr
+from .graph import constant_values, dtype_name, is_constant, subgraph_nodes
 from .spec import NodeSpec, PatternSpec, Ref, TensorSpec
 
 
@@ -345,53 +346,6 @@ def _resolve_overlaps(found: list[Match]) -> list[Match]:
             inside_kept.update(match.nodes)
             kept_anchors.add(match.anchor)
     return sorted(kept, key=lambda m: m.anchor)
-
-
-# --- graph facts shared with plan and rewrite -------------------------------------------------
-
-def subgraph_nodes(graph: gs.Graph):
-    """Nodes inside the bodies of Loop/If/Scan nodes, at any depth (not the main graph's own)."""
-    for node in graph.nodes:
-        for value in node.attrs.values():
-            for sub in (value if isinstance(value, list) else [value]):
-                if isinstance(sub, gs.Graph):
-                    yield from sub.nodes
-                    yield from subgraph_nodes(sub)
-
-
-def all_tensors(graph: gs.Graph) -> dict[str, gs.Tensor]:
-    """Tensors of the graph and of every subgraph by name (ONNX names are unique across scopes)."""
-    tensors = dict(graph.tensors())
-    for node in graph.nodes:
-        for value in node.attrs.values():
-            for sub in (value if isinstance(value, list) else [value]):
-                if isinstance(sub, gs.Graph):
-                    tensors.update({k: v for k, v in all_tensors(sub).items() if k not in tensors})
-    return tensors
-
-
-def is_constant(tensor: gs.Tensor) -> bool:
-    return isinstance(tensor, gs.Constant) or bool(tensor.inputs and tensor.inputs[0].op == "Constant")
-
-
-def dtype_name(tensor: gs.Tensor) -> str | None:
-    dtype = tensor.dtype
-    if dtype is None and tensor.inputs and tensor.inputs[0].op == "Constant":
-        dtype = tensor.inputs[0].attrs["value"].dtype
-    if dtype is None:
-        return None
-    if isinstance(dtype, int):
-        return onnx.TensorProto.DataType.Name(dtype).lower()
-    name = np.dtype(dtype).name
-    return "bfloat16" if name in ("bfloat16", "V2") else name
-
-
-def constant_values(tensor: gs.Tensor) -> np.ndarray | None:
-    if isinstance(tensor, gs.Constant):
-        return tensor.values
-    if tensor.inputs and tensor.inputs[0].op == "Constant":
-        return tensor.inputs[0].attrs["value"].values
-    return None
 
 
 def _origin(tensor: gs.Tensor) -> str:

@@ -17,7 +17,8 @@ import onnx_graphsurgeon as gs
 from .contract import DEFAULT_DOMAIN
 from .errors import SurgeonError
 from .load import LoadedModel
-from .match import Match, NearMiss, all_tensors, dtype_name
+from .graph import all_tensors, dtype_name
+from .match import Match, NearMiss
 
 #: table dtypes HPS_TRT can serve; fp16/bf16 are widened to float32 exactly on export.
 TABLE_DTYPES = ("float32", "float16", "bfloat16")

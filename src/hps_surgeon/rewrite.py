@@ -17,7 +17,7 @@ import onnx_graphsurgeon as gs
 
 from .contract import DOMAIN_VERSION, HPS_OP
 from .load import LoadedModel
-from .match import all_tensors, dtype_name
+from .graph import all_tensors, dtype_name
 from .plan import LookupPlan, Plan
 
 _ONNX_TYPES = {"int32": onnx.TensorProto.INT32, "int64": onnx.TensorProto.INT64, "float32": onnx.TensorProto.FLOAT,
