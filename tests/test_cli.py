@@ -234,6 +234,17 @@ def test_out_dir_not_empty_needs_force(one_lookup, tmp_path):
     assert "keep.txt" not in listing(out)
 
 
+def test_dry_run_plans_and_writes_nothing(one_lookup, tmp_path):
+    proc = run_cli("rewrite", one_lookup, "--out", tmp_path / "out", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        f"dry run: would rewrite 1 lookup(s), 1 table(s) (3.1 KiB) into {tmp_path / 'out'}; nothing written",
+        "  hps_trt/lookup: table 0 'table' 100 x 8, keys 'keys' [generic.embedding.gather]"]
+    assert not (tmp_path / "out").exists()
+    report = json.loads(run_cli("rewrite", one_lookup, "--out", tmp_path / "out", "--dry-run", "--json").stdout)
+    assert report["written"] is False and report["hps_trt_nodes"][0]["table"] == "table"
+
+
 def test_out_dir_holding_the_source_is_refused_even_with_force(one_lookup):
     proc = run_cli("rewrite", one_lookup, "--out", one_lookup.parent, "--force")
     assert proc.returncode == 2

@@ -92,7 +92,7 @@ def rewrite(model: ModelLike, out_dir: str | os.PathLike, *, model_name: str | N
             gpucache_ratio: float = 1.0, domain: str = DEFAULT_DOMAIN, nul_strings: bool = True,
             ps_config_file: str | None = None, default_value: float = 0.0, force: bool = False,
             quiet: bool = True, patterns: str | os.PathLike | None = None,
-            hugectr_sparse_models: Sequence[str | SparseModelInput] = ()) -> RewriteResult:
+            hugectr_sparse_models: Sequence[str | SparseModelInput] = (), dry_run: bool = False) -> RewriteResult:
     """Rewrite every embedding lookup into an HPS_TRT node and write the deployable folder.
 
     `out_dir` receives model.onnx (+ model.onnx.data when large), hps_config.json, tables/<name>/
@@ -100,6 +100,8 @@ def rewrite(model: ModelLike, out_dir: str | os.PathLike, *, model_name: str | N
     `ps_config_file` defaults to the absolute path of `out_dir/hps_config.json`.
     `hugectr_sparse_models` ("INPUT=FOLDER[:combiner][:nnz]") attach lookups to embedding outputs that
     are graph inputs (HugeCTR models converted with convert_embedding=False).
+    `dry_run` plans everything (and finds every error) but writes nothing: `report` is what report.json
+    would hold.
     Raises SurgeonError with a one-line message on bad input.
     """
     out_dir = Path(out_dir)
@@ -112,7 +114,8 @@ def rewrite(model: ModelLike, out_dir: str | os.PathLike, *, model_name: str | N
             max_batch_size=max_batch_size, max_keys_per_sample=max_keys_per_sample, gpucache_ratio=gpucache_ratio,
             domain=domain, nul_strings=nul_strings, default_value=default_value,
             ps_config_file=ps_config_file or str((out_dir / export.CONFIG_NAME).absolute()))
-        return _rewrite_loaded(loaded, out_dir, options, load_patterns(patterns), hugectr_sparse_models, force, quiet)
+        return _rewrite_loaded(loaded, out_dir, options, load_patterns(patterns), hugectr_sparse_models, force, quiet,
+                               dry_run)
 
 
 @contextlib.contextmanager
@@ -130,13 +133,14 @@ def _no_gc_pauses():
 
 
 def _rewrite_loaded(loaded: LoadedModel, out_dir: Path, options: Options, specs: list[PatternSpec],
-                    sparse_models: Sequence[str | SparseModelInput], force: bool, quiet: bool) -> RewriteResult:
+                    sparse_models: Sequence[str | SparseModelInput], force: bool, quiet: bool,
+                    dry_run: bool) -> RewriteResult:
     result = _match(loaded, specs, options)
     attached = tuple(plan_attached(loaded, parse_sparse_model(s) if isinstance(s, str) else s, options)
                      for s in sparse_models)
     plan = plan_rewrites(loaded, result.matches, result.near_misses, options, attached)
     report = _report(loaded, plan)
-    if not plan.lookups:
+    if not plan.lookups or dry_run:
         return RewriteResult(written=False, out_dir=out_dir, plan=plan, report=report)
     rewritten = rewrite_model(loaded, plan)
     with export.staged_output(out_dir, force) as stage:

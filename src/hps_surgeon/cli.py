@@ -64,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
                               "FOLDER (models converted with convert_embedding=False); repeatable")
     rewrite.add_argument("--force", action="store_true", help="replace a non-empty output folder")
     rewrite.add_argument("--json", action="store_true", help="print the report as JSON")
+    rewrite.add_argument("--dry-run", action="store_true",
+                         help="plan and check everything, print what would be written, write nothing")
     rewrite.add_argument("--quiet", action="store_true", help="no progress bar")
     rewrite.set_defaults(run=_rewrite)
 
@@ -119,12 +121,18 @@ def _rewrite(args: argparse.Namespace) -> int:
         max_batch_size=args.max_batch_size, max_keys_per_sample=args.max_keys_per_sample,
         gpucache_ratio=args.gpucache_ratio, domain=args.domain, nul_strings=args.nul_strings,
         ps_config_file=args.ps_config_file, force=args.force, quiet=args.quiet or args.json,
-        patterns=args.patterns, hugectr_sparse_models=args.hugectr_sparse_model)
+        patterns=args.patterns, hugectr_sparse_models=args.hugectr_sparse_model, dry_run=args.dry_run)
     if args.json:
         print(json.dumps({"written": result.written, "out_dir": str(result.out_dir), **result.report}, indent=2))
         return EXIT_OK
     plan = result.plan
-    if not result.written:
+    if args.dry_run and plan.lookups:
+        print(f"dry run: would rewrite {len(plan.lookups)} lookup(s), {len(plan.tables)} table(s) "
+              f"({_size(sum(t.nbytes for t in plan.tables))}) into {result.out_dir}; nothing written")
+        for lookup in plan.lookups:
+            print(f"  {lookup.node}: table {lookup.table_id} '{lookup.table}' {lookup.rows} x {lookup.emb_vec_size}, "
+                  f"keys '{lookup.keys}' [{lookup.pattern}]")
+    elif not result.written:
         print(f"{args.model}: no embedding lookup to rewrite; nothing written")
     else:
         total = sum(t.nbytes for t in plan.tables)
