@@ -23,7 +23,7 @@ from onnx import TensorProto
 from tqdm import tqdm
 
 from .errors import SurgeonError
-from .load import LoadedModel, TensorSource
+from .load import LoadedModel, TensorSource, subgraphs
 from .plan import Plan, TablePlan, mapped_keys
 
 CONFIG_NAME = "hps_config.json"
@@ -183,13 +183,10 @@ def save_model(model: onnx.ModelProto, loaded: LoadedModel, folder: Path) -> Pat
 
 
 def _all_tensors(graph: onnx.GraphProto) -> Iterator[TensorProto]:
-    yield from graph.initializer
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR:
-                yield attr.t
-            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                yield from _all_tensors(sub)
+    for scope in (graph, *subgraphs(graph)):
+        yield from scope.initializer
+        for node in scope.node:
+            yield from (attr.t for attr in node.attribute if attr.type == onnx.AttributeProto.TENSOR)
 
 
 def _external_info(tensor: TensorProto) -> dict[str, str]:

@@ -7,24 +7,27 @@ import onnx
 import onnx_graphsurgeon as gs
 
 
-def subgraph_nodes(graph: gs.Graph):
-    """Nodes inside the bodies of Loop/If/Scan nodes, at any depth (not the main graph's own)."""
+def subgraphs(graph: gs.Graph):
+    """The bodies of Loop/If/Scan nodes, at any depth (not `graph` itself)."""
     for node in graph.nodes:
         for value in node.attrs.values():
             for sub in (value if isinstance(value, list) else [value]):
                 if isinstance(sub, gs.Graph):
-                    yield from sub.nodes
-                    yield from subgraph_nodes(sub)
+                    yield sub
+                    yield from subgraphs(sub)
+
+
+def subgraph_nodes(graph: gs.Graph):
+    """Nodes inside the bodies of Loop/If/Scan nodes, at any depth (not the main graph's own)."""
+    for sub in subgraphs(graph):
+        yield from sub.nodes
 
 
 def all_tensors(graph: gs.Graph) -> dict[str, gs.Tensor]:
     """Tensors of the graph and of every subgraph by name (ONNX names are unique across scopes)."""
     tensors = dict(graph.tensors())
-    for node in graph.nodes:
-        for value in node.attrs.values():
-            for sub in (value if isinstance(value, list) else [value]):
-                if isinstance(sub, gs.Graph):
-                    tensors.update({k: v for k, v in all_tensors(sub).items() if k not in tensors})
+    for sub in subgraphs(graph):
+        tensors.update({k: v for k, v in sub.tensors().items() if k not in tensors})
     return tensors
 
 

@@ -144,7 +144,7 @@ def load_proto(proto: onnx.ModelProto, path: Path) -> LoadedModel:
 
 def _sources(proto: onnx.ModelProto, path: Path) -> dict[str, TensorSource]:
     sources = {tensor.name: _source_of(tensor, path) for tensor in _main_graph_constants(proto.graph)}
-    for graph in _subgraphs(proto.graph):  # external refs in Loop/If bodies must be safe too
+    for graph in subgraphs(proto.graph):  # external refs in Loop/If bodies must be safe too
         for tensor in graph.initializer:
             _source_of(tensor, path)
     return sources
@@ -218,13 +218,14 @@ def _main_graph_constants(graph: onnx.GraphProto):
                     yield tensor
 
 
-def _subgraphs(graph: onnx.GraphProto):
+def subgraphs(graph: onnx.GraphProto):
+    """The bodies of Loop/If/Scan nodes of a GraphProto, at any depth (not `graph` itself)."""
     for node in graph.node:
         for attr in node.attribute:
             inner = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
             for sub in inner:
                 yield sub
-                yield from _subgraphs(sub)
+                yield from subgraphs(sub)
 
 
 def _source_of(tensor: TensorProto, model_path: Path) -> TensorSource:

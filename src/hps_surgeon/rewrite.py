@@ -17,7 +17,7 @@ import onnx_graphsurgeon as gs
 
 from .contract import DOMAIN_VERSION, HPS_OP
 from .load import LoadedModel
-from .graph import all_tensors, dtype_name
+from .graph import all_tensors, dtype_name, subgraphs
 from .plan import LookupPlan, Plan
 
 _ONNX_TYPES = {"int32": onnx.TensorProto.INT32, "int64": onnx.TensorProto.INT64, "float32": onnx.TensorProto.FLOAT,
@@ -85,16 +85,10 @@ def _pick_inside_loop(graph: gs.Graph, pick_name: str, rows: gs.Tensor, out: gs.
 
 
 def _owner_of(graph: gs.Graph, node_name: str) -> tuple[gs.Graph, gs.Node]:
-    for node in graph.nodes:
-        if node.name == node_name:
-            return graph, node
-        for value in node.attrs.values():
-            for sub in (value if isinstance(value, list) else [value]):
-                if isinstance(sub, gs.Graph):
-                    try:
-                        return _owner_of(sub, node_name)
-                    except KeyError:
-                        pass
+    for scope in (graph, *subgraphs(graph)):
+        for node in scope.nodes:
+            if node.name == node_name:
+                return scope, node
     raise KeyError(node_name)
 
 
