@@ -39,12 +39,12 @@ class ReferenceLookup:
         """Vectors for `keys` (any shape, integer): float32 of shape keys.shape + [dim]."""
         table = self._table(model_name, table_id)
         flat = np.asarray(keys).astype(np.int64).ravel()
-        pos = np.searchsorted(table.sorted_keys, flat)
-        clipped = np.minimum(pos, max(len(table.sorted_keys) - 1, 0))
-        found = (pos < len(table.sorted_keys)) & (table.sorted_keys[clipped] == flat) if len(flat) else pos > 0
         dim = table.vectors.shape[1]
         out = np.full((flat.size, dim), table.default, dtype=np.float32)
-        out[found] = table.vectors[table.rows_in_key_order[clipped[found]]]
+        if table.sorted_keys.size:  # an empty table answers every key with the default
+            pos = np.minimum(np.searchsorted(table.sorted_keys, flat), table.sorted_keys.size - 1)
+            found = table.sorted_keys[pos] == flat
+            out[found] = table.vectors[table.rows_in_key_order[pos[found]]]
         return out.reshape(*np.shape(keys), dim)
 
     def _table(self, model_name: str, table_id: int) -> _Table:
