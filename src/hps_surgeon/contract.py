@@ -9,3 +9,8 @@ DOMAIN_VERSION = 1
 #: HugeCTR's HPS_TRT v1 creator declares exactly these fields (hps_plugin.cpp).
 ATTRIBUTES = {"ps_config_file": AttributeProto.STRING, "model_name": AttributeProto.STRING,
               "table_id": AttributeProto.INT, "emb_vec_size": AttributeProto.INT}
+
+
+def field_text(value: bytes | str) -> str:
+    """A string attribute as text, without the trailing NUL HugeCTR's samples (and we) append."""
+    return (value.decode() if isinstance(value, bytes) else str(value)).rstrip("\0")

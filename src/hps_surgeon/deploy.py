@@ -29,6 +29,7 @@ import onnx
 from onnx import AttributeProto, TensorProto
 
 from . import keyspace, triton, validate
+from .contract import field_text
 from .errors import EXIT_OK, SurgeonError
 from .export import CONFIG_NAME, MODEL_NAME, make_stage
 
@@ -143,7 +144,8 @@ def deploy(rewrite_dir: str | os.PathLike, repo: str | os.PathLike, options: Dep
     files = {
         "config.pbtxt": triton.config_pbtxt(name, inputs, outputs, options.instances, options.gpus),
         "build_engine.sh": triton.build_engine_sh(name, deployed_config, options.plugin_lib, prof, options.fp16),
-        "perf_data.json": json.dumps(triton.perf_data(inputs, batch.opt, keyspace.rewritten_key_ranges(source.model, source.path / CONFIG_NAME))),
+        "perf_data.json": json.dumps(triton.perf_data(
+            inputs, batch.opt, keyspace.rewritten_key_ranges(source.model, source.path / CONFIG_NAME))),
     }
     hps_config = _deployed_hps_config(source, tables, posixpath.join(root, name, "hps"), options.gpus)
     model = _deployed_model(source.model, deployed_config)
@@ -184,7 +186,7 @@ def read_rewrite(path: Path) -> RewriteFolder:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise SurgeonError(f"rewrite folder fails validation: {problems[0]}{more}")
     config = json.loads(config_path.read_text())
-    used = {_string_attr(n, "model_name") for n in nodes}
+    used = {field_text(onnx.helper.get_node_attr_value(n, "model_name")) for n in nodes}
     entries = tuple(m for m in config["models"] if m["model"] in used)
     return RewriteFolder(path=path, model=model, config=config, entries=entries)
 
@@ -202,11 +204,6 @@ def _external_files(model: onnx.ModelProto) -> list[str]:
         if tensor.data_location == TensorProto.EXTERNAL:
             locations.add(next(e.value for e in tensor.external_data if e.key == "location"))
     return sorted(locations)
-
-
-def _string_attr(node: onnx.NodeProto, name: str) -> str:
-    attr = next(a for a in node.attribute if a.name == name)
-    return attr.s.decode().rstrip("\0")
 
 
 def _model_name(name: str | None, source: RewriteFolder) -> str:

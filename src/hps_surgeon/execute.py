@@ -14,17 +14,11 @@ import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
-from .contract import HPS_OP
+from .contract import HPS_OP, field_text
 from .errors import SurgeonError
 
 #: (model_name, table_id, keys) -> vectors of shape keys.shape + [emb_vec_size]
 LookupFn = Callable[[str, int, np.ndarray], np.ndarray]
-
-
-def _string_attr(node: gs.Node, name: str) -> str:
-    value = node.attrs[name]
-    value = value.decode() if isinstance(value, bytes) else str(value)
-    return value.rstrip("\0")
 
 
 class SplitRunner:
@@ -36,7 +30,7 @@ class SplitRunner:
         self.lookup = lookup
         self.output_names = [t.name for t in graph.outputs]
         self.input_names = [t.name for t in graph.inputs]
-        self.nodes = [(n.name, _string_attr(n, "model_name"), int(n.attrs["table_id"]), n.inputs[0].name,
+        self.nodes = [(n.name, field_text(n.attrs["model_name"]), int(n.attrs["table_id"]), n.inputs[0].name,
                        n.outputs[0].name) for n in graph.nodes if n.op == HPS_OP]
         # Each half from a fresh import: Graph.copy() loses sequence types inside Loop bodies
         # (onnx-graphsurgeon 0.6.1), which breaks torch's EmbeddingBag exports.

@@ -17,8 +17,9 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .contract import HPS_OP
+from .contract import HPS_OP, field_text
 from .graph import constant_values
+from .validate import key_summary
 
 #: keys reaching a table through Mod are valid for any input; draw them from this span.
 HASHED_SPAN = (0, 1 << 20)
@@ -43,18 +44,14 @@ def rewritten_key_ranges(model: onnx.ModelProto, config: Path) -> list[KeyRange]
     for node in graph.nodes:
         if node.op != HPS_OP:
             continue
-        model_name = _text(node.attrs["model_name"])
+        model_name = field_text(node.attrs["model_name"])
         entry = next(m for m in config_data["models"] if m["model"] == model_name)
         folder = Path(config).parent / entry["sparse_files"][int(node.attrs["table_id"])]
-        keys = np.fromfile(folder / "key", dtype="<i8")
-        span = (int(keys.min()), int(keys.max())) if keys.size else (0, 0)
+        keys = key_summary(folder / "key")
+        span = (keys.low, keys.high)
         old = wanted.get(node.inputs[0].name, span)
         wanted[node.inputs[0].name] = (max(span[0], old[0]), min(span[1], old[1]))
     return key_ranges(graph, wanted)
-
-
-def _text(value) -> str:
-    return (value.decode() if isinstance(value, bytes) else str(value)).rstrip("\0")
 
 
 def key_ranges(graph: gs.Graph, wanted: dict[str, tuple[int, int]]) -> list[KeyRange]:
@@ -125,10 +122,20 @@ def _sliced_column(node: gs.Node) -> int | None:
     return None
 
 
-def draw_keys(shape: tuple[int, ...], dtype: np.dtype, ranges: list[KeyRange], default: tuple[int, int],
-              rng: np.random.Generator) -> np.ndarray:
-    """An array of `shape` whose columns follow `ranges` (all for one input); others from `default`."""
-    whole = next(((r.low, r.high) for r in ranges if r.column is None), default)
+def by_input(ranges: list[KeyRange]) -> dict[str, list[KeyRange]]:
+    """The ranges grouped by the input they constrain (what `draw_keys` takes for one input)."""
+    grouped: dict[str, list[KeyRange]] = {}
+    for r in ranges:
+        grouped.setdefault(r.input, []).append(r)
+    return grouped
+
+
+def draw_keys(shape: tuple[int, ...], dtype: np.dtype, ranges: list[KeyRange], rng: np.random.Generator) -> np.ndarray:
+    """An array of `shape` whose columns follow `ranges` (all for one input).
+
+    Columns no range names are drawn from the whole-input range, or else from the first range.
+    """
+    whole = next(((r.low, r.high) for r in ranges if r.column is None), (ranges[0].low, ranges[0].high))
     values = rng.integers(whole[0], whole[1] + 1, size=shape, dtype=np.int64)
     for r in ranges:
         if r.column is not None and len(shape) >= 2 and r.column < shape[-1]:

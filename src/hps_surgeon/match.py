@@ -367,7 +367,7 @@ def _attribute(node: gs.Node, name: str) -> Any:
 def _attr_equal(actual: Any, wanted: Any) -> bool:
     # Dtype-valued attributes (Cast's `to`) may be written by name in pattern files.
     if isinstance(wanted, str) and isinstance(actual, int):
-        return onnx.TensorProto.DataType.Name(actual).lower() == wanted if actual in onnx.TensorProto.DataType.values() else False
+        return actual in onnx.TensorProto.DataType.values() and onnx.TensorProto.DataType.Name(actual).lower() == wanted
     if isinstance(actual, (list, tuple, np.ndarray)):
         return list(np.asarray(actual).tolist()) == list(wanted if isinstance(wanted, (list, tuple)) else [wanted])
     return actual == wanted

@@ -8,7 +8,7 @@ here, before any file exists.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -100,9 +100,6 @@ class Plan:
     lookups: tuple[LookupPlan, ...]
     not_rewritten: tuple[NearMiss, ...] = ()
     notes: tuple[str, ...] = field(default=())
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def plan_rewrites(loaded: LoadedModel, matches: tuple[Match, ...], near_misses: tuple[NearMiss, ...],

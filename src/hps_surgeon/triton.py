@@ -235,15 +235,13 @@ exec tritonserver --model-repository="$REPO" "$@"
 def perf_data(inputs: list[Tensor], batch: int, ranges: list[keyspace.KeyRange], seed: int = 0) -> dict:
     """perf_analyzer --input-data: PERF_REQUESTS requests of `batch` samples, keys valid in their tables."""
     rng = np.random.default_rng(seed)
-    by_input: dict[str, list[keyspace.KeyRange]] = {}
-    for r in ranges:
-        by_input.setdefault(r.input, []).append(r)
+    ranges_of = keyspace.by_input(ranges)
     requests = []
     for _ in range(PERF_REQUESTS):
         request = {}
         for tensor in inputs:
             shape = _with_batch(tensor.dims, batch)
-            values = _draw(shape, tensor.elem_type, by_input.get(tensor.name), rng)
+            values = _draw(shape, tensor.elem_type, ranges_of.get(tensor.name), rng)
             request[tensor.name] = {"content": values.reshape(-1).tolist(), "shape": shape}
         requests.append(request)
     return {"data": requests}
@@ -253,7 +251,7 @@ def _draw(shape: list[int], elem_type: int, ranges: list[keyspace.KeyRange] | No
           rng: np.random.Generator) -> np.ndarray:
     dtype = onnx.helper.tensor_dtype_to_np_dtype(elem_type)
     if ranges:
-        return keyspace.draw_keys(tuple(shape), dtype, ranges, (ranges[0].low, ranges[0].high), rng)
+        return keyspace.draw_keys(tuple(shape), dtype, ranges, rng)
     if np.issubdtype(dtype, np.floating):
         return rng.standard_normal(shape).astype(dtype)
     # Integer inputs that feed no table (e.g. offsets): zeros are valid for offsets and counts.

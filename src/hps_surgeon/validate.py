@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, TensorProto
 
-from .contract import ATTRIBUTES, HPS_OP
+from .contract import ATTRIBUTES, HPS_OP, field_text
 
 _KEY_DTYPES = {TensorProto.INT32: "int32", TensorProto.INT64: "int64"}
 _INT32_MAX = 2**31 - 1
@@ -56,10 +56,8 @@ def validate(model_path: str | Path, config_path: str | Path | None = None,
     if config_path is not None:
         config, config_problems = _load_config(Path(config_path))
         problems += config_problems
-    tables = _TableFiles(Path(config_path)) if config is not None else None
     for node in hps_nodes(model):
-        problems += _check_node(str(model_path), node, types, config, Path(config_path) if config_path else None,
-                                tables)
+        problems += _check_node(str(model_path), node, types, config, Path(config_path) if config_path else None)
     return problems
 
 
@@ -115,47 +113,49 @@ def _check_model_entry(path: Path, index: int, model: dict) -> list[Problem]:
 
 
 @dataclass(frozen=True)
-class _KeySummary:
+class KeySummary:
+    """What checks need to know of a `key` file: are its keys unique, and their span."""
+
     unique: bool
     low: int
     high: int
 
 
-class _TableFiles:
-    """Facts about exported key files, each read once, in bounded chunks."""
+_KEY_CHUNK = 8 << 20  #: keys per read: 64 MiB, so memory stays flat whatever the table size
 
-    CHUNK = 8 << 20  #: keys per read: 64 MiB
 
-    def __init__(self, config_path: Path):
-        self.config_path = config_path
-        self._summaries: dict[Path, _KeySummary] = {}
+def key_summary(path: Path) -> KeySummary:
+    """Summary of a HugeCTR `key` file (int64 little-endian), read in bounded chunks.
 
-    def keys(self, folder: Path) -> _KeySummary:
-        if folder not in self._summaries:
-            self._summaries[folder] = self._summarise(folder / "key")
-        return self._summaries[folder]
+    Remembered per file version: verify and deploy validate a folder, then draw keys from the
+    same files, and a 32 M-row table's keys are 256 MiB to read.
+    """
+    stat = Path(path).stat()
+    return _key_summary(str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
 
-    def _summarise(self, path: Path) -> _KeySummary:
-        keys = np.memmap(path, dtype="<i8", mode="r") if path.stat().st_size else np.zeros(0, np.int64)
-        if keys.size == 0:
-            return _KeySummary(True, 0, 0)
-        increasing, previous, low, high = True, None, None, None
-        for start in range(0, keys.size, self.CHUNK):
-            chunk = np.asarray(keys[start:start + self.CHUNK])
-            increasing = increasing and bool(np.all(chunk[1:] > chunk[:-1])) and (
-                previous is None or chunk[0] > previous)
-            previous = chunk[-1]
-            low = chunk.min() if low is None else min(low, chunk.min())
-            high = chunk.max() if high is None else max(high, chunk.max())
-        # Strictly increasing keys (what rewrite writes) are unique; sort only when they are not.
-        unique = increasing or np.unique(np.asarray(keys)).size == keys.size
-        return _KeySummary(unique, int(low), int(high))
+
+@lru_cache(maxsize=256)
+def _key_summary(path: str, _inode: int, size: int, _mtime_ns: int, _ctime_ns: int) -> KeySummary:
+    keys = np.memmap(path, dtype="<i8", mode="r") if size else np.zeros(0, np.int64)
+    if keys.size == 0:
+        return KeySummary(True, 0, 0)
+    increasing, previous, low, high = True, None, None, None
+    for start in range(0, keys.size, _KEY_CHUNK):
+        chunk = np.asarray(keys[start:start + _KEY_CHUNK])
+        increasing = increasing and bool(np.all(chunk[1:] > chunk[:-1])) and (
+            previous is None or chunk[0] > previous)
+        previous = chunk[-1]
+        low = chunk.min() if low is None else min(low, chunk.min())
+        high = chunk.max() if high is None else max(high, chunk.max())
+    # Strictly increasing keys (what rewrite writes) are unique; sort only when they are not.
+    unique = increasing or np.unique(np.asarray(keys)).size == keys.size
+    return KeySummary(unique, int(low), int(high))
 
 
 # --- nodes ---------------------------------------------------------------------------------------
 
 def _check_node(path: str, node: onnx.NodeProto, types: dict[str, Any], config: dict | None,
-                config_path: Path | None, tables: _TableFiles | None) -> list[Problem]:
+                config_path: Path | None) -> list[Problem]:
     where = node.name or f"(unnamed {HPS_OP})"
     problems = []
 
@@ -177,8 +177,7 @@ def _check_node(path: str, node: onnx.NodeProto, types: dict[str, Any], config: 
     if problems:
         return problems
     value = {name: onnx.helper.get_attribute_value(attrs[name]) for name in ATTRIBUTES}
-    model_name = value["model_name"].decode().rstrip("\0")
-    config_file = value["ps_config_file"].decode().rstrip("\0")
+    model_name, config_file = field_text(value["model_name"]), field_text(value["ps_config_file"])
     table_id, dim = value["table_id"], value["emb_vec_size"]
     key_type, out_type = types.get(node.input[0]), types.get(node.output[0])
     n = _check_keys(node, key_type, bad)
@@ -207,7 +206,7 @@ def _check_node(path: str, node: onnx.NodeProto, types: dict[str, Any], config: 
         bad(f"reads {n} keys per sample but maxnum_catfeature_query_per_table_per_sample[{table_id}] is "
             f"{max_n} — raise it to at least {n}")
     _check_table_files(config_path.parent / entry["sparse_files"][table_id], table_id, expected_dim,
-                       key_type, tables, bad)
+                       key_type, bad)
     return problems
 
 
@@ -235,7 +234,7 @@ def _check_output(out_type, dim: int, n: int | None, bad) -> None:
             "fix the declared shape")
 
 
-def _check_table_files(folder: Path, table_id: int, dim: int, key_type, tables: _TableFiles, bad) -> None:
+def _check_table_files(folder: Path, table_id: int, dim: int, key_type, bad) -> None:
     key_file, vector_file = folder / "key", folder / "emb_vector"
     if not key_file.is_file() or not vector_file.is_file():
         return  # already reported against the config
@@ -247,7 +246,7 @@ def _check_table_files(folder: Path, table_id: int, dim: int, key_type, tables: 
     if vector_bytes != rows * dim * 4:
         bad(f"table {table_id}: {vector_file} has {vector_bytes} bytes, expected {rows} rows x {dim} x 4 = "
             f"{rows * dim * 4} — the file is truncated or emb_vec_size is wrong; re-export the table")
-    keys = tables.keys(folder)
+    keys = key_summary(key_file)
     if not keys.unique:
         bad(f"table {table_id}: {key_file} holds duplicate keys — each key must appear once")
     if key_type is not None and key_type[0] == TensorProto.INT32 and (

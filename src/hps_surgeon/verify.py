@@ -122,7 +122,8 @@ def verify(original: str | Path, rewritten: str | Path, config: str | Path, *, b
     runners = [OnnxrtRunner(SessionFromOnnx(str(original)), name="onnxrt-original"),
                HpsRunner(rewritten, config, backend, name=f"hps-{backend}")]
     results = Comparator.run(runners, data_loader=feeds)
-    accuracy = Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(atol=atol, rtol=rtol, infinities_compare_equal=True))
+    compare = SimpleCompareFunc(atol=atol, rtol=rtol, infinities_compare_equal=True)
+    accuracy = Comparator.compare_accuracy(results, compare_func=compare)
     outputs = _output_errors(results, runners)
     return VerifyReport(passed=bool(accuracy), iterations=len(feeds), batch_sizes=(1, batch_size),
                         outputs=outputs, key_ranges=tuple(ranges), atol=atol, rtol=rtol)
@@ -133,9 +134,7 @@ def make_feeds(model_path: Path, ranges: list[keyspace.KeyRange], iterations: in
     """Feeds from Polygraphy's DataLoader, with key inputs redrawn from their valid ranges."""
     model = onnx.load_model(str(model_path), load_external_data=False)
     rng = np.random.default_rng(seed)
-    by_input: dict[str, list[keyspace.KeyRange]] = {}
-    for r in ranges:
-        by_input.setdefault(r.input, []).append(r)
+    ranges_of = keyspace.by_input(ranges)
     feeds = []
     for batch in batch_sizes:
         meta = TensorMetadata()
@@ -147,9 +146,8 @@ def make_feeds(model_path: Path, ranges: list[keyspace.KeyRange], iterations: in
         loader = DataLoader(seed=seed + batch, iterations=iterations, input_metadata=meta)
         for index in range(iterations):
             feed = OrderedDict(loader[index])
-            for name, input_ranges in by_input.items():
-                feed[name] = keyspace.draw_keys(feed[name].shape, feed[name].dtype, input_ranges,
-                                                (input_ranges[0].low, input_ranges[0].high), rng)
+            for name, input_ranges in ranges_of.items():
+                feed[name] = keyspace.draw_keys(feed[name].shape, feed[name].dtype, input_ranges, rng)
             feeds.append(feed)
     return feeds
 
@@ -171,7 +169,3 @@ def _output_errors(results, runners) -> tuple[OutputError, ...]:
             old = worst.get(name, OutputError(name, 0.0, 0.0))
             worst[name] = OutputError(name, max(old.max_abs, max_abs), max(old.max_rel, max_rel))
     return tuple(worst.values())
-
-
-def _text(value) -> str:
-    return (value.decode() if isinstance(value, bytes) else str(value)).rstrip("\0")
