@@ -79,10 +79,9 @@ def scan(model: ModelLike, *, patterns: str | os.PathLike | None = None, key_dty
     for match in result.matches:
         table, keys = tensors[match.table], tensors[match.keys]
         rows, dim = (int(d) for d in table.shape)
-        table_dtype = dtype_name(table) or "unknown"
-        itemsize = {"float16": 2, "bfloat16": 2, "float64": 8}.get(table_dtype, 4)
         entries.append(ScanEntry(node=match.anchor, pattern=match.pattern, table=table.name, rows=rows, dim=dim,
-                                 nbytes=rows * dim * itemsize, table_dtype=table_dtype, keys=keys.name,
+                                 nbytes=loaded.sources[match.table].nbytes,
+                                 table_dtype=dtype_name(table) or "unknown", keys=keys.name,
                                  key_dtype=dtype_name(keys) or "unknown"))
     return ScanResult(model=str(loaded.path), lookups=tuple(entries), not_rewritable=result.near_misses)
 
