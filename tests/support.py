@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,18 @@ from onnx import TensorProto, helper, numpy_helper
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fixtures"
+
+
+def copy_rewrite(source: Path, target: Path) -> Path:
+    """A copy of a rewrite folder whose config names the copied tables (rewrite writes absolute paths)."""
+    shutil.copytree(source, target)
+    config_path = target / "hps_config.json"
+    config = json.loads(config_path.read_text())
+    for model in config["models"]:
+        model["sparse_files"] = [str(target / Path(f).relative_to(source)) if Path(f).is_absolute() else f
+                                 for f in model["sparse_files"]]
+    config_path.write_text(json.dumps(config))
+    return target
 
 
 def run_onnxruntime(model_path: Path | str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

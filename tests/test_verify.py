@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 
@@ -12,7 +11,7 @@ import pytest
 import hps_surgeon
 from hps_surgeon.verify import verify
 
-from support import FIXTURES
+from support import FIXTURES, copy_rewrite
 from test_fixtures import LOOKUPS
 
 
@@ -57,8 +56,7 @@ def test_verify_cli_passes_and_prints_errors(dlrm):
 
 def tampered(out, tmp_path, table: str, change) -> object:
     """A copy of the rewrite output whose table `table` holds `change(vectors)` instead."""
-    copy = tmp_path / "rw"
-    shutil.copytree(out, copy)
+    copy = copy_rewrite(out, tmp_path / "rw")
     vectors = copy / f"tables/{table}/emb_vector"
     change(np.fromfile(vectors, dtype="<f4")).astype("<f4").tofile(vectors)
     return copy

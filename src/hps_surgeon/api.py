@@ -90,14 +90,16 @@ def rewrite(model: ModelLike, out_dir: str | os.PathLike, *, model_name: str | N
             key_dtype: str = "int32", max_batch_size: int = 1024, max_keys_per_sample: int | None = None,
             gpucache_ratio: float = 1.0, domain: str = DEFAULT_DOMAIN, nul_strings: bool = True,
             ps_config_file: str | None = None, default_value: float = 0.0, min_table_rows: int = 0,
-            force: bool = False, quiet: bool = True, patterns: str | os.PathLike | None = None,
+            relative_paths: bool = False, force: bool = False, quiet: bool = True, patterns: str | os.PathLike | None = None,
             hugectr_sparse_models: Sequence[str | SparseModelInput] = (), dry_run: bool = False,
             plan_file: str | os.PathLike | None = None, plan_out: str | os.PathLike | None = None) -> RewriteResult:
     """Rewrite every embedding lookup into an HPS_TRT node and write the deployable folder.
 
     `out_dir` receives model.onnx (+ model.onnx.data when large), hps_config.json, tables/<name>/
     {key, emb_vector} and report.json, all at once: on any error nothing is left behind.
-    `ps_config_file` defaults to the absolute path of `out_dir/hps_config.json`.
+    `ps_config_file` defaults to the absolute path of `out_dir/hps_config.json`; sparse_files are
+    absolute too (HugeCTR opens them relative to its working directory), or relative to the config
+    with `relative_paths` (a relocatable folder; our plugin reads both).
     `hugectr_sparse_models` ("INPUT=FOLDER[:combiner][:nnz]") attach lookups to embedding outputs that
     are graph inputs (HugeCTR models converted with convert_embedding=False).
     `min_table_rows` keeps tables with fewer rows inside the model.
@@ -115,7 +117,8 @@ def rewrite(model: ModelLike, out_dir: str | os.PathLike, *, model_name: str | N
             model_name=model_name or default_model_name(loaded.path), key_dtype=key_dtype,
             max_batch_size=max_batch_size, max_keys_per_sample=max_keys_per_sample, gpucache_ratio=gpucache_ratio,
             domain=domain, nul_strings=nul_strings, default_value=default_value, min_table_rows=min_table_rows,
-            ps_config_file=ps_config_file or str((out_dir / CONFIG_NAME).absolute())).check()
+            relative_paths=relative_paths,
+            ps_config_file=ps_config_file or os.path.abspath(out_dir / CONFIG_NAME)).check()
         edits = read_plan_file(Path(plan_file)) if plan_file is not None else None
         attached = tuple(plan_attached(loaded, parse_sparse_model(s) if isinstance(s, str) else s, options)
                          for s in hugectr_sparse_models)
@@ -136,9 +139,12 @@ def _write(loaded: LoadedModel, plan: Plan, report: dict[str, Any], out_dir: Pat
     with staging.staged_output(out_dir, force) as stage:
         model_path = export.write_model(rewritten, loaded, stage)
         export.write_tables(loaded, plan, stage, quiet=quiet)
+        # Checked with paths relative to the staging folder, then pointed at where the folder will be.
         staging.write_json(stage / CONFIG_NAME, hps_config.build(plan))
         staging.write_json(stage / REPORT_NAME, report)
         export.check_written(model_path, stage / CONFIG_NAME, plan.options.domain)
+        if not plan.options.relative_paths:
+            staging.write_json(stage / CONFIG_NAME, hps_config.build(plan, Path(os.path.abspath(out_dir))))
 
 
 @contextlib.contextmanager

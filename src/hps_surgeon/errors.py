@@ -25,10 +25,10 @@ class Problem:
     path: str
     where: str  #: node name, or a key path in the config
     message: str  #: what is wrong — what to do
-    severity: str = "error"  #: "error" or "warning"
+    severity: str = "error"  #: "error"; "warning" (works here, may not elsewhere); "note" (a difference to know)
 
     def __str__(self) -> str:
-        prefix = "warning: " if self.severity == "warning" else ""
+        prefix = "" if self.severity == "error" else f"{self.severity}: "
         return f"{self.path}:{self.where}: {prefix}{self.message}"
 
 

@@ -47,12 +47,17 @@ class Options:
     ps_config_file: str = ""  #: path written into each node; default: the output's hps_config.json
     default_value: float = 0.0
     min_table_rows: int = 0  #: tables with fewer rows stay inside the model
+    relative_paths: bool = False  #: sparse_files relative to the config (relocatable; HugeCTR wants absolute)
 
     def as_match_options(self) -> dict[str, Any]:
         return {"key_dtype": self.key_dtype}
 
     def check(self) -> Options:
-        """Self, when every number is in range; else SurgeonError naming the option."""
+        """Self, when every number and name is valid; else SurgeonError naming the option."""
+        if not NAME_SYNTAX.fullmatch(self.model_name):
+            raise SurgeonError(f"--model-name '{self.model_name}': HugeCTR's HPS aborts on model names outside "
+                               "[a-zA-Z0-9_-]{1,120} (hier_parameter_server.cpp:34-36); use letters, digits, '_' "
+                               "and '-', at most 120")
         if self.max_batch_size < 1:
             raise SurgeonError(f"--max-batch-size {self.max_batch_size}: must be at least 1")
         if self.max_keys_per_sample is not None and self.max_keys_per_sample < 1:

@@ -28,6 +28,7 @@ import onnx
 from onnx import AttributeProto, TensorProto
 
 from ..errors import SurgeonError, errors
+from ..hps import config as hps_config
 from ..hps import validate
 from ..hps.contract import CONFIG_NAME, MODEL_NAME, field_text
 from ..hps.tables import KEY_FILE, VECTOR_FILE
@@ -95,20 +96,21 @@ def deploy(rewrite_dir: str | os.PathLike, repo: str | os.PathLike,
     _check_repo(repo, name, options.force)
     deployed_config = posixpath.join(root, name, "hps", CONFIG_NAME)
     tables = _table_folders(source)
+    gpus = serving_gpus(options, source)
     files = {
-        "config.pbtxt": triton.config_pbtxt(name, inputs, outputs, options.instances, options.gpus),
+        "config.pbtxt": triton.config_pbtxt(name, inputs, outputs, options.instances, gpus),
         "build_engine.sh": triton.build_engine_sh(name, deployed_config, options.plugin_lib, prof, options.fp16),
         "perf_data.json": json.dumps(triton.perf_data(
             inputs, batch.opt, keyspace.rewritten_key_ranges(source.model, source.path / CONFIG_NAME))),
     }
-    hps_config = _deployed_hps_config(source, tables, posixpath.join(root, name, "hps"), options.gpus)
+    deployed = _deployed_hps_config(source, tables, posixpath.join(root, name, "hps"), gpus)
     model = _deployed_model(source.model, deployed_config)
     with _staged(repo, name) as stage:
         folder = stage / name
         (folder / "1").mkdir(parents=True)
         for file_name, text in files.items():
             (folder / file_name).write_text(text)
-        _write_hps(folder / "hps", source, model, hps_config, tables)
+        _write_hps(folder / "hps", source, model, deployed, tables)
         (stage / "start_triton.sh").write_text(triton.start_triton_sh(root, options.plugin_lib))
         for script in (folder / "build_engine.sh", stage / "start_triton.sh"):
             script.chmod(0o755)
@@ -139,7 +141,7 @@ def read_rewrite(path: Path) -> RewriteFolder:
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise SurgeonError(f"rewrite folder fails validation: {problems[0]}{more}")
-    config = json.loads(config_path.read_text())
+    config, _ = hps_config.load(config_path)  # valid (checked above), with HugeCTR's defaults filled in
     used = {field_text(onnx.helper.get_node_attr_value(n, "model_name")) for n in nodes}
     entries = tuple(m for m in config["models"] if m["model"] in used)
     return RewriteFolder(path=path, model=model, config=config, entries=entries)
@@ -211,7 +213,7 @@ def _table_folders(source: RewriteFolder) -> dict[tuple[str, int], tuple[Path, s
     taken: dict[str, Path] = {}
     for entry in source.config["models"]:
         for index, file in enumerate(entry["sparse_files"]):
-            src = (source.path / file).resolve()
+            src = hps_config.table_folder(source.path / CONFIG_NAME, entry, index).resolve()
             base = f"tables/{Path(file).name}"
             rel, n = base, 1
             while rel in taken and taken[rel] != src:
@@ -221,6 +223,15 @@ def _table_folders(source: RewriteFolder) -> dict[tuple[str, int], tuple[Path, s
     return folders
 
 
+def serving_gpus(options: DeployOptions, source: RewriteFolder) -> tuple[int, ...]:
+    """The GPUs Triton's instances run on, which must be the config's deployed_device_list: HugeCTR
+    skips lookups on any other GPU and returns success (plugin/lookup_manager.cpp:168-172).
+    --gpus decides both; without it, the deployed_device_list of the models the nodes use."""
+    if options.gpus:
+        return options.gpus
+    return tuple(sorted({d for entry in source.entries for d in entry["deployed_device_list"]}))
+
+
 def _deployed_hps_config(source: RewriteFolder, tables: dict, hps_dir: str, gpus: tuple[int, ...]) -> dict:
     # HugeCTR opens sparse_files relative to the server's working directory, not to the config:
     # absolute paths under --deploy-root are the ones valid inside the container.
@@ -228,9 +239,7 @@ def _deployed_hps_config(source: RewriteFolder, tables: dict, hps_dir: str, gpus
     for entry in config["models"]:
         entry["sparse_files"] = [posixpath.join(hps_dir, tables[(entry["model"], i)][1])
                                  for i in range(len(entry["sparse_files"]))]
-        if gpus:
-            # Every GPU that runs an instance needs the HPS cache of the tables on it.
-            entry["deployed_device_list"] = list(gpus)
+        entry["deployed_device_list"] = list(gpus)
     return config
 
 

@@ -25,6 +25,10 @@ KEY_FILE = "key"
 VECTOR_FILE = "emb_vector"
 _CHUNK_BYTES = 64 << 20
 _INT32_MAX = 2**31 - 1
+#: keys HugeCTR's GPU cache reserves as its empty-slot marker, numeric_limits<key>::max()
+#: (HugeCTR/include/hps/embedding_cache.hpp:83): uint32 0xFFFFFFFF (int32 keys, so key -1; stored
+#: keys are cast to uint32, HugeCTR/src/hps/modelloader.cpp:120) and INT64_MAX (int64 keys).
+HUGECTR_EMPTY_KEYS = {TensorProto.INT32: -1, TensorProto.INT64: 2**63 - 1}
 
 Progress = Callable[[int], Any]
 
@@ -88,6 +92,7 @@ class KeySummary:
     unique: bool
     low: int
     high: int
+    reserved: frozenset[int] = frozenset()  #: which of HUGECTR_EMPTY_KEYS' keys the file holds
 
 
 _KEY_CHUNK = 8 << 20  #: keys per read: 64 MiB, so memory stays flat whatever the table size
@@ -109,8 +114,10 @@ def _key_summary(path: str, _inode: int, size: int, _mtime_ns: int, _ctime_ns: i
     if keys.size == 0:
         return KeySummary(True, 0, 0)
     increasing, previous, low, high = True, None, None, None
+    reserved: set[int] = set()
     for start in range(0, keys.size, _KEY_CHUNK):
         chunk = np.asarray(keys[start:start + _KEY_CHUNK])
+        reserved.update(int(k) for k in HUGECTR_EMPTY_KEYS.values() if np.any(chunk == k))
         increasing = increasing and bool(np.all(chunk[1:] > chunk[:-1])) and (
             previous is None or chunk[0] > previous)
         previous = chunk[-1]
@@ -118,11 +125,12 @@ def _key_summary(path: str, _inode: int, size: int, _mtime_ns: int, _ctime_ns: i
         high = chunk.max() if high is None else max(high, chunk.max())
     # Strictly increasing keys (what rewrite writes) are unique; sort only when they are not.
     unique = increasing or np.unique(np.asarray(keys)).size == keys.size
-    return KeySummary(unique, int(low), int(high))
+    return KeySummary(unique, int(low), int(high), frozenset(reserved))
 
 
 def check_table_files(folder: Path, table_id: int, dim: int, key_type, bad) -> None:
-    """Report through `bad(message)` what is wrong with a table folder: sizes, duplicate keys, int32 reach."""
+    """Report through `bad(message[, severity])` what is wrong with a table folder: sizes, duplicate keys,
+    int32 reach, and keys HugeCTR would refuse or mishandle."""
     key_file, vector_file = folder / KEY_FILE, folder / VECTOR_FILE
     if not key_file.is_file() or not vector_file.is_file():
         return  # reported against the config, which names the folder
@@ -134,6 +142,9 @@ def check_table_files(folder: Path, table_id: int, dim: int, key_type, bad) -> N
     if vector_bytes != rows * dim * 4:
         bad(f"table {table_id}: {vector_file} has {vector_bytes} bytes, expected {rows} rows x {dim} x 4 = "
             f"{rows * dim * 4} — the file is truncated or emb_vec_size is wrong; re-export the table")
+    if rows == 0:
+        bad(f"table {table_id}: {key_file} is empty: HugeCTR's HPS refuses it (\"embeddings key file is empty\", "
+            "modelloader.cpp:143-145); our plugin returns the default value for every key", severity="warning")
     keys = key_summary(key_file)
     if not keys.unique:
         bad(f"table {table_id}: {key_file} holds duplicate keys — each key must appear once")
@@ -141,3 +152,8 @@ def check_table_files(folder: Path, table_id: int, dim: int, key_type, bad) -> N
             keys.high > _INT32_MAX or keys.low < -_INT32_MAX - 1):
         bad(f"table {table_id}: stored keys reach {keys.high}, beyond int32 keys of this node — "
             "rewrite with --key-dtype int64")
+    empty = HUGECTR_EMPTY_KEYS.get(key_type[0]) if key_type is not None else None
+    if empty in keys.reserved:
+        bad(f"table {table_id}: {key_file} stores key {empty}, which HugeCTR's GPU cache reserves as its empty-slot "
+            "marker (include/hps/embedding_cache.hpp:83; its gpu_cache/ReadMe.md: never a real key); our plugin "
+            "serves it — give the row another key for HugeCTR", severity="warning")
