@@ -13,7 +13,7 @@ from typing import Any
 import onnx
 
 from . import export, staging
-from .attach import SparseModelInput, parse_sparse_model, plan_attached
+from .attach import SparseModelInput, is_embedding_input, parse_sparse_model, plan_attached, with_own_keys
 from .graph import all_tensors, dtype_name
 from .hps import config as hps_config
 from .hps.contract import CONFIG_NAME, DEFAULT_DOMAIN, MODEL_NAME, REPORT_NAME
@@ -100,8 +100,10 @@ def rewrite(model: ModelLike, out_dir: str | os.PathLike, *, model_name: str | N
     `ps_config_file` defaults to the absolute path of `out_dir/hps_config.json`; sparse_files are
     absolute too (HugeCTR opens them relative to its working directory), or relative to the config
     with `relative_paths` (a relocatable folder; our plugin reads both).
-    `hugectr_sparse_models` ("INPUT=FOLDER[:combiner][:nnz]") attach lookups to embedding outputs that
-    are graph inputs (HugeCTR models converted with convert_embedding=False).
+    `hugectr_sparse_models` ("NAME=FOLDER[:combiner][:nnz]") attach lookups to embedding outputs that
+    are graph inputs (HugeCTR models converted with convert_embedding=False), or make the table of
+    embedding NAME (convert_embedding=True) store exactly the folder's keys instead of every key of
+    hugectr2onnx's shared key map.
     `min_table_rows` keeps tables with fewer rows inside the model.
     `plan_out` writes the plan as an editable YAML file; `plan_file` applies such a file (tables dropped,
     renamed, given another key dtype) and refuses one that no longer fits the model.
@@ -120,9 +122,10 @@ def rewrite(model: ModelLike, out_dir: str | os.PathLike, *, model_name: str | N
             relative_paths=relative_paths,
             ps_config_file=ps_config_file or os.path.abspath(out_dir / CONFIG_NAME)).check()
         edits = read_plan_file(Path(plan_file)) if plan_file is not None else None
-        attached = tuple(plan_attached(loaded, parse_sparse_model(s) if isinstance(s, str) else s, options)
-                         for s in hugectr_sparse_models)
+        folders = [parse_sparse_model(s) if isinstance(s, str) else s for s in hugectr_sparse_models]
+        attached = tuple(plan_attached(loaded, s, options) for s in folders if is_embedding_input(loaded, s))
         plan = plan_rewrites(loaded, _match(loaded, load_patterns(patterns), options), options, attached)
+        plan = with_own_keys(loaded, plan, [s for s in folders if not is_embedding_input(loaded, s)])
         if edits is not None:
             plan = apply_plan_file(plan, edits, Path(plan_file))
         if plan_out is not None:

@@ -38,6 +38,36 @@ def mapped_keys(key_map: np.ndarray, rows: int) -> np.ndarray:
     return np.flatnonzero((key_map > 0) & (key_map < rows)).astype(np.int64)
 
 
+def own_key_counts(key_map: np.ndarray, rows: dict[int, int]) -> dict[int, tuple[int, int]] | None:
+    """How many keys of a shared HugeCTR key map each table owns, as (fewest, most) possible.
+
+    hugectr2onnx fills one map for all embeddings, numbering each table's keys 1..n in file order
+    (HugeCTR's onnx_converter/hugectr2onnx/hugectr_loader.py:154, :226-237), so index i is taken by
+    every table with n >= i: the drops of that count give the multiset of n, and each table's n must
+    fit its rows (`rows`: table id -> rows of the ONNX table, row 0 being the default). None when the
+    map is not in that layout or shared with tables not listed.
+    """
+    used = key_map[key_map > 0]
+    per_index = np.bincount(used, minlength=2)[1:] if used.size else np.zeros(0, np.int64)
+    if per_index.size == 0 or np.any(np.diff(per_index) > 0) or per_index[0] != len(rows):
+        return None
+    drops = -np.diff(np.append(per_index, 0))
+    sizes = sorted(int(n) for n, times in zip(range(1, per_index.size + 1), drops) for _ in range(int(times)))
+    possible: dict[int, list[int]] = {}
+    for table, table_rows in rows.items():
+        others = sorted(r for t, r in rows.items() if t != table)
+        possible[table] = [n for i, n in enumerate(sizes) if i == sizes.index(n) and n < table_rows and
+                           _fits(sizes[:i] + sizes[i + 1:], others)]
+    if any(not p for p in possible.values()):
+        return None
+    return {t: (min(p), max(p)) for t, p in possible.items()}
+
+
+def _fits(sizes: list[int], rows: list[int]) -> bool:
+    """Sorted key counts fit sorted tables one to one (each n below its table's rows)."""
+    return all(n < r for n, r in zip(sizes, rows))
+
+
 def write_row_table(source: TensorSource, rows: int, dim: int, folder: Path, progress: Progress) -> None:
     """Key i = row i of `source`, for every row."""
     folder.mkdir(parents=True)
