@@ -33,8 +33,9 @@ int main(int argc, char** argv) {
     }
     std::ofstream(dir + "/t0/key", std::ios::binary).write(reinterpret_cast<char*>(keys.data()), rows * 8);
     std::ofstream(dir + "/t0/emb_vector", std::ios::binary).write(reinterpret_cast<char*>(vecs.data()), rows * dim * 4);
-    std::ofstream(dir + "/hps.json") << R"({"models": [{"model": "dlrm", "sparse_files": ["t0"],
-        "embedding_vecsize_per_table": [8], "default_value_for_each_table": [-1.0], "gpucacheper": 0.5}]})";
+    std::ofstream(dir + "/hps.json") << R"({"supportlonglong": true, "models": [{"model": "dlrm", "sparse_files": ["t0"],
+        "embedding_vecsize_per_table": [8], "default_value_for_each_table": [-1.0], "gpucacheper": 0.5,
+        "deployed_device_list": [0], "maxnum_catfeature_query_per_table_per_sample": [1]}]})";
 
     int32_t nb = 0;
     IPluginCreatorInterface* const* list = getCreators(nb);
