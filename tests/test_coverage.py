@@ -161,7 +161,7 @@ def test_hugectr_sparse_model_folder_attaches_a_lookup(combiner, nnz, tmp_path):
 
 
 @pytest.mark.parametrize("arg,message", [
-    ("sparse_embedding1", "--hugectr-sparse-model 'sparse_embedding1': expected INPUT=FOLDER[:combiner][:nnz]"),
+    ("sparse_embedding1", "--hugectr-sparse-model 'sparse_embedding1': expected NAME=FOLDER[:combiner][:nnz]"),
     (f"sparse_embedding1={SPARSE_FOLDER}:max", f"--hugectr-sparse-model 'sparse_embedding1={SPARSE_FOLDER}:max': "
      "'max' is neither a combiner (sum/mean) nor an nnz (a positive integer)"),
     (f"dense_x={SPARSE_FOLDER}", "--hugectr-sparse-model: 'dense_x' is not an input of"),

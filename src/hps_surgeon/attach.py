@@ -48,11 +48,11 @@ class SparseModelInput:
 
 
 def parse_sparse_model(text: str) -> SparseModelInput:
-    """`INPUT=FOLDER[:combiner][:nnz]`, e.g. `sparse_embedding1=wdl0_sparse_2000.model:sum:2`."""
+    """`NAME=FOLDER[:combiner][:nnz]`, e.g. `sparse_embedding1=wdl0_sparse_2000.model:sum:2`."""
     name, sep, rest = text.partition("=")
     parts = rest.split(":") if sep else []
     if not name or not parts or not parts[0] or len(parts) > 3:
-        raise SurgeonError(f"--hugectr-sparse-model '{text}': expected INPUT=FOLDER[:combiner][:nnz]")
+        raise SurgeonError(f"--hugectr-sparse-model '{text}': expected NAME=FOLDER[:combiner][:nnz]")
     combiner, nnz = "sum", 1
     for part in parts[1:]:
         if part in COMBINERS:

@@ -33,9 +33,10 @@ def add_parser(commands) -> argparse.ArgumentParser:
                    help="write sparse_files relative to hps_config.json (a relocatable folder; our plugin reads them, "
                         "HugeCTR's HPS would look in its working directory); default: absolute paths")
     p.add_argument("--ps-config-file", help="path written into the nodes (default: OUT/hps_config.json, absolute)")
-    p.add_argument("--hugectr-sparse-model", action="append", default=[], metavar="INPUT=FOLDER[:combiner][:nnz]",
-                   help="attach an HPS_TRT lookup producing embedding input INPUT from HugeCTR sparse-model "
-                        "FOLDER (models converted with convert_embedding=False); repeatable")
+    p.add_argument("--hugectr-sparse-model", action="append", default=[], metavar="NAME=FOLDER[:combiner][:nnz]",
+                   help="HugeCTR sparse-model FOLDER of embedding NAME: attach an HPS_TRT lookup producing input NAME "
+                        "(convert_embedding=False), or store exactly the folder's keys for the table of NAME instead "
+                        "of every key of hugectr2onnx's shared key map (convert_embedding=True); repeatable")
     p.add_argument("--plan-out", metavar="PLAN.yaml",
                    help="write the plan as an editable file (drop, rename tables, set key dtypes); with --dry-run "
                         "nothing else is written")
