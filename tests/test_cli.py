@@ -57,7 +57,7 @@ def test_config_is_hugectr_hps_format(one_lookup, tmp_path):
                    "--gpucache-ratio", "0.5").returncode == 0
     config = json.loads((out / "hps_config.json").read_text())
     assert config == {"supportlonglong": False, "models": [{
-        "model": "ctr", "sparse_files": ["tables/table"], "num_of_worker_buffer_in_pool": 3,
+        "model": "ctr", "sparse_files": [str(out / "tables/table")], "num_of_worker_buffer_in_pool": 3,
         "embedding_table_names": ["table"], "embedding_vecsize_per_table": [8],
         "maxnum_catfeature_query_per_table_per_sample": [4], "default_value_for_each_table": [0.0],
         "deployed_device_list": [0], "max_batch_size": 64, "cache_refresh_percentage_per_iteration": 0.2,

@@ -232,6 +232,25 @@ def test_instance_groups_and_deployed_device_list_agree(tmp_path):
         assert sorted(deployed["deployed_device_list"]) == expected
 
 
+def test_deploy_keeps_hugectr_names_valid_and_reads_relative_paths(tmp_path):
+    # HugeCTR aborts on names outside [a-zA-Z0-9_-]{1,120} (HugeCTR/src/hps/hier_parameter_server.cpp:34-38):
+    # deploy refuses a folder whose config has one rather than ship it.
+    out = tmp_path / "rw"
+    assert hps_surgeon.rewrite(FIXTURES / "torch/embedding_int64_legacy.onnx", out, relative_paths=True).written
+    deploy.deploy(out, tmp_path / "repo", deploy.DeployOptions(name="m"))
+    deployed = json.loads((tmp_path / "repo" / "m" / "hps" / "hps_config.json").read_text())["models"][0]
+    assert deployed["sparse_files"] == ["/models/m/hps/tables/emb_weight"]
+    assert deployed["embedding_table_names"] == ["emb_weight"]
+    config = json.loads((out / "hps_config.json").read_text())
+    config["models"][0]["embedding_table_names"] = ["emb.weight"]
+    (out / "hps_config.json").write_text(json.dumps(config))
+    proc = run_cli("deploy", out, "--repo", tmp_path / "repo2")
+    assert proc.returncode == 2 and not (tmp_path / "repo2").exists()
+    assert error_line(proc).startswith(f"hps-surgeon: error: rewrite folder fails validation: {out / 'hps_config.json'}:"
+                                       "models[0].embedding_table_names[0]: 'emb.weight' is not a valid HugeCTR table "
+                                       "name")
+
+
 # --- the CLI -------------------------------------------------------------------------------------
 
 @pytest.fixture

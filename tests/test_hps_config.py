@@ -258,3 +258,37 @@ def test_node_model_name_is_checked_without_a_config(rewritten, tmp_path):
 
 def test_readme_table_is_the_field_data():
     assert markdown_table() in (ROOT / "README.md").read_text()
+
+
+# --- HugeCTR's plugin limits and key width, as check sees them per node -------------------------
+
+def test_int64_keys_are_reported_and_warned_about(tmp_path):
+    # HugeCTR/src/hps/plugin/lookup_manager.cpp:133: its TensorRT plugin refuses supportlonglong true
+    result = hps_surgeon.rewrite(FIXTURES / "torch/embedding_int64_legacy.onnx", tmp_path / "out", key_dtype="int64")
+    assert ("int64 keys make the config's supportlonglong true, which HugeCTR's HPS_TRT plugin refuses "
+            "(plugin/lookup_manager.cpp:133); hps-surgeon's plugin takes them — --key-dtype int32 for HugeCTR"
+            in result.plan.lookups[0].notes)
+    proc = subprocess.run([sys.executable, "-m", "hps_surgeon", "check", str(result.model_path)], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0
+    assert proc.stdout.splitlines() == [f"{result.config_path}:supportlonglong: warning: true: HugeCTR's HPS_TRT "
+                                        "plugin refuses it (\"i64_input_key must be false for HPS TensorRT plugin\", "
+                                        "plugin/lookup_manager.cpp:133-137) and then serves no lookup; our plugin takes "
+                                        "int64 keys — rewrite with --key-dtype int32 to stay loadable by HugeCTR"]
+
+
+def test_static_lookups_beyond_hugectrs_limits_are_warned_about(tmp_path):
+    from support import lookup_model
+    source = lookup_model(tmp_path / "m.onnx", key_shape=(2048, 4))
+    result = hps_surgeon.rewrite(source, tmp_path / "out", max_batch_size=1024)
+    config = json.loads(result.config_path.read_text())
+    config["supportlonglong"] = True
+    result.config_path.write_text(json.dumps(config))
+    problems = [p for p in hps_surgeon.check([str(result.model_path)]) if p.where == "hps_trt/lookup"]
+    assert [(p.severity, p.message) for p in problems] == [
+        ("warning", "keys are int32 but supportlonglong is true: HugeCTR's plugin skips such lookups (\"Input tensor "
+                    "dtype should be consistent with HPS configuration\", plugin/lookup_manager.cpp:212); ours serves "
+                    "them"),
+        ("warning", "looks up 2048 x 4 keys, more than max_batch_size 1024 x "
+                    "maxnum_catfeature_query_per_table_per_sample[0] = 4096: HugeCTR's plugin skips such lookups "
+                    "(plugin/lookup_manager.cpp:197-204); ours serves them — raise max_batch_size")]

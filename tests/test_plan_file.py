@@ -71,7 +71,7 @@ def test_edited_plan_drops_renames_and_sets_key_dtype(dlrm_plan, tmp_path):
     config = json.loads((out / "hps_config.json").read_text())["models"][0]
     assert len(config["sparse_files"]) == 24
     assert config["embedding_table_names"][0] == "ads-category"
-    assert config["sparse_files"][0] == "tables/ads-category"
+    assert config["sparse_files"][0] == str(out / "tables/ads-category")
     assert json.loads((out / "hps_config.json").read_text())["supportlonglong"] is True
 
     model = onnx.load(str(out / "model.onnx"))
