@@ -33,7 +33,10 @@ typedef enum hps_status {
     HPS_ERR_TABLE_FILE = 3,       /* key / emb_vector missing, truncated, or inconsistent */
     HPS_ERR_CUDA = 4,             /* a CUDA runtime call failed (message names it) */
     HPS_ERR_OUT_OF_MEMORY = 5,    /* device or pinned host allocation failed */
-    HPS_ERR_INTERNAL = 6
+    HPS_ERR_INTERNAL = 6,
+    HPS_ERR_DATABASE = 7,         /* Redis/RocksDB unreachable, refused (auth, lock, read-only) or
+                                     holding data that does not match the config (see hps_storage.h) */
+    HPS_ERR_CANCELLED = 8         /* a progress callback asked to stop (what was written stays valid) */
 } hps_status;
 
 typedef struct hps_table hps_table; /* opaque handle */
