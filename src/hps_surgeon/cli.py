@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from . import api, deploy
+from .storage import command as publish_command
 from .check import check_models
 from .errors import EXIT_FINDINGS, EXIT_INPUT, EXIT_OK, SurgeonError
 
@@ -94,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     check.set_defaults(run=_check)
 
     deploy.add_parser(commands)  # deploy.py owns its own arguments (issue 6)
+    publish_command.add_parser(commands)  # storage/command.py owns its own arguments (issue 14)
     return parser
 
 

@@ -83,6 +83,9 @@ typedef struct hps_tier_stats_t {
 } hps_tier_stats_t;
 
 HPS_API hps_status hps_tiers_stats(hps_tiers* tiers, hps_tier_stats_t* out);
+/* Makes rows written by other processes since opening visible (RocksDB is read as a secondary
+ * instance); Redis needs no such step. */
+HPS_API hps_status hps_tiers_catch_up(hps_tiers* tiers);
 HPS_API hps_status hps_tiers_close(hps_tiers* tiers);
 
 #ifdef __cplusplus

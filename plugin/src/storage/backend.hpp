@@ -53,6 +53,8 @@ public:
     virtual size_t evict_table(const std::string& tag) = 0;
     // Entries stored for the table (approximate for RocksDB, like HugeCTR's size()).
     virtual size_t size(const std::string& tag) = 0;
+    // Whether the database holds the table at all.
+    virtual bool has_table(const std::string& tag) { return size(tag) > 0; }
     // Tags "hps_et.<model>.*" present in the database.
     virtual std::vector<std::string> find_tables(const std::string& model) = 0;
     // Refuses (HPS_ERR_DATABASE) data that this configuration would read wrongly: a table laid out
@@ -60,6 +62,8 @@ public:
     virtual void check_table(const std::string& tag, uint32_t value_size) { (void)tag, (void)value_size; }
     // Makes what was inserted durable (RocksDB: WAL flushed and synced).
     virtual void flush() {}
+    // Sees writes made by other processes since opening (RocksDB secondary instances); no-op otherwise.
+    virtual void catch_up() {}
 };
 
 // Opens the backend a section configures (volatile_db: redis_cluster; persistent_db: rocks_db).

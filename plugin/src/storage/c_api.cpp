@@ -227,6 +227,13 @@ hps_status hps_tiers_stats(hps_tiers* tiers, hps_tier_stats_t* out) {
     });
 }
 
+hps_status hps_tiers_catch_up(hps_tiers* tiers) {
+    return guarded([&] {
+        need(tiers, "hps_tiers_catch_up: NULL argument");
+        tiers->stack->catch_up();
+    });
+}
+
 hps_status hps_tiers_close(hps_tiers* tiers) {
     return guarded([&] { delete tiers; });
 }

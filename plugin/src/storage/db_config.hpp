@@ -59,6 +59,10 @@ struct PersistentDbParams {
     size_t max_batch_size = 64 * 1024;
     bool initialize_after_startup = true;
     std::vector<std::string> update_filters{"^hps_.+$"};
+    // Not a config field: lookups open the database as a RocksDB secondary instance (read-only,
+    // takes no LOCK, catches up with writes of a primary on refresh), so `publish --update` can
+    // write while the plugin serves.
+    bool secondary = false;
 };
 
 struct UpdateSourceParams {

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <map>
 #include <mutex>
 #include <sys/stat.h>
@@ -35,9 +36,10 @@ public:
         write_options_.sync = false;
 
         struct stat st;
-        if (p.read_only && stat(p.path.c_str(), &st) != 0)
-            throw hps::Error(HPS_ERR_DATABASE, "persistent_db.path " + p.path + " does not exist and read_only is true; "
-                                          "publish the tables there first (hps-surgeon publish --persistent-db)");
+        if ((p.read_only || p.secondary) && stat(p.path.c_str(), &st) != 0)
+            throw hps::Error(HPS_ERR_DATABASE, "persistent_db.path " + p.path + " does not exist" +
+                                                   (p.read_only ? " and read_only is true" : "") +
+                                                   "; publish the tables there first (hps-surgeon publish --persistent-db)");
         std::vector<std::string> names;
         if (!rocksdb::DB::ListColumnFamilies(options, p.path, &names).ok()) names.clear();  // new database
         if (std::find(names.begin(), names.end(), rocksdb::kDefaultColumnFamilyName) == names.end())
@@ -46,20 +48,36 @@ public:
         for (const auto& n : names) descriptors.emplace_back(n, cf_options_);
         std::vector<rocksdb::ColumnFamilyHandle*> handles;
         rocksdb::DB* db = nullptr;
-        const rocksdb::Status s = p.read_only
-                                      ? rocksdb::DB::OpenForReadOnly(options, p.path, descriptors, &handles, &db)
-                                      : rocksdb::DB::Open(options, p.path, descriptors, &handles, &db);
+        rocksdb::Status s;
+        if (p.secondary) {
+            char dir[] = "/tmp/hps_rocksdb_secondary.XXXXXX";
+            if (!mkdtemp(dir)) throw hps::Error(HPS_ERR_DATABASE, std::string("cannot create ") + dir + ": " + std::strerror(errno));
+            secondary_dir_ = dir;
+            options.max_open_files = -1;  // required by secondary instances
+            s = rocksdb::DB::OpenAsSecondary(options, p.path, secondary_dir_, descriptors, &handles, &db);
+        } else if (p.read_only) {
+            s = rocksdb::DB::OpenForReadOnly(options, p.path, descriptors, &handles, &db);
+        } else {
+            s = rocksdb::DB::Open(options, p.path, descriptors, &handles, &db);
+        }
         if (!s.ok()) throw hps::Error(HPS_ERR_DATABASE, open_message(s));
         db_.reset(db);
         for (size_t i = 0; i < handles.size(); ++i) handles_.emplace(descriptors[i].name, handles[i]);
     }
 
     ~RocksBackend() override {
-        if (!db_) return;
-        if (!params_.read_only) db_->FlushWAL(true);
-        for (auto& [name, h] : handles_) db_->DestroyColumnFamilyHandle(h);
-        handles_.clear();
-        db_->Close();
+        if (db_) {
+            if (writable()) db_->FlushWAL(true);
+            for (auto& [name, h] : handles_) db_->DestroyColumnFamilyHandle(h);
+            handles_.clear();
+            db_->Close();
+            db_.reset();
+        }
+        if (!secondary_dir_.empty()) std::filesystem::remove_all(secondary_dir_);
+    }
+
+    void catch_up() override {
+        if (params_.secondary) check(db_->TryCatchUpWithPrimary(), "(catch up)");
     }
 
     const char* name() const override { return "rocks_db"; }
@@ -165,6 +183,8 @@ public:
         return static_cast<size_t>(count);
     }
 
+    bool has_table(const std::string& tag) override { return handle(tag, false) != nullptr; }
+
     std::vector<std::string> find_tables(const std::string& model) override {
         const std::string prefix = std::string(kTagPrefix) + "." + model + ".";
         std::lock_guard<std::mutex> lock(mutex_);
@@ -176,10 +196,7 @@ public:
 
     void check_table(const std::string& tag, uint32_t value_size) override {
         rocksdb::ColumnFamilyHandle* cf = handle(tag, false);
-        if (!cf)
-            throw hps::Error(HPS_ERR_DATABASE, "RocksDB at " + params_.path + " has no column family '" + tag +
-                                              "'; publish the table there (hps-surgeon publish --persistent-db " +
-                                              params_.path + ")");
+        if (!cf) return;
         std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(read_options_, cf));
         it->SeekToFirst();
         if (it->Valid() && (it->key().size() != static_cast<size_t>(width_) || it->value().size() != value_size))
@@ -191,7 +208,7 @@ public:
     }
 
     void flush() override {
-        if (!params_.read_only) check(db_->FlushWAL(true), "(flush)");
+        if (writable()) check(db_->FlushWAL(true), "(flush)");
     }
 
 private:
@@ -200,8 +217,8 @@ private:
         const auto it = handles_.find(tag);
         if (it != handles_.end()) return it->second;
         if (!create) return nullptr;
-        if (params_.read_only)
-            throw hps::Error(HPS_ERR_DATABASE, "RocksDB at " + params_.path + " is opened read_only; cannot create table '" +
+        if (!writable())
+            throw hps::Error(HPS_ERR_DATABASE, "RocksDB at " + params_.path + " is opened read-only; cannot create table '" +
                                               tag + "' (set persistent_db.read_only to false to publish)");
         rocksdb::ColumnFamilyHandle* h = nullptr;
         check(db_->CreateColumnFamily(cf_options_, tag, &h), tag);
@@ -225,7 +242,10 @@ private:
         return "cannot open RocksDB at " + params_.path + (params_.read_only ? " (read-only)" : "") + ": " + text + "; " + hint;
     }
 
+    bool writable() const { return !params_.read_only && !params_.secondary; }
+
     PersistentDbParams params_;
+    std::string secondary_dir_;
     KeyWidth width_;
     rocksdb::ColumnFamilyOptions cf_options_;
     rocksdb::ReadOptions read_options_;

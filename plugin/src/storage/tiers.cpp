@@ -33,12 +33,34 @@ bool has_sparse_files(const std::string& dir) {
     return !dir.empty() && stat((dir + "/key").c_str(), &st) == 0 && stat((dir + "/emb_vector").c_str(), &st) == 0;
 }
 
-void initialize_if_empty(Backend& db, bool initialize, const std::string& tag, int32_t dim,
-                         const std::string& sparse_dir) {
-    if (db.size(tag) > 0 || !initialize || !has_sparse_files(sparse_dir)) return;
+void initialize(Backend& db, const std::string& tag, int32_t dim, const std::string& sparse_dir) {
     std::fprintf(stderr, "hps: %s has no table %s; loading it from %s (initialize_after_startup)\n", db.name(),
                  tag.c_str(), sparse_dir.c_str());
     publish_rows(db, tag, sparse_dir, dim, 0, -1, 64 * 1024, nullptr);
+}
+
+bool exists(const std::string& path) {
+    struct stat st;
+    return stat(path.c_str(), &st) == 0;
+}
+
+// Lookups open RocksDB as a secondary instance (no LOCK; `publish --update` may write meanwhile).
+// A table missing there is first loaded through a short-lived primary instance when
+// initialize_after_startup allows it, as HugeCTR loads its databases at startup.
+std::unique_ptr<Backend> open_rocksdb_for_lookups(const PersistentDbParams& p, KeyWidth width, const std::string& tag,
+                                                  int32_t dim, const std::string& sparse_dir) {
+    PersistentDbParams sp = p;
+    sp.secondary = true;
+    const bool may_load = !p.read_only && p.initialize_after_startup && has_sparse_files(sparse_dir);
+    if (may_load) {
+        bool present = false;
+        if (exists(p.path)) present = open_persistent(sp, width)->has_table(tag);
+        if (!present) {
+            PersistentDbParams pp = p;
+            initialize(*open_persistent(pp, width), tag, dim, sparse_dir);
+        }
+    }
+    return open_persistent(sp, width);
 }
 
 }  // namespace
@@ -51,16 +73,23 @@ TierStack::TierStack(const DbConfig& config, const std::string& tag, int32_t dim
     const PersistentDbParams& p = config.persistent_db;
     if (v.present && v.type == DbType::RedisCluster) {
         volatile_db_ = open_volatile(v, config.key_width);
-        initialize_if_empty(*volatile_db_, v.initialize_after_startup, tag, dim, sparse_dir);
+        if (v.initialize_after_startup && has_sparse_files(sparse_dir) && !volatile_db_->has_table(tag))
+            initialize(*volatile_db_, tag, dim, sparse_dir);
         volatile_db_->check_table(tag, value_size);
     }
     if (p.present && p.type == DbType::RocksDB) {
-        persistent_db_ = open_persistent(p, config.key_width);
-        if (!p.read_only) initialize_if_empty(*persistent_db_, p.initialize_after_startup, tag, dim, sparse_dir);
+        persistent_db_ = open_rocksdb_for_lookups(p, config.key_width, tag, dim, sparse_dir);
+        if (!persistent_db_->has_table(tag))
+            throw Error(HPS_ERR_DATABASE, "RocksDB at " + p.path + " has no column family '" + tag +
+                                              "'; publish the table there (hps-surgeon publish --persistent-db " +
+                                              p.path + ")");
         persistent_db_->check_table(tag, value_size);
     }
     if (!volatile_db_ && !persistent_db_)
         throw Error(HPS_ERR_CONFIG, config.config_path + ": no database tier configured for table " + tag);
+    if (volatile_db_ && !persistent_db_ && !volatile_db_->has_table(tag))
+        throw Error(HPS_ERR_DATABASE, "the Redis Cluster at " + v.address + " holds no table " + tag +
+                                          "; publish it there (hps-surgeon publish --volatile-db redis://" + v.address + ")");
     cache_missed_ = volatile_db_ && persistent_db_ && v.cache_missed_embeddings;
     if (cache_missed_) {
         elevator_ = std::make_unique<Elevator>();
@@ -159,10 +188,16 @@ void TierStack::fetch(size_t n, const int64_t* keys, float* values) {
     if (unavailable || corrupt) note_degradation(unavailable, corrupt);
 }
 
+void TierStack::catch_up() {
+    if (persistent_db_) persistent_db_->catch_up();
+}
+
 void TierStack::insert(size_t n, const int64_t* keys, const float* values) {
     const char* v = reinterpret_cast<const char*>(values);
-    if (volatile_db_) volatile_db_->insert(tag_, n, keys, v, static_cast<uint32_t>(dim_) * 4);
-    if (persistent_db_) persistent_db_->insert(tag_, n, keys, v, static_cast<uint32_t>(dim_) * 4);
+    if (!volatile_db_)
+        throw Error(HPS_ERR_DATABASE, "table " + tag_ + " has no volatile tier to update in-process; "
+                                      "write RocksDB with hps-surgeon publish --update, then refresh");
+    volatile_db_->insert(tag_, n, keys, v, static_cast<uint32_t>(dim_) * 4);
 }
 
 void TierStack::elevate(std::vector<int64_t> keys, std::vector<float> values) {

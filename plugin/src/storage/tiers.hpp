@@ -40,8 +40,12 @@ public:
 
     // keys[0..n) (distinct) -> values[n * dim]; never throws for an unreachable database.
     void fetch(size_t n, const int64_t* keys, float* values);
-    // Writes updated rows into every tier (volatile first, as HugeCTR's update path), for online updates.
+    // Writes updated rows into the volatile tier (the persistent one is opened read-only for
+    // lookups; `hps-surgeon publish --update` writes it), for in-process update sources.
     void insert(size_t n, const int64_t* keys, const float* values);
+
+    // Makes writes by other processes visible (RocksDB secondary catch-up); call before a refresh.
+    void catch_up();
 
     TierStats stats() const;
     const std::string& tag() const { return tag_; }
