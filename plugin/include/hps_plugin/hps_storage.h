@@ -73,14 +73,7 @@ HPS_API hps_status hps_tiers_open(const char* config_path, const char* model_nam
 /* keys (host, distinct not required) -> values (n * dim floats): volatile -> persistent -> default. */
 HPS_API hps_status hps_tiers_fetch(hps_tiers* tiers, const int64_t* keys, int64_t n, float* values);
 
-typedef struct hps_tier_stats_t {
-    uint64_t volatile_hits;   /* keys served by the volatile DB (Redis) */
-    uint64_t persistent_hits; /* keys served by the persistent DB (RocksDB) */
-    uint64_t defaults;        /* keys no tier had: default value */
-    uint64_t unavailable;     /* key lookups a tier could not answer (node down, I/O error) */
-    uint64_t corrupt;         /* stored values of the wrong length, ignored */
-    uint64_t elevated;        /* keys copied up into the volatile DB (cache_missed_embeddings) */
-} hps_tier_stats_t;
+/* hps_tier_stats_t: see hps.h. */
 
 HPS_API hps_status hps_tiers_stats(hps_tiers* tiers, hps_tier_stats_t* out);
 /* Makes rows written by other processes since opening visible (RocksDB is read as a secondary

@@ -216,6 +216,31 @@ DbConfig load_db_config(const std::string& config_path) {
     return parse_db_config(root, config_path);
 }
 
+RefreshParams load_refresh_params(const std::string& config_path, const std::string& model_name) {
+    std::ifstream in(config_path);
+    json root;
+    try {
+        in >> root;
+    } catch (const json::exception& e) {
+        bad(config_path, std::string("not valid JSON: ") + e.what());
+    }
+    RefreshParams r;
+    const auto models = root.find("models");
+    if (models == root.end() || !models->is_array()) return r;
+    for (const auto& m : *models) {
+        if (!m.is_object() || m.value("model", std::string()) != model_name) continue;
+        const std::string w = "models[\"" + model_name + "\"]";
+        field(config_path, m, w, "cache_refresh_percentage_per_iteration", &r.cache_refresh_percentage_per_iteration);
+        field(config_path, m, w, "refresh_delay", &r.refresh_delay);
+        field(config_path, m, w, "refresh_interval", &r.refresh_interval);
+        if (r.cache_refresh_percentage_per_iteration < 0 || r.cache_refresh_percentage_per_iteration > 1)
+            bad(config_path, w + ".cache_refresh_percentage_per_iteration must lie in [0, 1]");
+        if (r.refresh_delay < 0 || r.refresh_interval < 0)
+            bad(config_path, w + ".refresh_delay and refresh_interval must not be negative (seconds)");
+    }
+    return r;
+}
+
 DbConfig parse_db_section(const std::string& section, const std::string& json_text, bool support_long_long) {
     json s;
     try {

@@ -89,6 +89,16 @@ struct DbConfig {
     bool tiered() const;
 };
 
+// Per-model refresh settings of the GPU cache (inference_utils.cpp:552-615): refresh_delay and
+// refresh_interval in seconds (0: no periodic refresh), cache_refresh_percentage_per_iteration
+// of the cached rows re-read from the tiers per refresh.
+struct RefreshParams {
+    double cache_refresh_percentage_per_iteration = 0.0;
+    double refresh_delay = 0.0;
+    double refresh_interval = 0.0;
+};
+RefreshParams load_refresh_params(const std::string& config_path, const std::string& model_name);
+
 // Parses the sections of an already loaded config (throws hps::Error(HPS_ERR_CONFIG) naming
 // `path` and the field). `relative_to` resolves a relative persistent_db.path.
 DbConfig parse_db_config(const nlohmann::json& root, const std::string& path);

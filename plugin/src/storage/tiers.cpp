@@ -133,7 +133,14 @@ std::string TierStack::describe() const {
     return s;
 }
 
-void TierStack::fetch(size_t n, const int64_t* keys, float* values) {
+int64_t TierStack::rows() {
+    size_t r = 0;
+    if (volatile_db_) r = std::max(r, volatile_db_->size(tag_));
+    if (persistent_db_) r = std::max(r, persistent_db_->size(tag_));
+    return static_cast<int64_t>(r);
+}
+
+void TierStack::fetch(size_t n, const int64_t* keys, float* values, uint8_t* found) {
     if (n == 0) return;
     const uint32_t value_size = static_cast<uint32_t>(dim_) * 4;
     char* out = reinterpret_cast<char*>(values);
@@ -180,6 +187,7 @@ void TierStack::fetch(size_t n, const int64_t* keys, float* values) {
     }
     uint64_t defaults = 0;
     for (size_t i = 0; i < n; ++i) {
+        if (found) found[i] = status[i] == kFound;
         if (status[i] == kFound) continue;
         std::fill(values + i * dim_, values + (i + 1) * dim_, default_value_);
         ++defaults;

@@ -38,8 +38,11 @@ public:
               const std::string& sparse_dir);
     ~TierStack();
 
-    // keys[0..n) (distinct) -> values[n * dim]; never throws for an unreachable database.
-    void fetch(size_t n, const int64_t* keys, float* values);
+    // keys[0..n) -> values[n * dim]; found[i] (optional) = 1 when a tier had key i. Never throws
+    // for an unreachable database.
+    void fetch(size_t n, const int64_t* keys, float* values, uint8_t* found = nullptr);
+    // Entries the tiers hold for the table (the largest of them; sizes the GPU cache).
+    int64_t rows();
     // Writes updated rows into the volatile tier (the persistent one is opened read-only for
     // lookups; `hps-surgeon publish --update` writes it), for in-process update sources.
     void insert(size_t n, const int64_t* keys, const float* values);
