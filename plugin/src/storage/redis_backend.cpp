@@ -324,26 +324,36 @@ public:
             if (part == parts) {
                 if (r->integer > 0)
                     found = hkey + " exists: the table was published with more than num_partitions = " +
-                            std::to_string(parts) + " partitions";
+                            std::to_string(parts) + " partitions; set volatile_db.num_partitions to that value, or "
+                            "re-publish (hps-surgeon publish --force)";
             } else {
-                for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i + 1 < r->elements && found.empty(); i += 2) {
+                // A single odd value is a corrupt entry (counted by fetch); all sampled ones odd is
+                // a table of another layout.
+                size_t sampled = 0, bad_key = 0, bad_value = 0;
+                size_t seen_key = 0, seen_value = 0;
+                for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i + 1 < r->elements; i += 2, ++sampled) {
                     const redisReply* k = r->element[i];
                     const redisReply* v = r->element[i + 1];
-                    if (k->len != kw) {
-                        found = hkey + " holds " + std::to_string(k->len) + "-byte keys, the config's supportlonglong = " +
-                                (width_ == KeyWidth::k64 ? "true" : "false") + " reads " + std::to_string(kw) + "-byte keys";
-                    } else if (v->len != value_size) {
-                        found = hkey + " holds " + std::to_string(v->len) + "-byte values, the table's vectors are " +
-                                std::to_string(value_size) + " bytes (emb_vec_size x 4)";
-                    } else {
+                    if (k->len != kw) ++bad_key, seen_key = k->len;
+                    if (v->len != value_size) ++bad_value, seen_value = v->len;
+                    if (k->len == kw && found.empty()) {
                         const int64_t key = decode_key(k->str, width_);
                         const size_t want = partition_of(key, width_, parts);
                         if (want != part)
                             found = hkey + " holds key " + std::to_string(key) + ", which belongs to partition " +
                                     std::to_string(want) + " of " + std::to_string(parts) +
-                                    ": the table was published with a different num_partitions";
+                                    ": the table was published with a different num_partitions; set "
+                                    "volatile_db.num_partitions to that value, or re-publish (hps-surgeon publish --force)";
                     }
                 }
+                if (sampled > 0 && bad_key == sampled)
+                    found = hkey + " holds " + std::to_string(seen_key) + "-byte keys, the config's supportlonglong = " +
+                            (width_ == KeyWidth::k64 ? "true" : "false") + " reads " + std::to_string(kw) +
+                            "-byte keys; fix supportlonglong or re-publish (hps-surgeon publish --force)";
+                else if (sampled > 0 && bad_value == sampled)
+                    found = hkey + " holds " + std::to_string(seen_value) + "-byte values, the table's vectors are " +
+                            std::to_string(value_size) + " bytes (emb_vec_size x 4); fix embedding_vecsize_per_table or "
+                            "re-publish (hps-surgeon publish --force)";
             }
             if (!found.empty()) {
                 std::lock_guard<std::mutex> lock(mutex);
@@ -351,9 +361,7 @@ public:
             }
         });
         if (!problem.empty())
-            throw Error(HPS_ERR_DATABASE, "Redis table " + tag + ": " + problem +
-                                              "; set volatile_db.num_partitions to the value it was published with, "
-                                              "or re-publish (hps-surgeon publish --force)");
+            throw Error(HPS_ERR_DATABASE, "Redis table " + tag + ": " + problem);
     }
 
 private:

@@ -233,12 +233,12 @@ private:
     std::string open_message(const rocksdb::Status& s) const {
         const std::string text = s.ToString();
         std::string hint = "check persistent_db.path";
-        if (text.find("lock") != std::string::npos || text.find("LOCK") != std::string::npos)
+        if (text.find("No such file") != std::string::npos || text.find("does not exist") != std::string::npos)
+            hint = "the folder or its parent is missing; create the parent folder or publish there first";
+        else if (text.find("Resource temporarily unavailable") != std::string::npos || text.find("lock hold") != std::string::npos)
             hint = "another process holds its LOCK; stop it, or open with persistent_db.read_only = true";
         else if (text.find("Permission denied") != std::string::npos || text.find("Read-only file system") != std::string::npos)
             hint = "the folder is not writable; fix its permissions, or set persistent_db.read_only = true to read it";
-        else if (text.find("No such file") != std::string::npos || text.find("does not exist") != std::string::npos)
-            hint = "the folder is missing; create it or publish there first";
         return "cannot open RocksDB at " + params_.path + (params_.read_only ? " (read-only)" : "") + ": " + text + "; " + hint;
     }
 
