@@ -208,7 +208,7 @@ def main():
             res[f"publish_{name}_MBps"] = table_mb / dt
             res[f"publish_{name}_s"] = dt
             ok(storage, storage.hps_db_close(h), "close")
-        n_raw = min(args.rows, 2_000_000)
+        n_raw = min(args.rows, 1_000_000)
         out = subprocess.run([str(args.bin_dir / "redis-benchmark"), "--cluster", "-h", "127.0.0.1", "-p",
                               str(cluster.ports[0]), "-t", "hset", "-n", str(n_raw), "-d", str(DIM * 4), "-P", "64",
                               "-c", "48", "-r", str(args.rows), "-q"], capture_output=True, env=env, timeout=300)
