@@ -31,12 +31,17 @@ def _table(rewrite_dir: Path, table_id: int) -> tuple[np.ndarray, np.ndarray, in
 
 def test_publish_redis_layout_is_hugectrs(rewrite_copy, redis_cluster, capsys):
     set_model_name(rewrite_copy, "layout")
+    # A config from elsewhere may name tables HugeCTR's tag rule rejects: publish renames them.
+    config = json.loads((rewrite_copy / "hps_config.json").read_text())
+    config["models"][0]["embedding_table_names"] = [n.replace("_", ".", 2) for n in
+                                                    config["models"][0]["embedding_table_names"]]
+    (rewrite_copy / "hps_config.json").write_text(json.dumps(config))
     code = cli.main(["publish", str(rewrite_copy), "--volatile-db", redis_cluster.url, "--num-partitions", "6",
                      "--quiet"])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "published 26 table(s)" in out
-    assert "renamed 26 table(s) to HugeCTR's tag rule [A-Za-z0-9_-]: 'emb_l.0.weight' -> 'emb_l_0_weight', " in out
+    assert "renamed 26 table(s) to HugeCTR's tag rule [A-Za-z0-9_-]: 'emb.l.0_weight' -> 'emb_l_0_weight', " in out
 
     config = json.loads((rewrite_copy / "hps_config.json").read_text())
     assert config["supportlonglong"] is False  # the DLRM rewrite uses int32 keys: 4-byte keys in Redis
@@ -168,7 +173,7 @@ def test_cli_reports_interrupt_with_exit_130(rewrite_copy, redis_cluster, monkey
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("hps_surgeon.storage.command.publish", interrupted)
+    monkeypatch.setattr("hps_surgeon.cli.publish.publish", interrupted)
     assert cli.main(["publish", str(rewrite_copy), "--volatile-db", redis_cluster.url]) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["hps-surgeon: error: publish interrupted; the rows written so far are valid and hps_config.json is "

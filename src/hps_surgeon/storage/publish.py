@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from hps_surgeon.errors import SurgeonError
-from hps_surgeon.validate import key_summary
+from hps_surgeon.hps.tables import key_summary
 
 from . import _native
 from .config import (DEFAULT_PARTITIONS, RedisTarget, persistent_section, volatile_section, write_config)

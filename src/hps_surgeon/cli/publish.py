@@ -9,10 +9,10 @@ import sys
 
 from tqdm import tqdm
 
-from hps_surgeon.errors import EXIT_OK
-
-from .config import parse_redis_url
-from .publish import publish
+from ..errors import EXIT_OK
+from ..storage.config import parse_redis_url
+from ..storage.publish import publish
+from ._options import add_force, add_json, add_quiet
 
 #: exit code when the user interrupted a publish (what was written stays valid; re-run completes it).
 EXIT_INTERRUPTED = 130
@@ -35,11 +35,9 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="publish the changed rows in this sparse-model folder (key, emb_vector) into the databases "
                         "the config names, while the plugin serves")
     p.add_argument("--table", help="with --update: the table's name (default: TABLE_DIR's folder name)")
-    p.add_argument("--force", action="store_true",
-                   help="drop what the databases hold for these tables first (e.g. another partition count)")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(run=run)
+    add_force(p, "drop what the databases hold for these tables first (e.g. another partition count)")
+    add_json(p, "the report")
+    add_quiet(p)
     return p
 
 
