@@ -53,6 +53,8 @@ std::unique_ptr<System> make_cuco(const Table& table, cudaStream_t stream);
 std::vector<std::unique_ptr<System>> make_our_variants(const Table& table, const std::vector<std::string>& names,
                                                        cudaStream_t stream);
 std::vector<std::string> our_variant_names();
+// out[i] = table row rows[i] with our gather loop, no hashing (the random-row gather ceiling).
+void gather_known_rows(const int* rows, long long n, const float* table, int dim, float* out, cudaStream_t stream);
 // How often a bulk-copy variant gave up waiting for its copies (must stay 0).
 unsigned bulk_timeouts();
 

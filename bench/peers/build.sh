@@ -24,12 +24,22 @@ nvcc_flags=(-std=c++17 -O3 -DNDEBUG -gencode arch=compute_90,code=sm_90 -cudart 
 hkv=(-I "$src/HierarchicalKV/include")
 cuco=(-include "$here/cccl3_compat.cuh" -I "$src/cuCollections/include")
 
+# A translation unit is recompiled when it or a header it includes is newer than its object.
 pids=()
-nvcc "${nvcc_flags[@]}" -c "$here/lookup_peers.cu" -o "$out/lookup_peers.o" & pids+=($!)
-nvcc "${nvcc_flags[@]}" -Xptxas -v -c "$here/ours_variants.cu" -o "$out/ours_variants.o" 2> "$out/ours_variants.ptxas.txt" & pids+=($!)
-nvcc "${nvcc_flags[@]}" "${cuco[@]}" -c "$here/peer_cuco.cu" -o "$out/peer_cuco.o" & pids+=($!)
-nvcc "${nvcc_flags[@]}" "${hkv[@]}" -c "$here/peer_hkv.cu" -o "$out/peer_hkv.o" & pids+=($!)
-for p in "${pids[@]}"; do wait "$p"; done
+compile() {  # name "header..." extra-flags...
+  local name=$1 deps=$2 f stale=0
+  shift 2
+  [ -f "$out/$name.o" ] || stale=1
+  for f in "$here/$name.cu" "$here/bench.hpp" $deps; do [ "$f" -nt "$out/$name.o" ] && stale=1; done
+  [ $stale = 1 ] || return 0
+  nvcc "${nvcc_flags[@]}" "$@" -c "$here/$name.cu" -o "$out/$name.o" 2> "$out/$name.log" &
+  pids+=($!)
+}
+compile lookup_peers "$repo/plugin/include/hps_plugin/hps.h"
+compile ours_variants "$(echo "$repo"/plugin/src/*.cuh)" -Xptxas -v  # registers and spills: ours_variants.log
+compile peer_cuco "$here/cccl3_compat.cuh" "${cuco[@]}"
+compile peer_hkv "" "${hkv[@]}"
+for p in "${pids[@]}"; do wait "$p" || { tail -n 30 "$out"/*.log >&2; exit 1; }; done
 nvcc "${nvcc_flags[@]}" "$out"/{lookup_peers,ours_variants,peer_cuco,peer_hkv}.o -o "$out/lookup_peers" -ldl
 {
   echo "HierarchicalKV $(cat "$src/HierarchicalKV/COMMIT" 2>/dev/null || echo '?')"

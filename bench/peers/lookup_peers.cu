@@ -527,6 +527,26 @@ private:
         }
     }
 
+    // Our gather loop on rows known in advance: the cost of the vectors alone.
+    void measure_known_rows(const Table& t, const std::vector<std::vector<KeySet>>& sets, float* out) {
+        for (int d = 0; d < kNumDists; ++d) {
+            long long bad = 0;
+            for (const KeySet& k : sets[d]) {
+                BENCH_CK(cudaMemsetAsync(out, 0xff, k.n * t.dim * 4, s_));
+                gather_known_rows(k.rows, k.n, t.vectors, t.dim, out, s_);
+                bad += mismatches(k, out, t);
+            }
+            if (o_.profile) return;
+            std::vector<float> times;
+            for (int r = 0; r < o_.reps; ++r) {
+                const KeySet& k = sets[d][r % sets[d].size()];
+                times.push_back(timed([&] { gather_known_rows(k.rows, k.n, t.vectors, t.dim, out, s_); }));
+            }
+            record({t.dim, dist_name(d), "gather_rows_known", "batch", sets[d][0].n, median(times), bad,
+                    "no hashing: rows given"});
+        }
+    }
+
     // One lookup captured in a CUDA graph; replayed with new keys copied into the captured buffer.
     void measure_graph(LibTable& sys, const Table& t, const std::vector<KeySet>& uniform, float* out) {
         const KeySet& k0 = uniform[0];
@@ -648,6 +668,7 @@ private:
                 if (li == 0) measure_graph(res, t, sets[kUniform], out);
             }
         if (wants(o_, "variants")) {
+            measure_known_rows(t, sets, out);
             auto vs = make_our_variants(t, o_.variants, s_);
             for (auto& v : vs) measure(*v, t, sets, out, &lat1024, &lat1, o_.reps);
             if (bulk_timeouts()) {

@@ -60,10 +60,12 @@ __device__ __forceinline__ void bulk_wait_all() { asm volatile("cp.async.bulk.wa
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
 }  // namespace ptx
 
-// Waits for an mbarrier phase; gives up (and flags it) rather than hang the benchmark.
+// Waits for an mbarrier phase; gives up (and flags it) rather than hang the benchmark, and once
+// anything has timed out, waits no more (the variant is then reported invalid).
 __device__ __forceinline__ void wait_phase(unsigned bar, unsigned parity, unsigned* timeouts) {
+    if (*reinterpret_cast<volatile unsigned*>(timeouts)) return;
     for (long long spin = 0; !ptx::mbar_try_wait(bar, parity); ++spin)
-        if (spin > (1LL << 26)) {
+        if (spin > (1LL << 22)) {
             atomicAdd(timeouts, 1u);
             return;
         }
@@ -151,6 +153,27 @@ __global__ void __launch_bounds__(kWarps * 32)
         atomicAdd(&p.counters[kLookups], block_counts[kCacheHits] + block_counts[kNotFound]);
         if (block_counts[kCacheHits]) atomicAdd(&p.counters[kCacheHits], block_counts[kCacheHits]);
         if (block_counts[kNotFound]) atomicAdd(&p.counters[kNotFound], block_counts[kNotFound]);
+    }
+}
+
+// The same gather with the rows given (no keys, no hashing): what our kernel would take if the
+// key index were free, i.e. the random-row gather ceiling under the copy floor.
+__global__ void __launch_bounds__(kBlock) known_rows_kernel(const int* __restrict__ rows, long long n,
+                                                             const float4* __restrict__ table, int V, int vec_shift,
+                                                             float4* __restrict__ out) {
+    constexpr unsigned FULL = 0xffffffffu;
+    const int lane = threadIdx.x & 31;
+    const WarpChunks w = warp_chunks<32>(n);
+    for (long long chunk = w.first; chunk < w.count; chunk += w.stride) {
+        const int cnt = static_cast<int>(min(32LL, n - (chunk << 5)));
+        const int row = lane < cnt ? __ldg(rows + (chunk << 5) + lane) : -1;
+        warp_copy_rows<HPS_UNROLL, false, float4>(
+            cnt, V, vec_shift, lane, make_float4(0, 0, 0, 0),
+            [&](int k, int c) -> const float4* {
+                const int r = __shfl_sync(FULL, row, k);
+                return r >= 0 ? table + static_cast<long long>(r) * V + c : nullptr;
+            },
+            out + (chunk << 5) * V);
     }
 }
 
@@ -330,6 +353,14 @@ std::vector<std::unique_ptr<System>> make_our_variants(const Table& table, const
         if (wanted) out.push_back(std::make_unique<Variant>(index, s.name, s.make(timeout_counter()), s.what));
     }
     return out;
+}
+
+void gather_known_rows(const int* rows, long long n, const float* table, int dim, float* out, cudaStream_t stream) {
+    const int V = dim / 4;
+    const long long blocks = std::min<long long>((n + kBlock - 1) / kBlock, static_cast<long long>(sm_count()) * kBlocksPerSm);
+    known_rows_kernel<<<static_cast<unsigned>(blocks), kBlock, 0, stream>>>(
+        rows, n, reinterpret_cast<const float4*>(table), V, vec_shift_of(V), reinterpret_cast<float4*>(out));
+    BENCH_CK(cudaGetLastError());
 }
 
 unsigned bulk_timeouts() {
