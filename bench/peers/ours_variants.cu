@@ -143,17 +143,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     if (lane == 0) ptx::bulk_wait_all();
     __syncwarp();
 
-    const unsigned long long w_cache = warp_sum(c_cache), w_absent = warp_sum(c_absent);
-    if (lane == 0) {
-        atomicAdd(&block_counts[kCacheHits], w_cache);
-        atomicAdd(&block_counts[kNotFound], w_absent);
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        atomicAdd(&p.counters[kLookups], block_counts[kCacheHits] + block_counts[kNotFound]);
-        if (block_counts[kCacheHits]) atomicAdd(&p.counters[kCacheHits], block_counts[kCacheHits]);
-        if (block_counts[kNotFound]) atomicAdd(&p.counters[kNotFound], block_counts[kNotFound]);
-    }
+    flush_resident_counts(block_counts, c_cache, c_absent, lane, p.counters);
 }
 
 // The same gather with the rows given (no keys, no hashing): what our kernel would take if the

@@ -131,6 +131,24 @@ __device__ __forceinline__ unsigned long long warp_sum(unsigned long long v) {
     return v;
 }
 
+// A resident lookup's counts (found, not found) of this lane -> the block -> the table's counters,
+// one global atomic per counter and block. Every thread of the block must call it.
+__device__ __forceinline__ void flush_resident_counts(unsigned long long* block_counts, unsigned long long c_cache,
+                                                      unsigned long long c_absent, int lane,
+                                                      unsigned long long* counters) {
+    const unsigned long long w_cache = warp_sum(c_cache), w_absent = warp_sum(c_absent);
+    if (lane == 0) {
+        atomicAdd(&block_counts[kCacheHits], w_cache);
+        atomicAdd(&block_counts[kNotFound], w_absent);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        atomicAdd(&counters[kLookups], block_counts[kCacheHits] + block_counts[kNotFound]);
+        if (block_counts[kCacheHits]) atomicAdd(&counters[kCacheHits], block_counts[kCacheHits]);
+        if (block_counts[kNotFound]) atomicAdd(&counters[kNotFound], block_counts[kNotFound]);
+    }
+}
+
 // Copies a warp's run of rows into dst[0, cnt * V): element e comes from src(k, c), k = e / V,
 // c = e % V (a null source means the default value); kU 16-byte loads in flight per lane before
 // the stores. The output side is plain contiguous indexing on purpose: at ~3 TB/s the kernel is
@@ -198,17 +216,7 @@ __global__ void __launch_bounds__(kBlock, kMinBlocks)
         if (row >= 0) ++c_cache;
         else if (lane < cnt) ++c_absent;
     }
-    const unsigned long long w_cache = warp_sum(c_cache), w_absent = warp_sum(c_absent);
-    if (lane == 0) {
-        atomicAdd(&block_counts[kCacheHits], w_cache);
-        atomicAdd(&block_counts[kNotFound], w_absent);
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        atomicAdd(&p.counters[kLookups], block_counts[kCacheHits] + block_counts[kNotFound]);
-        if (block_counts[kCacheHits]) atomicAdd(&p.counters[kCacheHits], block_counts[kCacheHits]);
-        if (block_counts[kNotFound]) atomicAdd(&p.counters[kNotFound], block_counts[kNotFound]);
-    }
+    flush_resident_counts(block_counts, c_cache, c_absent, lane, p.counters);
 }
 
 // Hierarchical tables: each warp looks up 32 keys, then copies their rows from the GPU cache,
