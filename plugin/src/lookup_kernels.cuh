@@ -100,27 +100,53 @@ __device__ __forceinline__ void zero_block_counts(unsigned long long* block_coun
     __syncthreads();
 }
 
-// A warp's walk over the batch in chunks of 32 keys (chunk c = keys [32c, 32c + 32)): it starts at
-// its global warp index and strides by the number of warps in the grid.
+// A warp's walk over the batch in chunks of kChunk keys (chunk c = keys [c kChunk, (c + 1) kChunk)):
+// it starts at its global warp index and strides by the number of warps in the grid. Lane i < kChunk
+// holds key i of the chunk. 32 keys per warp for throughput; fewer spread a small batch over more
+// warps, which is what its latency needs (launch_lookup chooses).
 struct WarpChunks {
     long long first, stride, count;
 };
+__host__ __device__ constexpr int log2_of(int pow2) { return pow2 > 1 ? 1 + log2_of(pow2 >> 1) : 0; }
+template <int kChunk>
 __device__ __forceinline__ WarpChunks warp_chunks(long long n) {
+    static_assert(kChunk >= 1 && kChunk <= 32 && (kChunk & (kChunk - 1)) == 0, "kChunk: a power of two <= 32");
+    constexpr int kShift = log2_of(kChunk);
     return {(static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5,
-            (static_cast<long long>(gridDim.x) * blockDim.x) >> 5, (n + 31) >> 5};
+            (static_cast<long long>(gridDim.x) * blockDim.x) >> 5, (n + kChunk - 1) >> kShift};
 }
 
 // Loads this lane's key of `chunk` into key, if the chunk has one for this lane. Each chunk's keys
 // are loaded one chunk ahead, so the load's latency hides behind the previous chunk's gather.
-template <typename KeyT>
+template <int kChunk, typename KeyT>
 __device__ __forceinline__ void load_chunk_key(const KeyT* __restrict__ keys, long long n, const WarpChunks& w,
                                                long long chunk, int lane, long long& key) {
-    if (chunk < w.count && (chunk << 5) + lane < n) key = static_cast<long long>(keys[(chunk << 5) + lane]);
+    constexpr int kShift = log2_of(kChunk);
+    if (chunk < w.count && (kChunk == 32 || lane < kChunk) && (chunk << kShift) + lane < n)
+        key = static_cast<long long>(keys[(chunk << kShift) + lane]);
 }
 
 __device__ __forceinline__ unsigned long long warp_sum(unsigned long long v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
     return v;
+}
+
+// A resident lookup's counts (found, not found) of this lane -> the block -> the table's counters,
+// one global atomic per counter and block. Every thread of the block must call it.
+__device__ __forceinline__ void flush_resident_counts(unsigned long long* block_counts, unsigned long long c_cache,
+                                                      unsigned long long c_absent, int lane,
+                                                      unsigned long long* counters) {
+    const unsigned long long w_cache = warp_sum(c_cache), w_absent = warp_sum(c_absent);
+    if (lane == 0) {
+        atomicAdd(&block_counts[kCacheHits], w_cache);
+        atomicAdd(&block_counts[kNotFound], w_absent);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        atomicAdd(&counters[kLookups], block_counts[kCacheHits] + block_counts[kNotFound]);
+        if (block_counts[kCacheHits]) atomicAdd(&counters[kCacheHits], block_counts[kCacheHits]);
+        if (block_counts[kNotFound]) atomicAdd(&counters[kNotFound], block_counts[kNotFound]);
+    }
 }
 
 // Copies a warp's run of rows into dst[0, cnt * V): element e comes from src(k, c), k = e / V,
@@ -155,30 +181,32 @@ __device__ __forceinline__ void warp_copy_rows(int cnt, int V, int vec_shift, in
 }
 
 // Resident tables: slot == row and the cache is never written after load (read-only loads).
-template <typename KeyT, typename VecT>
-__global__ void __launch_bounds__(kBlock, HPS_MIN_BLOCKS)
+// kChunk keys per warp and chunk, kUnroll loads in flight per lane, kMinBlocks per SM (a register cap).
+template <typename KeyT, typename VecT, int kChunk = 32, int kUnroll = HPS_UNROLL, int kMinBlocks = HPS_MIN_BLOCKS>
+__global__ void __launch_bounds__(kBlock, kMinBlocks)
     resident_kernel(Params p, const KeyT* __restrict__ keys, long long n, float* __restrict__ out) {
+    constexpr int kShift = log2_of(kChunk);
     constexpr unsigned FULL = 0xffffffffu;
     __shared__ unsigned long long block_counts[kNumCounters];
     zero_block_counts(block_counts);
 
     const int lane = threadIdx.x & 31;
     const int V = p.vec;
-    const WarpChunks w = warp_chunks(n);
+    const WarpChunks w = warp_chunks<kChunk>(n);
     const VecT dflt = splat<VecT>(p.default_value);
     const VecT* cache_v = reinterpret_cast<const VecT*>(p.cache);
     VecT* out_v = reinterpret_cast<VecT*>(out);
     unsigned long long c_cache = 0, c_absent = 0;
 
     long long key_next = 0;
-    load_chunk_key(keys, n, w, w.first, lane, key_next);
+    load_chunk_key<kChunk>(keys, n, w, w.first, lane, key_next);
     for (long long chunk = w.first; chunk < w.count; chunk += w.stride) {
-        const int cnt = static_cast<int>(min(32LL, n - (chunk << 5)));
+        const int cnt = static_cast<int>(min(static_cast<long long>(kChunk), n - (chunk << kShift)));
         const long long key = key_next;
-        load_chunk_key(keys, n, w, chunk + w.stride, lane, key_next);
+        load_chunk_key<kChunk>(keys, n, w, chunk + w.stride, lane, key_next);
         const int row = lane < cnt ? probe(p.entries, p.mask, p.sentinel_row, key) : -1;
-        const long long out_base = (chunk << 5) * V;
-        warp_copy_rows<HPS_UNROLL, false, VecT>(
+        const long long out_base = (chunk << kShift) * V;
+        warp_copy_rows<kUnroll, false, VecT>(
             cnt, V, p.vec_shift, lane, dflt,
             [&](int k, int c) -> const VecT* {
                 const int r = __shfl_sync(FULL, row, k);
@@ -188,17 +216,7 @@ __global__ void __launch_bounds__(kBlock, HPS_MIN_BLOCKS)
         if (row >= 0) ++c_cache;
         else if (lane < cnt) ++c_absent;
     }
-    const unsigned long long w_cache = warp_sum(c_cache), w_absent = warp_sum(c_absent);
-    if (lane == 0) {
-        atomicAdd(&block_counts[kCacheHits], w_cache);
-        atomicAdd(&block_counts[kNotFound], w_absent);
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        atomicAdd(&p.counters[kLookups], block_counts[kCacheHits] + block_counts[kNotFound]);
-        if (block_counts[kCacheHits]) atomicAdd(&p.counters[kCacheHits], block_counts[kCacheHits]);
-        if (block_counts[kNotFound]) atomicAdd(&p.counters[kNotFound], block_counts[kNotFound]);
-    }
+    flush_resident_counts(block_counts, c_cache, c_absent, lane, p.counters);
 }
 
 // Hierarchical tables: each warp looks up 32 keys, then copies their rows from the GPU cache,
@@ -215,7 +233,7 @@ __global__ void __launch_bounds__(kBlock, HPS_HIER_MIN_BLOCKS)
 
     const int lane = threadIdx.x & 31;
     const int V = p.vec;
-    const WarpChunks w = warp_chunks(n);
+    const WarpChunks w = warp_chunks<32>(n);
     const VecT dflt = splat<VecT>(p.default_value);
     const VecT* cache_v = reinterpret_cast<const VecT*>(p.cache);
     const VecT* host_v = reinterpret_cast<const VecT*>(p.host);
@@ -224,12 +242,12 @@ __global__ void __launch_bounds__(kBlock, HPS_HIER_MIN_BLOCKS)
     const unsigned epoch = ld_volatile(p.epoch);
 
     long long key_next = 0;
-    load_chunk_key(keys, n, w, w.first, lane, key_next);
+    load_chunk_key<32>(keys, n, w, w.first, lane, key_next);
     for (long long chunk = w.first; chunk < w.count; chunk += w.stride) {
         const long long i = (chunk << 5) + lane;
         const int cnt = static_cast<int>(min(32LL, n - (chunk << 5)));
         const long long key = key_next;
-        load_chunk_key(keys, n, w, chunk + w.stride, lane, key_next);
+        load_chunk_key<32>(keys, n, w, chunk + w.stride, lane, key_next);
         const int row = lane < cnt ? probe(p.entries, p.mask, p.sentinel_row, key) : -1;
         // src >= 0: cache slot; -1: default value; <= -2: host row -(src + 2).
         int src = row >= 0 ? -(row + 2) : -1;
@@ -367,15 +385,35 @@ inline int vec_shift_of(int vec) {
     return -1;
 }
 
+// Small resident batches (latency): 8 keys per warp under a 64-register cap (4 blocks, 32 warps
+// per SM), used while the batch fits in one such wave: every SM gets work and each warp copies its
+// rows in one round of loads, where 32-key chunks would leave SMs idle and take 4 rounds at dim 128
+// (H200, 1024 x 26 keys at dim 128: 15.4 us against 17.8; bench/LOOKUP_RESULTS.md).
+constexpr int kSmallChunk = 8;
+constexpr int kSmallMinBlocks = 4;
+constexpr long long kSmallKeysPerSm = static_cast<long long>(kSmallMinBlocks) * (kBlock / 32) * kSmallChunk;
+
+template <int kChunk, typename Kernel, typename KeyT>
+void launch_chunks(Kernel kernel, const Params& p, const void* keys, long long n, float* out, long long max_blocks,
+                   cudaStream_t s) {
+    const long long chunks = (n + kChunk - 1) / kChunk;
+    const long long want_blocks = (chunks + kBlock / 32 - 1) / (kBlock / 32);
+    const int blocks = static_cast<int>(std::min<long long>(want_blocks, max_blocks));
+    kernel<<<blocks, kBlock, 0, s>>>(p, static_cast<const KeyT*>(keys), n, out);
+}
+
 template <bool RESIDENT, typename KeyT, typename VecT>
 void launch_one(const Params& p, const void* keys, long long n, float* out, int sm_count, cudaStream_t s) {
+    if (RESIDENT && n <= static_cast<long long>(sm_count) * kSmallKeysPerSm) {
+        launch_chunks<kSmallChunk, decltype(&resident_kernel<KeyT, VecT>), KeyT>(
+            resident_kernel<KeyT, VecT, kSmallChunk, HPS_UNROLL, kSmallMinBlocks>, p, keys, n, out,
+            static_cast<long long>(sm_count) * kSmallMinBlocks, s);
+        return;
+    }
     auto kernel = RESIDENT ? resident_kernel<KeyT, VecT> : hier_kernel<KeyT, VecT>;
-    const long long chunks = (n + 31) / 32;
-    const long long want_blocks = (chunks + kBlock / 32 - 1) / (kBlock / 32);
     // Several waves of blocks, warps striding over the rest (see LOOKUP_RESULTS.md for the grid
     // sizes measured).
-    const int blocks = static_cast<int>(std::min<long long>(want_blocks, static_cast<long long>(sm_count) * kBlocksPerSm));
-    kernel<<<blocks, kBlock, 0, s>>>(p, static_cast<const KeyT*>(keys), n, out);
+    launch_chunks<32, decltype(kernel), KeyT>(kernel, p, keys, n, out, static_cast<long long>(sm_count) * kBlocksPerSm, s);
 }
 
 template <bool RESIDENT, typename KeyT>

@@ -1,9 +1,11 @@
 """Do two PTX files hold the same kernels? For refactors that must not touch tuned kernels.
 
     nvcc -std=c++17 -O3 -DNDEBUG -arch=sm_90 -ptx -I plugin/include -I plugin/src plugin/src/gpu_table.cu -o new.ptx
-    python3 plugin/tests/compare_kernel_ptx.py old.ptx new.ptx
+    python3 plugin/tests/compare_kernel_ptx.py old.ptx new.ptx [--strip Li32ELi8ELi1E ...]
 
-Kernels are matched by their mangled name without its namespace. Two kernels are the same when
+Kernels are matched by their mangled name without its namespace; --strip removes a piece of the
+mangled names first (template arguments that a later version added with defaults: resident_kernel's
+Li32ELi8ELi1E is kChunk 32, kUnroll 8, kMinBlocks 1). Two kernels are the same when
 their instruction sequences are equal once registers and labels are renamed in order of first use
 and `setp.le a, b` is read as `setp.ge b, a` (likewise gt/lt); failing that, the script says whether
 each basic block still holds the same instructions (only their order moved, which is what a
@@ -22,13 +24,16 @@ _LABEL = re.compile(r"\$L__BB\d+_\d+")
 _SWAPPED = re.compile(r"setp\.(le|gt)\.(\w+)\s+(%\w+), (%\w+), (%\w+);")
 
 
-def kernels(path: str) -> dict[str, list[str]]:
+def kernels(path: str, strip: list[str]) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     body = None
     for raw in open(path):
         entry = re.match(r"^(?:\.visible )?\.entry (\S+)\(", raw)
         if entry:
-            body = found.setdefault(_NAMESPACE.sub("", entry.group(1)), [])
+            name = _NAMESPACE.sub("", entry.group(1))
+            for piece in strip:
+                name = name.replace(piece, "")
+            body = found.setdefault(name, [])
             continue
         line = raw.strip()
         if body is None or not line or line.startswith(("//", ".loc", ".reg")):
@@ -64,8 +69,8 @@ def basic_blocks(lines: list[str]) -> list[object]:
     return blocks + [current]
 
 
-def main(old_path: str, new_path: str) -> int:
-    old, new = kernels(old_path), kernels(new_path)
+def main(old_path: str, new_path: str, strip: list[str]) -> int:
+    old, new = kernels(old_path, []), kernels(new_path, strip)
     same_everywhere = True
     for name in sorted(set(old) | set(new)):
         a, b = old.get(name), new.get(name)
@@ -83,6 +88,9 @@ def main(old_path: str, new_path: str) -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
+    args = sys.argv[1:]
+    strip = [args[i + 1] for i in range(len(args) - 1) if args[i] == "--strip"]
+    paths = [a for i, a in enumerate(args) if a != "--strip" and (i == 0 or args[i - 1] != "--strip")]
+    if len(paths) != 2:
         sys.exit(__doc__)
-    sys.exit(main(sys.argv[1], sys.argv[2]))
+    sys.exit(main(paths[0], paths[1], strip))
