@@ -176,12 +176,14 @@ def test_refused_with_hugectrs_reason(rewritten, tmp_path, change, where, messag
      "models[0].hit_rate_threshold: note: 0.9: in HugeCTR, a batch whose GPU-cache hit rate reaches it gets the "
      "default value for every miss (embedding_cache.cpp:398-429), so results are approximate; our plugin always "
      "returns the stored vectors"),
-    *[(lambda c, s=section: c.update({s: {"type": "redis_cluster"} if s != "update_source" else {"type": "kafka"}}),
-       f"{section}: warning: the '{section}' section is not served by hps-surgeon yet: tables are read from "
-       "sparse_files into GPU and host memory only — remove the section, or expect that tier to be unused")
-      for section in ("volatile_db", "persistent_db", "update_source")],
-], ids=["supportlonglong", "fuse", "hit rate 0.5", "hit rate default", "volatile_db", "persistent_db", "update_source"])
+    (lambda c: c.update(update_source={"type": "kafka_message_queue"}, volatile_db={"type": "redis_cluster"},
+                        persistent_db={"type": "rocks_db"}),  # the two tiers are served (README "Storage tiers")
+     "update_source: warning: the 'update_source' section (type kafka_message_queue) is not consumed by hps-surgeon "
+     "yet: tables change only through `publish --update` and refresh — remove the section, or expect its updates to "
+     "be ignored"),
+], ids=["supportlonglong", "fuse", "hit rate 0.5", "hit rate default", "update_source"])
 def test_differences_from_hugectr_are_stated(rewritten, tmp_path, change, line):
+    # update_source: inference_utils.cpp:386-408; the others cite their lines above
     config, problems = hps_config.load(edited(rewritten, tmp_path, change))
     assert config is not None and errors(problems) == []
     assert lines(problems) == [line]

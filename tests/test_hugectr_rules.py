@@ -28,13 +28,21 @@ import hps_surgeon
 from support import FIXTURES, ROOT
 
 NOTHING_TO_REWRITE = {"torch/embedding_max_norm_dynamo.onnx", "hugectr/dlrm_nonconstant_default.onnx",
-                      "hugectr/dlrm_sparse_input.onnx"}
-CASES = {p.relative_to(FIXTURES).as_posix(): () for p in sorted(FIXTURES.glob("*/*.onnx"))
+                      "hugectr/dlrm_sparse_input.onnx",
+                      # keys of unknown rank: rewrite refuses them (issue 10's third-party work)
+                      "thirdparty/models/keras3_hashing_tf_ops.onnx", "thirdparty/models/keras3_integerlookup_tf_ops.onnx",
+                      "thirdparty/models/tf_feature_column_hash_bucket_tf_ops.onnx"}
+#: fixture (and a label) -> rewrite options; thirdparty models with a dynamic number of keys per sample
+#: need --max-keys-per-sample
+DYNAMIC = {"rechub_din_dynamic_history_dynamo"}
+CASES = {p.relative_to(FIXTURES).as_posix(): {"max_keys_per_sample": 64} if p.stem in DYNAMIC else {}
+         for p in sorted([*FIXTURES.glob("*/*.onnx"), *FIXTURES.glob("thirdparty/models/*.onnx")])
          if p.relative_to(FIXTURES).as_posix() not in NOTHING_TO_REWRITE}
-CASES["hugectr/dlrm_sparse_input.onnx"] = (f"sparse_embedding1={FIXTURES / 'hugectr/sparse_embedding1_sparse_0.model'}",)
-CASES["hugectr/wdl_convert_embedding.onnx own keys"] = (
+CASES["hugectr/dlrm_sparse_input.onnx"] = {"hugectr_sparse_models": [
+    f"sparse_embedding1={FIXTURES / 'hugectr/sparse_embedding1_sparse_0.model'}"]}
+CASES["hugectr/wdl_convert_embedding.onnx own keys"] = {"hugectr_sparse_models": [
     f"wide_embedding={FIXTURES / 'hugectr/wdl_wide_sparse_0.model'}",
-    f"deep_embedding={FIXTURES / 'hugectr/wdl_deep_sparse_1.model'}")
+    f"deep_embedding={FIXTURES / 'hugectr/wdl_deep_sparse_1.model'}"]}
 CHECK_TOOL = ROOT / "build" / "plugin" / "test_host"
 
 #: hier_parameter_server.cpp:34, checked for every model and table name at start-up (:280-281)
@@ -176,10 +184,12 @@ def hugectr_plugin(node: onnx.NodeProto, key_type: tuple[int, list], i64: bool, 
     if not broken.rule(0 <= table_id < len(model.sparse_model_files), "plugin/lookup_manager.cpp:188-192",
                        f"table_id {table_id} out of range"):
         return
-    # enqueue: num_keys = B x N, the product of the dims (hps_plugin.cpp:127-130), with B up to max_batchsize
+    # enqueue: num_keys = B x N, the product of the dims (hps_plugin.cpp:127-130), with B up to max_batchsize;
+    # a dynamic N is bounded by what the config declares (--max-keys-per-sample), checked at run time
     per_sample = shape[1] if shape and len(shape) == 2 else None
     maxnum = model.maxnum_catfeature_query_per_table_per_sample[table_id]
-    broken.rule(isinstance(per_sample, int) and per_sample <= maxnum, "plugin/lookup_manager.cpp:197-204",
+    broken.rule(maxnum >= 1 and (not isinstance(per_sample, int) or per_sample <= maxnum),
+                "plugin/lookup_manager.cpp:197-204",
                 f"num_keys must be no larger than max_batchsize x {maxnum} ({per_sample} keys per sample)")
     broken.rule(emb_vec_size == model.embedding_vecsize_per_table[table_id], "plugin/lookup_manager.cpp:206-210",
                 f"emb_vec_size must be equal to {model.embedding_vecsize_per_table[table_id]}")
@@ -230,9 +240,8 @@ def our_plugin_reads(out: Path) -> list[str]:
 def rewrites(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("hugectr_rules")
     outs = {}
-    for index, (case, folders) in enumerate(CASES.items()):
-        outs[case] = hps_surgeon.rewrite(FIXTURES / case.split(" ")[0], root / f"out{index}",
-                                         hugectr_sparse_models=folders).out_dir
+    for index, (case, options) in enumerate(CASES.items()):
+        outs[case] = hps_surgeon.rewrite(FIXTURES / case.split(" ")[0], root / f"out{index}", **options).out_dir
         assert (outs[case] / "model.onnx").is_file(), case
     return outs
 

@@ -1,6 +1,8 @@
 // host_table.cpp: hps_config.json parsing (nlohmann_json) and sparse-model file checks/reads.
 #include "host_table.hpp"
 
+#include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
@@ -39,8 +41,13 @@ const std::regex& name_syntax() {
     static const std::regex syntax{"[a-zA-Z0-9_\\-]{1,120}"};
     return syntax;
 }
-// Sections naming tiers not served yet: one place to drop a section from once it is served.
-const char* const kUnservedSections[] = {"volatile_db", "persistent_db", "update_source"};
+// Sections asking for something not served yet, with the type names that ask for nothing
+// (HugeCTR's aliases): one place to drop a section from once it is served.
+struct Unserved {
+    const char* section;
+    std::vector<std::string> inert_types;
+};
+const Unserved kUnservedSections[] = {{"update_source", {"null", "none"}}};
 
 std::mutex g_warn_mutex;
 WarningSink g_warning_sink = nullptr;
@@ -128,10 +135,16 @@ void check_name(const std::string& path, const std::string& name, const std::str
 }
 
 void warn_about_sections(const std::string& path, const json& root) {
-    for (const char* section : kUnservedSections)
-        if (root.contains(section))
-            warn(path + ": the '" + std::string(section) + "' section is not served by hps_plugin yet: tables are " +
-                 "read from sparse_files into GPU and host memory only");
+    for (const Unserved& u : kUnservedSections) {
+        const auto section = root.find(u.section);
+        if (section == root.end() || !section->is_object()) continue;
+        const auto type = section->find("type");
+        std::string name = type != section->end() && type->is_string() ? type->get<std::string>() : u.inert_types[0];
+        for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+        if (std::find(u.inert_types.begin(), u.inert_types.end(), name) == u.inert_types.end())
+            warn(path + ": the '" + u.section + "' section (type " + name + ") is not consumed by hps_plugin yet: "
+                 "tables change only through publish --update and refresh");
+    }
     if (root.contains("fuse_embedding_table") && boolean(path, root["fuse_embedding_table"], "fuse_embedding_table"))
         warn(path + ": fuse_embedding_table is true, which HugeCTR's HPS_TRT plugin refuses "
                     "(plugin/lookup_manager.cpp:138); hps_plugin serves each table on its own");

@@ -97,8 +97,9 @@ def table_default(entry: dict, table_id: int) -> float:
 
 
 def unserved_sections(config: dict) -> list[str]:
-    """Sections of the config naming tiers we do not serve yet (volatile_db, persistent_db, update_source)."""
-    return [name for name in UNSERVED_SECTIONS if name in config]
+    """Sections of the config asking for something we do not serve yet (a Kafka update_source)."""
+    return [name for name, inert in UNSERVED_SECTIONS.items()
+            if isinstance(config.get(name), dict) and str(config[name].get("type", inert[0])).lower() not in inert]
 
 
 @cache
@@ -241,9 +242,9 @@ def _hugectr_differences(where: str, config: dict) -> list[Problem]:
                                 "(plugin/lookup_manager.cpp:138-142); our plugin serves each table on its own — "
                                 "set it to false for HugeCTR", "warning"))
     for section in unserved_sections(config):
-        problems.append(Problem(where, section, f"the '{section}' section is not served by hps-surgeon yet: tables "
-                                "are read from sparse_files into GPU and host memory only — remove the section, or "
-                                "expect that tier to be unused", "warning"))
+        problems.append(Problem(where, section, f"the '{section}' section (type {config[section]['type']}) is not "
+                                "consumed by hps-surgeon yet: tables change only through `publish --update` and "
+                                "refresh — remove the section, or expect its updates to be ignored", "warning"))
     for index, model in enumerate(config["models"]):
         threshold = model["hit_rate_threshold"]
         if threshold < 1:

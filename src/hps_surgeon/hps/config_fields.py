@@ -33,9 +33,11 @@ FIELDS: tuple[Field, ...] = (
     Field("fuse_embedding_table", "top", "optional, false (inference_utils.cpp:376); its TensorRT plugin refuses "
           "true (plugin/lookup_manager.cpp:138)", "accepted; each table is served on its own, `check` warns when true",
           default=False),
-    Field("volatile_db, persistent_db, update_source", "top", "optional database tiers and update source "
-          "(inference_utils.cpp:386-500)", "accepted, not served yet: `check` and the plugin's log warn, naming the "
-          "section"),
+    Field("volatile_db, persistent_db", "top", "optional database tiers (inference_utils.cpp:386-500)",
+          "read as HugeCTR reads them; a redis_cluster volatile_db or a rocks_db persistent_db serves the tables "
+          "(README \"Storage tiers\"); hash_map types mean host memory"),
+    Field("update_source", "top", "optional, type null (inference_utils.cpp:386-408)", "read as HugeCTR reads it; "
+          "a kafka_message_queue source is not consumed: `check` and the plugin's log warn, naming the section"),
     Field("model", "model", "optional, \"\" (inference_utils.cpp:513); must match [a-zA-Z0-9_-]{1,120} or HPS "
           "aborts (hier_parameter_server.cpp:34-36), so \"\" aborts", "same default and rule; `check` names the "
           "field", default=""),
@@ -80,8 +82,9 @@ FIELDS: tuple[Field, ...] = (
 BY_NAME = {f.name: f for f in FIELDS}
 #: per-model fields HugeCTR fills in when absent
 MODEL_DEFAULTS = {f.name: f.default for f in FIELDS if f.scope == "model" and f.default is not None}
-#: config sections whose tiers we do not serve yet (the storage work turns them off one by one)
-UNSERVED_SECTIONS = ("volatile_db", "persistent_db", "update_source")
+#: config sections naming something we do not serve yet, and the types that ask for nothing
+#: (HugeCTR's names and aliases); drop a section here once it is served
+UNSERVED_SECTIONS = {"update_source": ("null", "none")}
 
 
 def default_table_name(index: int) -> str:
