@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from hps_surgeon.errors import SurgeonError
+from hps_surgeon.hps import config as hps_config
 from hps_surgeon.hps.tables import key_summary
 
 from . import _native
@@ -183,10 +184,10 @@ def _tables(path: Path, config: dict, renamed: dict[str, str]) -> list[TableSour
             raise SurgeonError(f"{where}: sparse_files, embedding_vecsize_per_table and embedding_table_names differ "
                                "in length; one entry per table")
         valid = _valid_names(names)
-        for table_id, (file, dim, old, new) in enumerate(zip(files, dims, names, valid)):
+        for table_id, (dim, old, new) in enumerate(zip(dims, names, valid)):
             if old != new:
                 renamed[f"{name}/{old}"] = new
-            folder = (path.parent / file) if not os.path.isabs(file) else Path(file)
+            folder = hps_config.table_folder(path, model, table_id)
             tag = _native.tag_name(name, new)
             try:
                 rows = _native_rows(folder, int(dim))
