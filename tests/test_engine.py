@@ -66,11 +66,12 @@ def profile_of(model: onnx.ModelProto, where: str, batch: triton.Batch) -> trito
 
 
 def build_rewritten(fixture: str, tmp_path: Path) -> tuple[engine.EngineBuild, Path]:
+    lib = plugin_with_glue()
     out = tmp_path / "rw"
     assert hps_surgeon.rewrite(FIXTURES / fixture, out, quiet=True).written
     source = deploy.read_rewrite(out)
     prof = profile_of(source.model, str(out), deploy.batch_range(deploy.DeployOptions(), source))
-    options = engine.EngineOptions(compute_capabilities=("8.6",), plugin_lib=plugin_with_glue())
+    options = engine.EngineOptions(compute_capabilities=("8.6",), plugin_lib=lib)
     return engine.build_serialized(out / "model.onnx", prof, options), out
 
 

@@ -1,5 +1,6 @@
 """A serialized engine from a rewritten model, built by a real NVIDIA builder with our HPS_TRT plugin.
 
+    REWRITE_DIR --(deploy: checked folder, the profile deploy derives)--> model.onnx + Profile
     model.onnx + Profile  --(builders.find_builder: TensorRT or TensorRT-RTX)-->  EngineBuild
       1. the plugin library goes into the builder's plugin registry (IPluginRegistry::loadLibrary)
       2. TensorRT's ONNX parser creates one plugin layer per HPS_TRT node (our createPlugin, build phase)
@@ -13,6 +14,8 @@ build-time method a builder calls at verbose level; those lines are counted in `
 from __future__ import annotations
 
 import ctypes
+import os
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -21,9 +24,10 @@ from pathlib import Path
 
 import onnx
 
-from . import triton, validate
+from . import deploy, triton, validate
 from .builders import NvidiaBuilder, find_builder
 from .errors import SurgeonError
+from .export import MODEL_NAME, make_stage
 from .validate import Problem
 
 #: What our plugin writes before each message (trt_plugin.cpp: log).
@@ -49,6 +53,7 @@ class EngineBuild:
     problems: tuple[Problem, ...]
     plan: bytes | None
     seconds: float  #: parse + build
+    profile: triton.Profile
     plugin_calls: dict[str, int] = field(default_factory=dict)  #: our build-time methods the builder called
 
     @property
@@ -98,7 +103,38 @@ def build_serialized(model_path: str | Path, profile: triton.Profile, options: E
             plan = bytes(serialized)
     return EngineBuild(builder=nvidia.title, targets=targets, plugin_lib=lib, hps_nodes=hps_nodes,
                        plugin_layers=plugin_layers, problems=tuple(problems), plan=plan,
-                       seconds=time.monotonic() - started, plugin_calls=logger.plugin_calls())
+                       seconds=time.monotonic() - started, profile=profile, plugin_calls=logger.plugin_calls())
+
+
+def build_engine(rewrite_dir: str | os.PathLike, out: str | os.PathLike, options: EngineOptions = EngineOptions(),
+                 min_batch: int = 1, opt_batch: int | None = None, max_batch: int | None = None,
+                 force: bool = False, progress: Callable[[str], None] | None = None) -> EngineBuild:
+    """Build `out` (a serialized engine) from a `rewrite` folder with the profile `deploy` derives.
+
+    Nothing is written unless the build succeeds; SurgeonError for bad input.
+    """
+    source = deploy.read_rewrite(Path(rewrite_dir))
+    batch = deploy.batch_range(deploy.DeployOptions(min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch),
+                               source)
+    where = str(source.path / MODEL_NAME)
+    prof = triton.profile(triton.model_io(source.model, where)[0], batch, where)
+    out = Path(out)
+    if out.is_dir() or (out.exists() and not force):
+        raise SurgeonError(f"--out {out}: {'is a folder' if out.is_dir() else 'exists'} — "
+                           f"{'name the engine file' if out.is_dir() else 'pass --force to replace it'}")
+    build = build_serialized(source.path / MODEL_NAME, prof, options, progress)
+    if build.ok:
+        _write_atomically(out, build.plan)
+    return build
+
+
+def _write_atomically(out: Path, data: bytes) -> None:
+    stage = make_stage(out, "engine", f"--out {out}: cannot write there ({{reason}}) — choose a writable --out")
+    try:
+        (stage / out.name).write_bytes(data)
+        os.replace(stage / out.name, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def plugin_library(path: str | None) -> Path:
