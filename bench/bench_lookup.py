@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from hps_surgeon import native  # noqa: E402
+from hps_surgeon.hps import native  # noqa: E402
 
 ROWS_DEFAULT = 32_700_000
 

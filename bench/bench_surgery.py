@@ -331,7 +331,7 @@ _STAGES = r"""
 import json, sys, time
 t0 = time.perf_counter()
 from hps_surgeon import api, export
-from hps_surgeon.load import load_model
+from hps_surgeon.load import read_model
 from hps_surgeon.match import find_matches
 from hps_surgeon.plan import Options, plan_rewrites
 from hps_surgeon.rewrite import rewrite_model
@@ -341,7 +341,7 @@ def lap(name, t1):
     t[name] = time.perf_counter() - t1
     return time.perf_counter()
 t1 = time.perf_counter()
-loaded = load_model(sys.argv[1]); t1 = lap("load_model", t1)
+loaded = read_model(sys.argv[1]); t1 = lap("load_model", t1)
 if len(sys.argv) > 2 and sys.argv[2] == "cache-tensors":
     # What-if for the profile finding: plan.py's _plan_table calls loaded.graph.tensors() once per
     # match (a full graph walk each); plan does not mutate the graph, so one walk is enough.
@@ -350,7 +350,7 @@ if len(sys.argv) > 2 and sys.argv[2] == "cache-tensors":
 specs = load_patterns(None); t1 = lap("load_patterns", t1)
 options = Options(model_name="bench", ps_config_file="/tmp/hps_config.json")
 result = find_matches(loaded.graph, specs, options.as_match_options()); t1 = lap("find_matches", t1)
-plan = plan_rewrites(loaded, result.matches, result.near_misses, options); t1 = lap("plan_rewrites", t1)
+plan = plan_rewrites(loaded, result, options); t1 = lap("plan_rewrites", t1)
 model = rewrite_model(loaded, plan); t1 = lap("rewrite_model", t1)
 t["lookups"] = len(plan.lookups)
 print(json.dumps(t))
@@ -360,7 +360,7 @@ print(json.dumps(t))
 _CLI_STAGES = r"""
 import json, sys, time
 t0 = time.perf_counter()
-from hps_surgeon import api, cli, export
+from hps_surgeon import api, cli, export, staging
 t = {"import": time.perf_counter() - t0}
 def wrap(mod, name, key=None):
     fn = getattr(mod, name)
@@ -372,8 +372,8 @@ def wrap(mod, name, key=None):
             t[key or name] = t.get(key or name, 0.0) + time.perf_counter() - t1
     setattr(mod, name, timed)
 for mod, name in ((api, "_load"), (api, "load_patterns"), (api, "_match"), (api, "plan_rewrites"),
-                  (api, "_report"), (api, "rewrite_model"), (export, "save_model"), (export, "write_tables"),
-                  (export, "write_json"), (api, "check_onnx"), (api, "_check_valid"), (export, "_replace")):
+                  (export, "report"), (api, "rewrite_model"), (export, "write_model"), (export, "write_tables"),
+                  (staging, "write_json"), (export, "check_written"), (staging, "_replace")):
     wrap(mod, name)
 t1 = time.perf_counter()
 rc = cli.main(["rewrite", sys.argv[1], "--out", sys.argv[2], "--force", "--quiet"])

@@ -13,7 +13,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import hps_surgeon
-from hps_surgeon.validate import validate
+from hps_surgeon.hps.validate import validate
 
 from support import FIXTURES, ROOT
 
@@ -80,13 +80,13 @@ def test_missing_sparse_files(copy):
     shutil.rmtree(copy / "tables")
     proc = check(copy / "model.onnx")
     assert proc.returncode == 1
-    assert proc.stdout.strip() == (f"{copy / 'hps_config.json'}:models[0].sparse_files[0]: 'tables/emb.weight' has "
-                                   f"no key and emb_vector files (looked in {copy / 'tables/emb.weight'}) — copy the "
+    assert proc.stdout.strip() == (f"{copy / 'hps_config.json'}:models[0].sparse_files[0]: 'tables/emb_weight' has "
+                                   f"no key and emb_vector files (looked in {copy / 'tables/emb_weight'}) — copy the "
                                    "table folder next to the config")
 
 
 def test_truncated_emb_vector(copy):
-    vectors = copy / "tables/emb.weight/emb_vector"
+    vectors = copy / "tables/emb_weight/emb_vector"
     vectors.write_bytes(vectors.read_bytes()[:-4])
     proc = check(copy / "model.onnx")
     assert proc.returncode == 1
@@ -96,7 +96,7 @@ def test_truncated_emb_vector(copy):
 
 
 def test_duplicate_keys(copy):
-    keys = copy / "tables/emb.weight/key"
+    keys = copy / "tables/emb_weight/key"
     data = bytearray(keys.read_bytes())
     data[8:16] = data[0:8]
     keys.write_bytes(bytes(data))
@@ -188,7 +188,7 @@ def test_pre_commit_hook_end_to_end(rewritten, tmp_path):
     shutil.copytree(rewritten, good)
     bad = repo / "bad"
     shutil.copytree(rewritten, bad)
-    (bad / "tables/emb.weight/emb_vector").write_bytes(b"\0" * 12)
+    (bad / "tables/emb_weight/emb_vector").write_bytes(b"\0" * 12)
     git("add", ".")
     hook = lambda *files: subprocess.run(  # noqa: E731
         [sys.executable, "-m", "pre_commit", "try-repo", str(ROOT), "hps-surgeon-check", "--files", *files],

@@ -281,12 +281,13 @@ def test_model_without_lookups_exits_zero_and_writes_nothing(tmp_path):
 
 def test_failure_after_staging_leaves_nothing(one_lookup, tmp_path, monkeypatch):
     import hps_surgeon.api as api
+    from hps_surgeon.errors import SurgeonError
 
-    def broken_check(path, domain):
-        raise api.SurgeonError("checker exploded")
+    def broken_check(model_path, config_path, domain):
+        raise SurgeonError("checker exploded")
 
-    monkeypatch.setattr(api, "check_onnx", broken_check)
-    with pytest.raises(api.SurgeonError, match="checker exploded"):
+    monkeypatch.setattr(export, "check_written", broken_check)
+    with pytest.raises(SurgeonError, match="checker exploded"):
         api.rewrite(one_lookup, tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
 

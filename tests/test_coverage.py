@@ -13,8 +13,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import hps_surgeon
-from hps_surgeon.execute import SplitRunner
-from hps_surgeon.reference import ReferenceLookup
+from hps_surgeon.verify.runner import SplitRunner
+from hps_surgeon.hps.reference import ReferenceLookup
 from hps_surgeon.verify import verify
 
 from support import FIXTURES, run_onnxruntime

@@ -22,7 +22,9 @@ import pytest
 from onnx import TensorProto
 
 import hps_surgeon
-from hps_surgeon import deploy, triton, validate
+from hps_surgeon.deploy import repository as deploy, triton
+from hps_surgeon.errors import errors
+from hps_surgeon.hps import validate
 
 from support import FIXTURES, lookup_model
 
@@ -163,7 +165,7 @@ def test_deploy_every_fixture(fixture, tmp_path):
     for node in validate.hps_nodes(model):
         path = next(a.s for a in node.attribute if a.name == "ps_config_file").decode().rstrip("\0")
         assert path == str(hps / "hps_config.json")
-    assert validate.errors(validate.validate(hps / "model.onnx", hps / "hps_config.json")) == []
+    assert errors(validate.validate(hps / "model.onnx", hps / "hps_config.json")) == []
     for file in json.loads((hps / "hps_config.json").read_text())["models"][0]["sparse_files"]:
         assert file.startswith(str(hps / "tables") + "/")
     assert (folder / "1").is_dir() and not any((folder / "1").iterdir())
@@ -172,8 +174,8 @@ def test_deploy_every_fixture(fixture, tmp_path):
 # --- perf_data.json ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("fixture, table_of_column", [
-    ("torch/dlrm_small_legacy.onnx", "emb_l.{}.weight"),
-    ("torch/dlrm_small_dynamo.onnx", "emb_l.{}.weight"),
+    ("torch/dlrm_small_legacy.onnx", "emb_l_{}_weight"),
+    ("torch/dlrm_small_dynamo.onnx", "emb_l_{}_weight"),
     ("tf/tf_dlrm_small.onnx", "model_emb_{}_embedding_lookup_"),
 ])
 def test_perf_data_keys_come_from_each_columns_table(fixture, table_of_column, tmp_path):

@@ -9,8 +9,8 @@ import onnx
 import pytest
 
 import hps_surgeon
-from hps_surgeon.execute import SplitRunner
-from hps_surgeon.reference import ReferenceLookup
+from hps_surgeon.verify.runner import SplitRunner
+from hps_surgeon.hps.reference import ReferenceLookup
 
 from support import FIXTURES, random_feeds, run_onnxruntime
 

@@ -19,11 +19,11 @@ import pytest
 import yaml
 
 import hps_surgeon
-from hps_surgeon.execute import SplitRunner
+from hps_surgeon.verify.runner import SplitRunner
 from hps_surgeon.load import load_proto
 from hps_surgeon.match import find_matches
-from hps_surgeon.plan import Options, plan_rewrites
-from hps_surgeon.reference import ReferenceLookup
+from hps_surgeon.plan import Options, plan_rewrites, resolve
+from hps_surgeon.hps.reference import ReferenceLookup
 from hps_surgeon.spec import builtin_patterns_dir, load_pattern
 
 from support import random_feeds, run_onnxruntime
@@ -44,10 +44,9 @@ def _load(path: Path):
 
 
 def _plan_snapshot(plan) -> dict:
-    keep = ("pattern", "variant", "replaced", "table", "table_id", "keys", "key_dtype", "key_shape", "rows",
-            "emb_vec_size", "output", "out_shape")
-    return {"lookups": [{k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(lp).items() if k in keep}
-                        for lp in plan.lookups]}
+    keep = ("pattern", "variant", "replaced_nodes", "table", "table_id", "keys", "source_key_dtype", "key_shape",
+            "rows", "emb_vec_size", "output", "out_shape")
+    return {"lookups": [{k: v for k, v in lookup.items() if k in keep} for lookup in plan.to_dict()["hps_trt_nodes"]]}
 
 
 def test_every_pattern_has_positive_and_negative_fixtures():
@@ -63,7 +62,7 @@ def test_positive_fixture(fixture: Path, tmp_path):
     loaded = _load(fixture)
     result = find_matches(loaded.graph, [spec], {"key_dtype": "int32"}, tables=loaded.sources)
     assert result.matches, f"{spec.id} did not match {fixture.name}: {result.near_misses}"
-    plan = plan_rewrites(loaded, result.matches, result.near_misses, Options(model_name="m"))
+    plan = plan_rewrites(loaded, result, Options(model_name="m"))
     snapshot = fixture.with_name(fixture.name.replace(".onnx.txt", ".plan.yaml"))
     if UPDATE or not snapshot.exists():
         assert UPDATE, f"{snapshot.name} missing: run with HPS_SURGEON_UPDATE_SNAPSHOTS=1 and review it"
@@ -87,7 +86,7 @@ def test_positive_fixture(fixture: Path, tmp_path):
 def test_negative_fixture(fixture: Path):
     spec = load_pattern(fixture.parent / "pattern.yaml")
     loaded = _load(fixture)
-    result = find_matches(loaded.graph, [spec], {"key_dtype": "int32"}, explain=True, tables=loaded.sources)
+    result = resolve(find_matches(loaded.graph, [spec], {"key_dtype": "int32"}, explain=True, tables=loaded.sources))
     assert not result.matches
     expect = yaml.safe_load(fixture.with_name(fixture.name.replace(".onnx.txt", ".expect.yaml")).read_text())
     misses = {m.node: m for m in result.near_misses}

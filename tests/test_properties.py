@@ -34,9 +34,10 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 import hps_surgeon
-from hps_surgeon import validate
-from hps_surgeon.execute import SplitRunner
-from hps_surgeon.reference import ReferenceLookup
+from hps_surgeon.hps import validate
+from hps_surgeon.errors import errors
+from hps_surgeon.verify.runner import SplitRunner
+from hps_surgeon.hps.reference import ReferenceLookup
 
 from support import run_onnxruntime
 
@@ -301,13 +302,13 @@ def test_random_dlrm_rewrites_validly_exactly_and_idempotently(workdir, case, ke
                                  max_keys_per_sample=case.max_keys_per_sample)
     assert result.written
     onnx.checker.check_model(str(result.model_path), full_check=True)
-    assert validate.errors(validate.validate(result.model_path, result.config_path)) == []
+    assert errors(validate.validate(result.model_path, result.config_path)) == []
 
     rewritten = onnx.load_model(str(result.model_path))
     hps_nodes = [n for n in rewritten.graph.node if n.op_type == "HPS_TRT"]
     assert len(hps_nodes) == len(scanned.lookups) == len(result.plan.lookups)
     assert {t.tensor for t in result.plan.tables} == case.all_tables
-    assert {t.tensor for t in result.plan.tables if t.kept} == case.kept_tables
+    assert {t.tensor for t in result.plan.tables if t.kept_in_model} == case.kept_tables
     remaining = _tables_in(rewritten) & case.all_tables
     assert remaining == case.kept_tables
     assert not [n.name for n in rewritten.graph.node if n.op_type == "Gather" and n.input[0] in case.all_tables]

@@ -66,7 +66,7 @@ def tampered(out, tmp_path, table: str, change) -> object:
 
 def test_tampered_vector_fails_with_exit_1_naming_the_output(dlrm, tmp_path):
     source, out = dlrm
-    copy = tampered(out, tmp_path, "emb_l.0.weight", lambda v: v + 0.5)
+    copy = tampered(out, tmp_path, "emb_l_0_weight", lambda v: v + 0.5)
     proc = run("verify", source, copy / "model.onnx", "--config", copy / "hps_config.json")
     assert proc.returncode == 1
     assert "hps-surgeon: verify FAILED: output 'click_probability' differs: max abs error" in proc.stderr
@@ -108,7 +108,7 @@ def test_polygraphy_run_hps_compares_with_the_original(dlrm):
 
 def test_polygraphy_run_hps_fails_on_tampered_table(dlrm, tmp_path):
     source, out = dlrm
-    copy = tampered(out, tmp_path, "emb_l.3.weight", lambda v: -v)
+    copy = tampered(out, tmp_path, "emb_l_3_weight", lambda v: -v)
     proc = subprocess.run(
         ["polygraphy", "run", str(copy / "model.onnx"), "--hps", "--hps-config", str(copy / "hps_config.json"),
          "--hps-original", str(source), "--input-shapes", "dense_features:[4,13]", "sparse_keys:[4,26]",

@@ -1,11 +1,17 @@
 """hps-surgeon: rewrite embedding lookups in ONNX models into HPS_TRT nodes for NVIDIA's HPS.
 
-Stages (one module each, plain data between them): load -> match -> plan -> rewrite -> export.
+The pipeline's stages stay at the top, one module each with plain data between them:
+load -> match -> plan -> rewrite -> export. Around them: `hps/` (the HPS contract, table files,
+config, reference and native lookups), `verify/` (Polygraphy), `deploy/` (Triton), `cli/`.
 """
 
 from .api import RewriteResult, ScanEntry, ScanResult, rewrite, scan
+from .check import check_models as check
+from .deploy import deploy
 from .errors import SurgeonError
-from .reference import ReferenceLookup
+from .hps.reference import ReferenceLookup
+from .verify import verify  # Polygraphy itself is imported only when a verification runs
 
 __version__ = "0.1.0"
-__all__ = ["rewrite", "scan", "RewriteResult", "ScanResult", "ScanEntry", "SurgeonError", "ReferenceLookup"]
+__all__ = ["scan", "rewrite", "verify", "check", "deploy", "RewriteResult", "ScanResult", "ScanEntry",
+           "SurgeonError", "ReferenceLookup"]

@@ -17,11 +17,15 @@ from pathlib import Path
 import onnx_graphsurgeon as gs
 
 from .errors import SurgeonError
-from .load import LoadedModel
 from .graph import dtype_name
+from .hps.tables import KEY_FILE, VECTOR_FILE
+from .load import LoadedModel
 from .plan import LookupPlan, Options, TablePlan
 
 COMBINERS = ("sum", "mean")
+PATTERN = "hugectr.sparse_model_folder"
+#: a keys Cast, Reshapes to [B, N] and back, and the combiner over nnz
+GLUE_OPS = ("Cast", "Reshape", "Shape", "Concat", "ReduceSum", "ReduceMean")
 
 
 @dataclass(frozen=True)
@@ -59,16 +63,17 @@ def plan_attached(loaded: LoadedModel, spec: SparseModelInput, options: Options)
     rows = _check_folder(spec, dim)
     keys = f"{spec.input}_keys"
     key_shape = (batch, slots) if spec.nnz == 1 else (batch, slots, spec.nnz)
-    table = TablePlan(table_id=-1, tensor=spec.input, name=spec.input, rows=rows, dim=dim, dtype="float32",
-                      max_keys_per_sample=slots * spec.nnz, kept=False, default_value=options.default_value,
-                      source_folder=str(spec.folder))
+    table = TablePlan(table_id=-1, tensor=spec.input, name=spec.input, rows=rows, dim=dim, source_dtype="float32",
+                      max_keys_per_sample=slots * spec.nnz, kept_in_model=False, key_dtype=options.key_dtype,
+                      default_value=options.default_value, source_folder=str(spec.folder))
     notes = [f"new input '{keys}' int64 {list(key_shape)} replaces input '{spec.input}'; table copied from "
              f"{spec.folder}", f"keys not in the table return the default value ({options.default_value})"]
     if spec.nnz > 1:
         notes.append(f"{spec.combiner} over the {spec.nnz} keys of each slot, padding included (as hugectr2onnx)")
     lookup = LookupPlan(
-        node=f"hps_trt/{spec.input}", pattern="hugectr.sparse_model_folder", variant=(), replaced=(),
-        table=spec.input, table_id=-1, keys=keys, key_dtype="int64", key_shape=key_shape,
+        node=f"hps_trt/{spec.input}", pattern=PATTERN, variant=(), replaced_nodes=(), anchor_op="",
+        table=spec.input, table_id=-1, keys=keys, source_key_dtype="int64", key_dtype=options.key_dtype,
+        key_shape=key_shape, glue_ops=GLUE_OPS,
         keys_per_sample=slots * spec.nnz, rows=rows, emb_vec_size=dim, output=spec.input, output_dtype="float32",
         out_shape=None, hoist=None, consumers=tuple(n.name for n in tensor.outputs), notes=tuple(notes),
         new_keys_input=True, combiner=spec.combiner if spec.nnz > 1 else None)
@@ -89,7 +94,7 @@ def _embedding_input(loaded: LoadedModel, spec: SparseModelInput) -> gs.Tensor:
 
 
 def _check_folder(spec: SparseModelInput, dim: int) -> int:
-    key_file, vector_file = spec.folder / "key", spec.folder / "emb_vector"
+    key_file, vector_file = spec.folder / KEY_FILE, spec.folder / VECTOR_FILE
     if not key_file.is_file() or not vector_file.is_file():
         raise SurgeonError(f"--hugectr-sparse-model: {spec.folder} has no key and emb_vector files; pass a "
                            "HugeCTR sparse-model folder")

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import validate
 from .api import scan
-from .errors import SurgeonError
-from .export import CONFIG_NAME
+from .errors import Problem, SurgeonError
+from .hps import validate
+from .hps.contract import CONFIG_NAME
 from .load import read_proto
-from .validate import Problem
 
 
 def check_models(models: list[str], config: str | None = None, require_rewritten: bool = False,

@@ -1,4 +1,8 @@
-"""The one exception type users see, and the CLI's exit codes."""
+"""What users see when something is wrong: the exception, check's findings, and the CLI's exit codes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
 
 EXIT_OK = 0
 #: verify found a mismatch, check found a problem.
@@ -12,3 +16,22 @@ class SurgeonError(Exception):
 
     The message is one line: what is wrong, where (file, node or tensor), and what to do.
     """
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding of `check`/`validate`: `path:where: what is wrong — what to do`."""
+
+    path: str
+    where: str  #: node name, or a key path in the config
+    message: str  #: what is wrong — what to do
+    severity: str = "error"  #: "error" or "warning"
+
+    def __str__(self) -> str:
+        prefix = "warning: " if self.severity == "warning" else ""
+        return f"{self.path}:{self.where}: {prefix}{self.message}"
+
+
+def errors(problems: list[Problem]) -> list[Problem]:
+    """The problems that are errors (warnings let a check pass)."""
+    return [p for p in problems if p.severity == "error"]

@@ -17,7 +17,11 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
-FUNCTIONS = ("dim", "rank", "dtype", "value", "attr", "option", "len", "uniform_row")
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from .graph import attribute_value, constant_values, dtype_name
+
 
 _COMPARE = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
             ast.Gt: operator.gt, ast.GtE: operator.ge,
@@ -44,8 +48,8 @@ def parse(text: str, declared: Iterable[str]) -> ast.Expression:
         if not isinstance(node, _ALLOWED):
             raise ExprError(f"'{text}' uses {type(node).__name__}, which pattern expressions do not allow")
         if isinstance(node, ast.Call):
-            if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS or node.keywords:
-                raise ExprError(f"'{text}' calls something other than {', '.join(FUNCTIONS)}")
+            if not isinstance(node.func, ast.Name) or node.func.id not in _FUNCTIONS or node.keywords:
+                raise ExprError(f"'{text}' calls something other than {', '.join(_FUNCTIONS)}")
         elif isinstance(node, ast.Name) and node.id not in declared and not _is_callee(tree, node):
             raise ExprError(f"'{text}' uses '{node.id}', not declared (declared: {', '.join(sorted(declared))})")
     return tree
@@ -131,3 +135,59 @@ def _compare(node: ast.Compare, lookup, call) -> Any:
 
 def _holds_none(value: Any) -> bool:
     return isinstance(value, list) and any(v is None for v in value)
+
+
+# --- the vocabulary's functions: the one list of names the parser allows ------------------------
+
+def functions(context: dict) -> Callable[[str, list], Any]:
+    """`call` for `evaluate` during matching; `context` holds option values and the constants' sources."""
+    def call(name: str, args: list) -> Any:
+        return _FUNCTIONS[name](context, *args)
+    return call
+
+
+def render(value: Any) -> str:
+    """How a value appears inside a message template's {field}."""
+    if isinstance(value, gs.Tensor):
+        return f"'{value.name}'"
+    if isinstance(value, gs.Node):
+        return f"'{value.name}' ({value.op})"
+    return str(value)
+
+
+def _uniform_row(context, tensor, row) -> bool | None:
+    """Whether row `row` of a constant 2-D tensor holds one value in every component (reads that row only)."""
+    source = context["tables"].get(tensor.name) if isinstance(tensor, gs.Tensor) else None
+    if source is None or row is None:
+        return None
+    values = source.read_rows(row, row + 1)
+    return bool(np.all(values == values.flat[0]))
+
+
+def _dim(_, tensor, index):
+    if not isinstance(tensor, gs.Tensor) or tensor.shape is None or index is None:
+        return None
+    shape = list(tensor.shape)
+    if not -len(shape) <= index < len(shape):
+        return None
+    value = shape[index]
+    return int(value) if isinstance(value, (int, np.integer)) and value >= 0 else None
+
+
+def _value(_, tensor):
+    values = constant_values(tensor) if isinstance(tensor, gs.Tensor) else None
+    if values is None or values.size > 4096:  # only small constants (shapes, axes) are compared
+        return None
+    return np.asarray(values).tolist()
+
+
+_FUNCTIONS = {
+    "dim": _dim,
+    "rank": lambda _, t: len(t.shape) if isinstance(t, gs.Tensor) and t.shape is not None else None,
+    "dtype": lambda _, t: dtype_name(t) if isinstance(t, gs.Tensor) else None,
+    "value": _value,
+    "attr": lambda _, node, name: attribute_value(node, name) if isinstance(node, gs.Node) else None,
+    "option": lambda context, name: context["options"].get(name),
+    "len": lambda _, x: None if x is None else len(x),
+    "uniform_row": _uniform_row,
+}

@@ -53,3 +53,14 @@ def constant_values(tensor: gs.Tensor) -> np.ndarray | None:
     if tensor.inputs and tensor.inputs[0].op == "Constant":
         return tensor.inputs[0].attrs["value"].values
     return None
+
+
+def attribute_value(node: gs.Node, name: str):
+    """A node's attribute, or the op's default for it when the node does not set it (None if neither)."""
+    if name in node.attrs:
+        return node.attrs[name]
+    try:
+        default = onnx.defs.get_schema(node.op, domain=node.domain or "").attributes[name].default_value
+    except Exception:  # an op unknown to this onnx: no default to fall back on
+        return None
+    return onnx.helper.get_attribute_value(default) if default.type else None

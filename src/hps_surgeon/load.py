@@ -112,7 +112,7 @@ class LoadedModel:
         return next((o.version for o in self.proto.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def load_model(path: str | os.PathLike) -> LoadedModel:
+def read_model(path: str | os.PathLike) -> LoadedModel:
     """Parse `path`, check every external-data reference, and import the graph.
 
     Raises SurgeonError for a missing or unparsable file, an external-data location outside the
@@ -134,7 +134,7 @@ def read_proto(path: str | os.PathLike) -> onnx.ModelProto:
 
 
 def load_proto(proto: onnx.ModelProto, path: Path) -> LoadedModel:
-    """Like `load_model` for a model already in memory; external data resolves next to `path`."""
+    """Like `read_model` for a model already in memory; external data resolves next to `path`."""
     sources = _sources(proto, path)
     proto = _with_inferred_shapes(proto)
     _inline_small_external(proto.graph, sources)

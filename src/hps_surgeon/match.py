@@ -20,7 +20,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from . import expr
-from .graph import constant_values, dtype_name, is_constant, subgraph_nodes
+from .graph import attribute_value, dtype_name, is_constant, subgraph_nodes
 from .spec import NodeSpec, PatternSpec, Ref, TensorSpec
 
 
@@ -40,6 +40,8 @@ class Match:
     key_map: str | None = None  #: constant mapping keys to table rows, folded into the exported table
     size: int = 0  #: number of matched nodes (larger wins on overlap)
     priority: int = 0
+    anchor_op: str = ""
+    glue_ops: tuple[str, ...] = ()  #: ops the pattern lets the rewrite add around HPS_TRT
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,7 @@ class _Binder:
                 self.fail(f"pattern node '{node_spec.name}' would be both '{bound.name}' and '{producer.name}'")
             return
         for attr, allowed in node_spec.attrs.items():
-            actual = _attribute(producer, attr)
+            actual = attribute_value(producer, attr)
             if not any(_attr_equal(actual, want) for want in allowed):
                 wanted = " or ".join(str(v) for v in allowed)
                 where = "" if node_spec.name == self.spec.anchor else f"node '{producer.name}' ({producer.op}): "
@@ -153,10 +155,11 @@ class _Binder:
 
 def find_matches(graph: gs.Graph, specs: list[PatternSpec], options: dict[str, Any] | None = None,
                  explain: bool = False, tables: Mapping[str, Any] | None = None) -> MatchResult:
-    """Match every pattern at every node; resolve overlaps; collect near misses for lookups not matched.
+    """Every match of every pattern at every node, and the best near miss of every node that looks
+    like a lookup (the pattern's `candidate`; every node of the anchor's op with `explain`).
 
-    Near misses are kept for nodes that look like lookups (the pattern's `candidate`), or for every
-    node of the anchor's op with `explain`.
+    Matches may overlap and near misses may name nodes another pattern matched: `plan.resolve`
+    decides what is rewritten.
     """
     # What expressions see: option("...") values, and the constants' bytes for row predicates.
     options = {"options": dict(options or {}), "tables": tables or {}}
@@ -176,16 +179,9 @@ def find_matches(graph: gs.Graph, specs: list[PatternSpec], options: dict[str, A
                 found.append(outcome)
             elif outcome is not None:
                 misses.setdefault(node.name, []).append(outcome)
-    matches = _resolve_overlaps(found)
-    matches, blocked = _drop_lookups_of_refused_tables(matches, misses)
-    matched_anchors = {m.anchor for m in matches}
-    near = list(blocked)
-    for node_name, candidates in misses.items():
-        if node_name in matched_anchors:
-            continue
-        progress, miss = max(candidates, key=lambda c: c[0])
-        near.append(miss)
-    return MatchResult(tuple(matches), tuple(sorted(near, key=lambda n: n.node)))
+    near = [max(candidates, key=lambda c: c[0])[1] for candidates in misses.values()]
+    return MatchResult(tuple(sorted(found, key=lambda m: (m.anchor, m.pattern))),
+                       tuple(sorted(near, key=lambda n: n.node)))
 
 
 def _match_at(spec: PatternSpec, node: gs.Node, options: dict, explain: bool,
@@ -214,7 +210,7 @@ def _match_at(spec: PatternSpec, node: gs.Node, options: dict, explain: bool,
         nodes = [binder.nodes[n].name for n in spec.nodes if n in binder.nodes and n != spec.anchor]
         out_shape = None
         if spec.out_shape is not None:
-            out_shape = expr.evaluate(spec.out_shape, binder.value_of, _functions(options))
+            out_shape = expr.evaluate(spec.out_shape, binder.value_of, expr.functions(options))
             if not isinstance(out_shape, list) or not all(isinstance(d, int) for d in out_shape):
                 best = _Fail(f"rewrite.out_shape is {out_shape}, not a static shape", binder.progress)
                 continue
@@ -223,35 +219,11 @@ def _match_at(spec: PatternSpec, node: gs.Node, options: dict, explain: bool,
                      key_map=binder.tensors[spec.key_map].name if spec.key_map else None,
                      nodes=(*nodes, node.name), keys=binder.tensors[spec.keys].name, table=table,
                      out=binder.value_of(spec.out).name, out_shape=tuple(out_shape) if out_shape else None,
-                     size=len(binder.nodes), priority=spec.priority)
+                     size=len(binder.nodes), priority=spec.priority, anchor_op=node.op, glue_ops=spec.glue_ops)
     if best is None or not (explain or _is_candidate(spec, node)):
         return None
     reason = f"node '{node.name}' ({node.op}): {best.reason}; not rewritten"
     return (best.progress, NearMiss(spec.id, node.name, node.op, reason))
-
-
-def _drop_lookups_of_refused_tables(matches: list[Match], misses: dict) -> tuple[list[Match], list[NearMiss]]:
-    """A table one refused lookup reads stays in the model as it is: its other lookups stay too.
-
-    (torch's max_norm renormalisation, for one, gathers the table's rows a second time.)
-    """
-    refused = {}
-    for candidates in misses.values():
-        for _, miss in candidates:
-            if miss.refused and miss.table:
-                refused.setdefault(miss.table, miss)
-    refused_nodes = {miss.node for miss in refused.values()}
-    kept, blocked = [], []
-    for match in matches:
-        cause = refused.get(match.table)
-        if cause is None:
-            kept.append(match)
-        elif match.anchor not in refused_nodes:  # a refused node is reported once, with its own reason
-            blocked.append(NearMiss(match.pattern, match.anchor, cause.op,
-                                    f"node '{match.anchor}': table '{match.table}' is also read by node "
-                                    f"'{cause.node}', which is refused (see its reason); leaving every lookup of "
-                                    "the table in place", refused=True, table=match.table))
-    return kept, blocked
 
 
 def _variants(spec: PatternSpec):
@@ -264,15 +236,15 @@ def _variants(spec: PatternSpec):
 
 def _check_where(spec: PatternSpec, binder: _Binder, options: dict) -> None:
     for text, tree in spec.where:
-        if expr.evaluate(tree, binder.value_of, _functions(options)) is False:
+        if expr.evaluate(tree, binder.value_of, expr.functions(options)) is False:
             binder.fail(f"condition '{text}' does not hold")
 
 
 def _refusal(spec: PatternSpec, binder: _Binder, options: dict) -> str:
-    functions = _functions(options)
+    functions = expr.functions(options)
     for rule in spec.refusals:
         if expr.evaluate(rule.condition, binder.value_of, functions) is True:
-            text = expr.format_message(rule.reason, binder.value_of, functions, _render)
+            text = expr.format_message(rule.reason, binder.value_of, functions, expr.render)
             return f"node '{binder.nodes[spec.anchor].name}' ({binder.nodes[spec.anchor].op}): {text}"
     return ""
 
@@ -331,37 +303,10 @@ def _slot_leading_to(spec: PatternSpec, node_spec: NodeSpec, name: str) -> int |
     return None
 
 
-def _resolve_overlaps(found: list[Match]) -> list[Match]:
-    """Where one match's anchor lies inside another match, keep the larger (then higher priority).
-
-    Sharing only glue is no conflict: two lookups may read keys through one Cast, or a table
-    through one Identity; each gets its own HPS_TRT node and the shared node stays while read.
-    """
-    kept: list[Match] = []
-    inside_kept: set[str] = set()  # every node of a kept match
-    kept_anchors: set[str] = set()
-    for match in sorted(found, key=lambda m: (-m.size, -m.priority, m.pattern, m.anchor)):
-        if match.anchor not in inside_kept and kept_anchors.isdisjoint(match.nodes):
-            kept.append(match)
-            inside_kept.update(match.nodes)
-            kept_anchors.add(match.anchor)
-    return sorted(kept, key=lambda m: m.anchor)
-
-
 def _origin(tensor: gs.Tensor) -> str:
     if tensor.inputs:
         return f"produced by {tensor.inputs[0].op} '{tensor.inputs[0].name}'"
     return "a graph input" if not isinstance(tensor, gs.Constant) else "a constant"
-
-
-def _attribute(node: gs.Node, name: str) -> Any:
-    if name in node.attrs:
-        return node.attrs[name]
-    try:
-        default = onnx.defs.get_schema(node.op, domain=node.domain or "").attributes[name].default_value
-    except Exception:  # an op unknown to this onnx: no default to fall back on
-        return None
-    return onnx.helper.get_attribute_value(default) if default.type else None
 
 
 def _attr_equal(actual: Any, wanted: Any) -> bool:
@@ -377,55 +322,3 @@ def _show(attr: str, value: Any) -> str:
     if attr == "to" and isinstance(value, int) and value in onnx.TensorProto.DataType.values():
         return f"{value} ({onnx.TensorProto.DataType.Name(value).lower()})"
     return str(value)
-
-
-def _render(value: Any) -> str:
-    if isinstance(value, gs.Tensor):
-        return f"'{value.name}'"
-    if isinstance(value, gs.Node):
-        return f"'{value.name}' ({value.op})"
-    return str(value)
-
-
-def _functions(context: dict):
-    def call(name: str, args: list) -> Any:
-        return _FUNCTIONS[name](context, *args)
-    return call
-
-
-def _uniform_row(context, tensor, row) -> bool | None:
-    """Whether row `row` of a constant 2-D tensor holds one value in every component (reads that row only)."""
-    source = context["tables"].get(tensor.name) if isinstance(tensor, gs.Tensor) else None
-    if source is None or row is None:
-        return None
-    values = source.read_rows(row, row + 1)
-    return bool(np.all(values == values.flat[0]))
-
-
-def _dim(_, tensor, index):
-    if not isinstance(tensor, gs.Tensor) or tensor.shape is None or index is None:
-        return None
-    shape = list(tensor.shape)
-    if not -len(shape) <= index < len(shape):
-        return None
-    value = shape[index]
-    return int(value) if isinstance(value, (int, np.integer)) and value >= 0 else None
-
-
-def _value(_, tensor):
-    values = constant_values(tensor) if isinstance(tensor, gs.Tensor) else None
-    if values is None or values.size > 4096:  # only small constants (shapes, axes) are compared
-        return None
-    return np.asarray(values).tolist()
-
-
-_FUNCTIONS = {
-    "dim": _dim,
-    "rank": lambda _, t: len(t.shape) if isinstance(t, gs.Tensor) and t.shape is not None else None,
-    "dtype": lambda _, t: dtype_name(t) if isinstance(t, gs.Tensor) else None,
-    "value": _value,
-    "attr": lambda _, node, name: _attribute(node, name) if isinstance(node, gs.Node) else None,
-    "option": lambda context, name: context["options"].get(name),
-    "uniform_row": _uniform_row,
-    "len": lambda _, x: None if x is None else len(x),
-}

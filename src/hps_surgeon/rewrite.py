@@ -9,15 +9,18 @@ onnx-tensorrt's operator support list.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .contract import DOMAIN_VERSION, HPS_OP
-from .load import LoadedModel
+from .errors import SurgeonError
 from .graph import all_tensors, dtype_name, subgraphs
+from .hps.contract import (DOMAIN_VERSION, HPS_OP, PROVENANCE_LOOKUP, PROVENANCE_PATTERN,
+                           PROVENANCE_REPLACED)
+from .load import LoadedModel, subgraphs as proto_subgraphs
 from .plan import LookupPlan, Plan
 
 _ONNX_TYPES = {"int32": onnx.TensorProto.INT32, "int64": onnx.TensorProto.INT64, "float32": onnx.TensorProto.FLOAT,
@@ -32,18 +35,22 @@ def rewrite_model(loaded: LoadedModel, plan: Plan) -> onnx.ModelProto:
     """
     graph = loaded.graph
     tensors = all_tensors(graph)
+    inserted: dict[str, LookupPlan] = {}
     for lookup in plan.lookups:
-        _replace_lookup(graph, tensors, lookup, plan, loaded.opset)
+        for name in _replace_lookup(graph, tensors, lookup, plan, loaded.opset):
+            inserted[name] = lookup
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     model = gs.export_onnx(graph, do_type_check=True)
     _copy_model_metadata(loaded.proto, model)
     if plan.options.domain and plan.lookups:
         _import_domain(model, plan.options.domain)
+    _stamp_provenance(model.graph, inserted)
     return model
 
 
 def _replace_lookup(graph: gs.Graph, tensors: dict[str, gs.Tensor], lookup: LookupPlan, plan: Plan,
-                    opset: int) -> None:
+                    opset: int) -> list[str]:
+    """Insert the HPS_TRT node and its glue; the names of the nodes inserted."""
     out = tensors[lookup.output]
     if lookup.new_keys_input:  # the embedding output was an input: keys take its place
         keys = gs.Variable(lookup.keys, dtype=np.int64, shape=list(lookup.key_shape))
@@ -54,12 +61,13 @@ def _replace_lookup(graph: gs.Graph, tensors: dict[str, gs.Tensor], lookup: Look
     glue = _Glue(graph, lookup.node)
     batch = lookup.key_shape[0] if lookup.key_shape else 1
     flat_shape = [batch, lookup.keys_per_sample]
-    flat_keys = glue.to_2d(glue.cast(keys, plan.options.key_dtype), len(lookup.key_shape), flat_shape)
+    flat_keys = glue.to_2d(glue.cast(keys, lookup.key_dtype), len(lookup.key_shape), flat_shape)
     hps_out = gs.Variable(f"{lookup.node}:output", dtype=np.float32,
                           shape=[batch, lookup.keys_per_sample, lookup.emb_vec_size])
     graph.nodes.append(gs.Node(
         op=HPS_OP, name=lookup.node, domain=plan.options.domain or None,
         attrs=_attributes(lookup, plan), inputs=[flat_keys], outputs=[hps_out]))
+    glue.inserted.append(lookup.node)
     if lookup.out_shape is not None:
         result = glue.reshape_to(hps_out, list(lookup.out_shape))
     else:
@@ -68,12 +76,20 @@ def _replace_lookup(graph: gs.Graph, tensors: dict[str, gs.Tensor], lookup: Look
         result = glue.reduce_last_key_axis(result, lookup.combiner, opset)
     result = glue.cast(result, lookup.output_dtype)
     if lookup.hoist:
-        _pick_inside_loop(graph, lookup.hoist, result, out)
+        pick = _pick_inside_loop(graph, lookup.hoist, result, out)
+        glue.inserted.append(pick.name)
+        glue.ops.add(pick.op)
     else:
         glue.deliver(result, out)
+    undeclared = sorted(glue.ops - set(lookup.glue_ops))
+    if undeclared:
+        raise SurgeonError(f"node '{lookup.replaced_nodes[-1]}': its rewrite needs {', '.join(undeclared)} around "
+                           f"HPS_TRT, which pattern '{lookup.pattern}' does not allow (rewrite.glue_ops: "
+                           f"{', '.join(lookup.glue_ops)}); add it to the pattern's glue_ops or fix the pattern")
+    return glue.inserted
 
 
-def _pick_inside_loop(graph: gs.Graph, pick_name: str, rows: gs.Tensor, out: gs.Tensor) -> None:
+def _pick_inside_loop(graph: gs.Graph, pick_name: str, rows: gs.Tensor, out: gs.Tensor) -> gs.Node:
     """Re-apply the body's key selection (an axis-0 Slice) to the rows looked up in the main graph.
 
     Selecting keys then looking them up equals looking all keys up then selecting rows, because
@@ -82,6 +98,7 @@ def _pick_inside_loop(graph: gs.Graph, pick_name: str, rows: gs.Tensor, out: gs.
     body, pick = _owner_of(graph, pick_name)
     body.nodes.append(gs.Node(op=pick.op, name=f"{pick.name}/rows", attrs=dict(pick.attrs),
                               inputs=[rows, *pick.inputs[1:]], outputs=[out]))
+    return body.nodes[-1]
 
 
 def _owner_of(graph: gs.Graph, node_name: str) -> tuple[gs.Graph, gs.Node]:
@@ -112,11 +129,15 @@ class _Glue:
 
     def __init__(self, graph: gs.Graph, prefix: str):
         self.graph, self.prefix = graph, prefix
+        self.inserted: list[str] = []  #: names of the nodes added, for provenance
+        self.ops: set[str] = set()  #: glue ops used, checked against the pattern's glue_ops
 
     def _node(self, op: str, inputs: list[gs.Tensor], dtype: Any, shape: Any, **attrs: Any) -> gs.Variable:
         out = gs.Variable(f"{self.prefix}/{op.lower()}{len(self.graph.nodes)}", dtype=dtype, shape=shape)
         self.graph.nodes.append(gs.Node(op=op, name=f"{out.name}_node", attrs=attrs, inputs=inputs,
                                         outputs=[out]))
+        self.inserted.append(self.graph.nodes[-1].name)
+        self.ops.add(op)
         return out
 
     def _const(self, name: str, values: list[int]) -> gs.Constant:
@@ -169,6 +190,24 @@ class _Glue:
             out.dtype = result.dtype
         if out.shape is None:  # shape inference cannot see through a plugin: declare it
             out.shape = result.shape
+
+
+def _stamp_provenance(graph: onnx.GraphProto, inserted: dict[str, LookupPlan]) -> None:
+    """metadata_props on every inserted node: which pattern, which nodes it replaced, which HPS_TRT it serves.
+
+    Node metadata survives tools that copy the model (deploy, onnx.save); onnxscript's rewriter
+    tags what it inserts the same way.
+    """
+    for scope in (graph, *proto_subgraphs(graph)):
+        for node in scope.node:
+            lookup = inserted.get(node.name)
+            if lookup is None:
+                continue
+            for key, value in ((PROVENANCE_PATTERN, lookup.pattern),
+                               (PROVENANCE_REPLACED, json.dumps(list(lookup.replaced_nodes))),
+                               (PROVENANCE_LOOKUP, lookup.node)):
+                entry = node.metadata_props.add()
+                entry.key, entry.value = key, value
 
 
 def _copy_model_metadata(source: onnx.ModelProto, target: onnx.ModelProto) -> None:

@@ -79,6 +79,7 @@ class PatternSpec:
     hoist: str | None = None  #: node re-applied to the looked-up rows when the lookup sits in a loop body
     key_map: str | None = None  #: constant mapping keys to table rows (HugeCTR's hash), folded into the export
     priority: int = 0
+    glue_ops: tuple[str, ...] = GLUE_OPS  #: ops the rewrite may add around HPS_TRT (rewrite refuses others)
     candidate: tuple[str, int, tuple[str, ...], str | None] | None = None  #: (input, rank, dtypes, varying)
     where: tuple[tuple[str, Any], ...] = ()  #: (source text, parsed)
     refusals: tuple[Refusal, ...] = ()
@@ -169,7 +170,7 @@ def _build(path: Path, data: dict) -> PatternSpec:
         anchor=anchor, keys=rewrite["keys"], table=rewrite["table"], out=rewrite["out"],
         out_shape=_parse(rewrite["out_shape"], declared, "rewrite.out_shape") if "out_shape" in rewrite else None,
         hoist=rewrite.get("hoist"), key_map=rewrite.get("key_map"),
-        priority=data.get("priority", 0),
+        priority=data.get("priority", 0), glue_ops=tuple(rewrite.get("glue_ops", GLUE_OPS)),
         candidate=(candidate["input"], candidate["rank"], tuple(candidate.get("dtype", [])),
                    candidate.get("varying")) if candidate else None,
         where=tuple((text, _parse(text, declared, f"where: '{text}'")) for text in data.get("where", [])),

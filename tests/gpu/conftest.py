@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hps_surgeon import native
+from hps_surgeon.hps import native
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hps_surgeon import native
+from hps_surgeon.hps import native
 
 
 def test_missing_library_message(monkeypatch, tmp_path):

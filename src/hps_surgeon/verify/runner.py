@@ -1,11 +1,15 @@
-"""Run a rewritten model on the CPU: onnxruntime for the ONNX part, a lookup backend for HPS_TRT.
+"""Run a rewritten model: onnxruntime for the ONNX part, a lookup backend for HPS_TRT, as a
+Polygraphy runner (`HpsRunner`).
 
-onnxruntime cannot run HPS_TRT, so the graph is cut in two: `pre` computes every HPS_TRT node's
-keys, the backend looks them up, and `post` takes the looked-up vectors as extra inputs.
+onnxruntime cannot run HPS_TRT, so the graph is cut in two (`SplitRunner`): `pre` computes every
+HPS_TRT node's keys, the backend looks them up (the CPU reference, or the CUDA plugin library),
+and `post` takes the looked-up vectors as extra inputs.
 """
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,9 +17,13 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
+from polygraphy.backend.base import BaseRunner
+from polygraphy.common import TensorMetadata
 
-from .contract import HPS_OP, field_text
-from .errors import SurgeonError
+from ..errors import SurgeonError
+from ..hps.contract import HPS_OP, field_text
+from ..hps.reference import ReferenceLookup
+from .compare import BACKENDS
 
 #: (model_name, table_id, keys) -> vectors of shape keys.shape + [emb_vec_size]
 LookupFn = Callable[[str, int, np.ndarray], np.ndarray]
@@ -84,3 +92,57 @@ class SplitRunner:
         names = [o.name for o in session.get_outputs()]
         feeds = {i.name: values[i.name] for i in session.get_inputs()}
         return dict(zip(names, session.run(names, feeds)))
+
+
+def lookup_backend(config_path: str | Path, backend: str) -> LookupFn:
+    """The function serving HPS_TRT nodes: the CPU reference, or the CUDA plugin library."""
+    if backend == "reference":
+        return ReferenceLookup(config_path).lookup
+    if backend == "native":
+        return _native_lookup(Path(config_path))
+    raise SurgeonError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
+
+
+def _native_lookup(config_path: Path) -> LookupFn:
+    from ..hps import native
+
+    native.load_library()  # fail now, with the library path tried, not in the middle of a comparison
+    tables: dict[tuple[str, int], native.HpsTable] = {}
+
+    def lookup(model_name: str, table_id: int, keys: np.ndarray) -> np.ndarray:
+        if (model_name, table_id) not in tables:
+            tables[model_name, table_id] = native.HpsTable.open(config_path, model_name, table_id)
+        return tables[model_name, table_id].lookup_host(np.ascontiguousarray(keys))
+
+    return lookup
+
+
+class HpsRunner(BaseRunner):
+    """Polygraphy runner for a model with HPS_TRT nodes (see `SplitRunner`)."""
+
+    def __init__(self, model_path: str | Path, config_path: str | Path, backend: str = "reference",
+                 name: str | None = None):
+        super().__init__(name=name, prefix="hps-runner")
+        self.model_path, self.config_path, self.backend = Path(model_path), Path(config_path), backend
+        self._split: SplitRunner | None = None
+
+    def activate_impl(self):
+        self._split = SplitRunner(self.model_path, lookup_backend(self.config_path, self.backend))
+
+    def get_input_metadata_impl(self):
+        meta = TensorMetadata()
+        model = onnx.load_model(str(self.model_path), load_external_data=False)
+        for value in model.graph.input:
+            tensor_type = value.type.tensor_type
+            shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or -1) for d in tensor_type.shape.dim]
+            meta.add(value.name, dtype=onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type), shape=shape)
+        return meta
+
+    def infer_impl(self, feed_dict):
+        start = time.perf_counter()
+        outputs = OrderedDict(self._split.run({k: np.asarray(v) for k, v in feed_dict.items()}))
+        self.inference_time = time.perf_counter() - start  # Comparator sums it
+        return outputs
+
+    def deactivate_impl(self):
+        self._split = None

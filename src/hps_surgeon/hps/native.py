@@ -43,7 +43,7 @@ __all__ = [
 
 #: Environment variable naming the library explicitly.
 ENV_LIBRARY = "HPS_SURGEON_PLUGIN_LIB"
-_REPO_BUILD = Path(__file__).resolve().parents[2] / "build" / "plugin" / "libhps_plugin.so"
+_REPO_BUILD = Path(__file__).resolve().parents[3] / "build" / "plugin" / "libhps_plugin.so"
 _INSTALLED = Path("/usr/local/hps_trt/lib/libhps_plugin.so")
 _BUILD_HINT = "build it with `cmake -S plugin -B build/plugin && cmake --build build/plugin` or set " + ENV_LIBRARY
 

@@ -14,8 +14,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from .errors import SurgeonError
-from . import keyspace
+from ..errors import SurgeonError
+from ..verify import keyspace
 
 #: ONNX element type -> Triton DataType (model_config.proto).
 TRITON_TYPES = {

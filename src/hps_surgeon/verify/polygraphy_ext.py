@@ -13,6 +13,8 @@ from polygraphy.tools.args import ModelArgs
 from polygraphy.tools.args.base import BaseRunnerArgs
 from polygraphy.tools.script import make_invocable
 
+from .runner import BACKENDS, HpsRunner
+
 
 class HpsRunnerArgs(BaseRunnerArgs):
     """
@@ -28,7 +30,7 @@ class HpsRunnerArgs(BaseRunnerArgs):
 
     def add_parser_args_impl(self):
         self.group.add_argument("--hps-config", help="hps_config.json of the rewritten model", default=None)
-        self.group.add_argument("--hps-backend", choices=["reference", "native"], default="reference",
+        self.group.add_argument("--hps-backend", choices=BACKENDS, default="reference",
                                 help="who serves HPS_TRT lookups: the CPU reference or the CUDA plugin library")
         self.group.add_argument("--hps-original", default=None,
                                 help="also run ONNX-Runtime on this original (pre-rewrite) model, to compare with")
@@ -47,8 +49,8 @@ class HpsRunnerArgs(BaseRunnerArgs):
             script.add_import(imports=["OnnxrtRunner", "SessionFromOnnx"], frm="polygraphy.backend.onnxrt")
             session = script.add_loader(make_invocable("SessionFromOnnx", self.original), "build_original_session")
             script.add_runner(make_invocable("OnnxrtRunner", session, name="onnxrt-original"))
-        script.add_import(imports=["HpsRunner"], frm="hps_surgeon.verify")
-        script.add_runner(make_invocable("HpsRunner", self.arg_groups[ModelArgs].path, self.config,
+        script.add_import(imports=[HpsRunner.__name__], frm=HpsRunner.__module__)
+        script.add_runner(make_invocable(HpsRunner.__name__, self.arg_groups[ModelArgs].path, self.config,
                                          backend=self.backend))
 
 

@@ -17,9 +17,10 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .contract import HPS_OP, field_text
-from .graph import constant_values
-from .validate import key_summary
+from ..graph import constant_values
+from ..hps import config as hps_config
+from ..hps.contract import HPS_OP, field_text
+from ..hps.tables import KEY_FILE, key_summary
 
 #: keys reaching a table through Mod are valid for any input; draw them from this span.
 HASHED_SPAN = (0, 1 << 20)
@@ -45,9 +46,8 @@ def rewritten_key_ranges(model: onnx.ModelProto, config: Path) -> list[KeyRange]
         if node.op != HPS_OP:
             continue
         model_name = field_text(node.attrs["model_name"])
-        entry = next(m for m in config_data["models"] if m["model"] == model_name)
-        folder = Path(config).parent / entry["sparse_files"][int(node.attrs["table_id"])]
-        keys = key_summary(folder / "key")
+        entry = hps_config.model_entry(config_data, model_name)
+        keys = key_summary(hps_config.table_folder(Path(config), entry, int(node.attrs["table_id"])) / KEY_FILE)
         span = (keys.low, keys.high)
         old = wanted.get(node.inputs[0].name, span)
         wanted[node.inputs[0].name] = (max(span[0], old[0]), min(span[1], old[1]))

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SurgeonError
+from ..errors import SurgeonError
+from . import config as hps_config
+from .tables import KEY_FILE, VECTOR_FILE
 
 
 @dataclass(frozen=True)
@@ -54,16 +56,16 @@ class ReferenceLookup:
         return self._tables[key]
 
     def _open(self, model_name: str, table_id: int) -> _Table:
-        model = next((m for m in self.config.get("models", []) if m.get("model") == model_name), None)
+        model = hps_config.model_entry(self.config, model_name)
         if model is None:
             raise SurgeonError(f"{self.config_path}: no model '{model_name}' in the config")
         files = model["sparse_files"]
         if not 0 <= table_id < len(files):
             raise SurgeonError(f"{self.config_path}: model '{model_name}' has {len(files)} tables, no table_id {table_id}")
-        folder = self.config_path.parent / files[table_id]
+        folder = hps_config.table_folder(self.config_path, model, table_id)
         dim = int(model["embedding_vecsize_per_table"][table_id])
-        keys = np.fromfile(folder / "key", dtype="<i8")
-        vectors = np.memmap(folder / "emb_vector", dtype="<f4", mode="r").reshape(-1, dim)
+        keys = np.fromfile(folder / KEY_FILE, dtype="<i8")
+        vectors = np.memmap(folder / VECTOR_FILE, dtype="<f4", mode="r").reshape(-1, dim)
         order = np.argsort(keys, kind="stable")
         default = float(model.get("default_value_for_each_table", [0.0] * len(files))[table_id])
         return _Table(keys[order], order, vectors, default)

@@ -8,79 +8,19 @@ from the keys that really exist in the exported tables (`keyspace`), at batch 1 
 
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
-from polygraphy.backend.base import BaseRunner
-from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
-from polygraphy.common import TensorMetadata
-from polygraphy.comparator import Comparator, DataLoader, SimpleCompareFunc
 
-from . import keyspace, validate
-from .errors import SurgeonError
-from .execute import LookupFn, SplitRunner
-from .reference import ReferenceLookup
+from ..errors import SurgeonError, errors
+from ..hps import validate
+from . import keyspace
 
+#: who serves HPS_TRT lookups: the CPU reference, or the CUDA plugin library (hps.native)
 BACKENDS = ("reference", "native")
-
-
-def lookup_backend(config_path: str | Path, backend: str) -> LookupFn:
-    """The function serving HPS_TRT nodes: the CPU reference, or the CUDA plugin library."""
-    if backend == "reference":
-        return ReferenceLookup(config_path).lookup
-    if backend == "native":
-        return _native_lookup(Path(config_path))
-    raise SurgeonError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
-
-
-def _native_lookup(config_path: Path) -> LookupFn:
-    from . import native
-
-    native.load_library()  # fail now, with the library path tried, not in the middle of a comparison
-    tables: dict[tuple[str, int], native.HpsTable] = {}
-
-    def lookup(model_name: str, table_id: int, keys: np.ndarray) -> np.ndarray:
-        if (model_name, table_id) not in tables:
-            tables[model_name, table_id] = native.HpsTable.open(config_path, model_name, table_id)
-        return tables[model_name, table_id].lookup_host(np.ascontiguousarray(keys))
-
-    return lookup
-
-
-class HpsRunner(BaseRunner):
-    """Polygraphy runner for a model with HPS_TRT nodes (see `execute.SplitRunner`)."""
-
-    def __init__(self, model_path: str | Path, config_path: str | Path, backend: str = "reference",
-                 name: str | None = None):
-        super().__init__(name=name, prefix="hps-runner")
-        self.model_path, self.config_path, self.backend = Path(model_path), Path(config_path), backend
-        self._split: SplitRunner | None = None
-
-    def activate_impl(self):
-        self._split = SplitRunner(self.model_path, lookup_backend(self.config_path, self.backend))
-
-    def get_input_metadata_impl(self):
-        meta = TensorMetadata()
-        model = onnx.load_model(str(self.model_path), load_external_data=False)
-        for value in model.graph.input:
-            tensor_type = value.type.tensor_type
-            shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or -1) for d in tensor_type.shape.dim]
-            meta.add(value.name, dtype=onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type), shape=shape)
-        return meta
-
-    def infer_impl(self, feed_dict):
-        start = time.perf_counter()
-        outputs = OrderedDict(self._split.run({k: np.asarray(v) for k, v in feed_dict.items()}))
-        self.inference_time = time.perf_counter() - start  # Comparator sums it
-        return outputs
-
-    def deactivate_impl(self):
-        self._split = None
-
 
 @dataclass(frozen=True)
 class OutputError:
@@ -114,9 +54,15 @@ def verify(original: str | Path, rewritten: str | Path, config: str | Path, *, b
             raise SurgeonError(f"{path}: no such file")
     if iterations < 1 or batch_size < 1:
         raise SurgeonError("--iterations and --batch-size must be at least 1")
-    problems = validate.errors(validate.validate(rewritten, config))
+    problems = errors(validate.validate(rewritten, config))
     if problems:
         raise SurgeonError(f"{problems[0]} (and {len(problems) - 1} more)" if len(problems) > 1 else str(problems[0]))
+    # Polygraphy and onnxruntime sessions are imported only when a verification runs.
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+    from polygraphy.comparator import Comparator, SimpleCompareFunc
+
+    from .runner import HpsRunner
+
     ranges = keyspace.rewritten_key_ranges(onnx.load_model(str(rewritten), load_external_data=False), config)
     feeds = make_feeds(original, ranges, iterations, (1, batch_size), seed)
     runners = [OnnxrtRunner(SessionFromOnnx(str(original)), name="onnxrt-original"),
@@ -132,6 +78,9 @@ def verify(original: str | Path, rewritten: str | Path, config: str | Path, *, b
 def make_feeds(model_path: Path, ranges: list[keyspace.KeyRange], iterations: int, batch_sizes: tuple[int, ...],
                seed: int) -> list[OrderedDict]:
     """Feeds from Polygraphy's DataLoader, with key inputs redrawn from their valid ranges."""
+    from polygraphy.common import TensorMetadata
+    from polygraphy.comparator import DataLoader
+
     model = onnx.load_model(str(model_path), load_external_data=False)
     rng = np.random.default_rng(seed)
     ranges_of = keyspace.by_input(ranges)

@@ -1,4 +1,4 @@
-"""`hps-surgeon deploy`: a Triton model repository from a `rewrite` output folder (issue 6).
+"""A Triton model repository from a `rewrite` output folder.
 
     REWRITE_DIR/{model.onnx, hps_config.json, tables/}  ->  MODEL_REPO/
         start_triton.sh                    tritonserver with LD_PRELOAD of the plugin
@@ -14,7 +14,6 @@ moved into place, so an error leaves MODEL_REPO as it was.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -28,10 +27,13 @@ from pathlib import Path
 import onnx
 from onnx import AttributeProto, TensorProto
 
-from . import keyspace, triton, validate
-from .contract import field_text
-from .errors import EXIT_OK, SurgeonError
-from .export import CONFIG_NAME, MODEL_NAME, make_stage
+from ..errors import SurgeonError, errors
+from ..hps import validate
+from ..hps.contract import CONFIG_NAME, MODEL_NAME, field_text
+from ..hps.tables import KEY_FILE, VECTOR_FILE
+from ..staging import make_stage
+from ..verify import keyspace
+from . import triton
 
 #: Where HugeCTR's HPS containers install the plugin (HPS_TRT creator, version "1").
 DEFAULT_PLUGIN_LIB = "/usr/local/hps_trt/lib/libhps_plugin.so"
@@ -74,60 +76,12 @@ class DeployResult:
     batch: triton.Batch
 
 
-def add_parser(commands: argparse._SubParsersAction) -> None:
-    """Register the `deploy` subcommand."""
-    p = commands.add_parser("deploy", help="make a Triton model repository (TensorRT engine recipe, HPS "
-                            "plugin) from a rewrite folder")
-    p.add_argument("rewrite_dir", metavar="REWRITE_DIR", help="output folder of hps-surgeon rewrite")
-    p.add_argument("--repo", required=True, help="Triton model repository to write (empty or absent; see --force)")
-    p.add_argument("--name", help="Triton model name (default: the HPS model_name)")
-    p.add_argument("--min-batch", type=int, default=1, help="smallest batch of the engine's profile (default 1)")
-    p.add_argument("--opt-batch", type=int, help="batch TensorRT tunes for (default min(1024, --max-batch))")
-    p.add_argument("--max-batch", type=int, help="largest batch (default and limit: the HPS config's max_batch_size)")
-    p.add_argument("--fp16", action="store_true", help="let TensorRT use FP16 kernels")
-    p.add_argument("--instances", type=int, default=1, help="model instances per GPU (default 1)")
-    p.add_argument("--gpus", help="comma-separated GPU ids for the instances and HPS (default: Triton's choice)")
-    p.add_argument("--deploy-root", default="/models",
-                   help="where --repo is mounted inside the serving container (default /models)")
-    p.add_argument("--plugin-lib", default=DEFAULT_PLUGIN_LIB,
-                   help=f"libhps_plugin.so inside the container (default {DEFAULT_PLUGIN_LIB})")
-    p.add_argument("--force", action="store_true",
-                   help="write into a non-empty repository, replacing model NAME and start_triton.sh")
-    p.set_defaults(run=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
-    options = DeployOptions(
-        name=args.name, min_batch=args.min_batch, opt_batch=args.opt_batch, max_batch=args.max_batch,
-        fp16=args.fp16, instances=args.instances, gpus=_parse_gpus(args.gpus), deploy_root=args.deploy_root,
-        plugin_lib=args.plugin_lib, force=args.force)
-    result = deploy(args.rewrite_dir, args.repo, options)
-    batch = result.batch
-    print(f"deployed '{result.name}' -> {result.model_dir} (batch {batch.min}..{batch.max}, opt {batch.opt})")
-    print(f"  1. inside the container, with {result.repo} mounted at {options.deploy_root}:")
-    print(f"       {posixpath.join(options.deploy_root, result.name, 'build_engine.sh')}")
-    print(f"  2.   {posixpath.join(options.deploy_root, 'start_triton.sh')}")
-    print(f"  measure: perf_analyzer -m {result.name} --input-data "
-          f"{posixpath.join(options.deploy_root, result.name, 'perf_data.json')}")
-    return EXIT_OK
-
-
-def _parse_gpus(text: str | None) -> tuple[int, ...]:
-    if text is None:
-        return ()
-    try:
-        gpus = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise SurgeonError(f"--gpus '{text}': not a comma-separated list of GPU ids — e.g. --gpus 0,1") from None
-    if any(g < 0 for g in gpus) or len(set(gpus)) != len(gpus):
-        raise SurgeonError(f"--gpus '{text}': ids must be distinct and >= 0 — e.g. --gpus 0,1")
-    return gpus
-
-
 # --- the whole step ------------------------------------------------------------------------------
 
-def deploy(rewrite_dir: str | os.PathLike, repo: str | os.PathLike, options: DeployOptions) -> DeployResult:
+def deploy(rewrite_dir: str | os.PathLike, repo: str | os.PathLike,
+           options: DeployOptions | None = None) -> DeployResult:
     """Write a Triton model repository for a rewrite folder; raises SurgeonError on bad input."""
+    options = options or DeployOptions()
     source = read_rewrite(Path(rewrite_dir))
     name = _model_name(options.name, source)
     root = _deploy_root(options.deploy_root)
@@ -181,7 +135,7 @@ def read_rewrite(path: Path) -> RewriteFolder:
         raise SurgeonError(f"{model_path}: has no HPS_TRT node, so there is nothing for the HPS plugin to serve — "
                            f"{fix}")
     _check_external_data(model, path)
-    problems = validate.errors(validate.validate(model_path, config_path, model=model))
+    problems = errors(validate.validate(model_path, config_path, model=model))
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise SurgeonError(f"rewrite folder fails validation: {problems[0]}{more}")
@@ -298,7 +252,7 @@ def _write_hps(folder: Path, source: RewriteFolder, model: onnx.ModelProto, conf
     for location in _external_files(source.model):
         _link_or_copy(source.path / location, folder / location)
     for rel, src in {rel: src for src, rel in tables.values()}.items():
-        for file in ("key", "emb_vector"):
+        for file in (KEY_FILE, VECTOR_FILE):
             _link_or_copy(src / file, folder / rel / file)
     (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
 

@@ -1,0 +1,45 @@
+"""`hps-surgeon` command line: one module per command, each with `add_parser(commands)` and `run(args)`;
+no logic of its own (the library does the work).
+
+Exit codes: 0 success; 1 findings (verify mismatch, check problems); 2 bad input or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from ..errors import EXIT_INPUT, EXIT_OK, SurgeonError
+from . import check, deploy, rewrite, scan, verify
+
+#: every command, in the order `hps-surgeon -h` lists them
+COMMANDS = (scan, rewrite, verify, check, deploy)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except SurgeonError as exc:
+        print(f"hps-surgeon: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except BrokenPipeError:  # `hps-surgeon scan m.onnx | head`: the reader left, nothing to report
+        sys.stderr.close()
+        return EXIT_OK
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="hps-surgeon",
+        description="Rewrite the embedding lookups of ONNX recommendation models into HPS_TRT nodes for "
+                    "NVIDIA's Hierarchical Parameter Server, export the tables, verify and deploy the result.",
+        epilog="exit codes: 0 success; 1 verify found a mismatch or check found a problem; 2 bad input or usage")
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        command.add_parser(commands).set_defaults(run=command.run)
+    return top
+
+
+if __name__ == "__main__":
+    sys.exit(main())

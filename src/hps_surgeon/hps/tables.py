@@ -1,0 +1,143 @@
+"""HugeCTR's sparse-model table folder: `key` (int64 little-endian, one per row) and `emb_vector`
+(float32 little-endian, row-major, emb_vec_size per key). Writing, summarising and checking it.
+
+Table bytes are streamed: float32 tables stored externally are copied file-to-file by the kernel
+(`copy_file_range`), others in bounded chunks, so memory stays flat whatever the table size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from onnx import TensorProto
+
+from ..staging import copy_range, fsync
+
+if TYPE_CHECKING:
+    from ..load import TensorSource
+
+KEY_FILE = "key"
+VECTOR_FILE = "emb_vector"
+_CHUNK_BYTES = 64 << 20
+_INT32_MAX = 2**31 - 1
+
+Progress = Callable[[int], Any]
+
+
+def mapped_keys(key_map: np.ndarray, rows: int) -> np.ndarray:
+    """Keys a HugeCTR-style map sends to a real row: 0 means missing, rows past the table do not exist."""
+    return np.flatnonzero((key_map > 0) & (key_map < rows)).astype(np.int64)
+
+
+def write_row_table(source: TensorSource, rows: int, dim: int, folder: Path, progress: Progress) -> None:
+    """Key i = row i of `source`, for every row."""
+    folder.mkdir(parents=True)
+    with open(folder / KEY_FILE, "wb") as out:
+        step = _CHUNK_BYTES // 8
+        for start in range(0, rows, step):
+            np.arange(start, min(start + step, rows), dtype="<i8").tofile(out)
+            progress(min(step, rows - start) * 8)
+        fsync(out)
+    with open(folder / VECTOR_FILE, "wb") as out:
+        if source.file is not None and source.data_type == TensorProto.FLOAT:
+            copy_range(source.file, source.offset, rows * dim * 4, out, progress)
+        else:
+            step = max(1, _CHUNK_BYTES // (dim * 4))
+            for start in range(0, rows, step):
+                values = source.read_rows(start, min(start + step, rows))
+                values.astype("<f4", copy=False).tofile(out)
+                progress(values.nbytes)
+        fsync(out)
+
+
+def write_mapped_table(source: TensorSource, key_map: TensorSource, dim: int, folder: Path,
+                       progress: Progress) -> None:
+    """Key k with row key_map[k] of the table, for every key the map sends to a real row."""
+    folder.mkdir(parents=True)
+    mapping = key_map.read_all()
+    keys = mapped_keys(mapping, source.shape[0])
+    with open(folder / KEY_FILE, "wb") as out:
+        keys.astype("<i8").tofile(out)
+        fsync(out)
+    step = max(1, _CHUNK_BYTES // (dim * 4))
+    with open(folder / VECTOR_FILE, "wb") as out:
+        for start in range(0, keys.size, step):
+            values = source.read_row_indices(mapping[keys[start:start + step]])
+            values.astype("<f4", copy=False).tofile(out)
+            progress(values.nbytes)
+        fsync(out)
+
+
+def copy_table_folder(source: Path, folder: Path, progress: Progress) -> None:
+    folder.mkdir(parents=True)
+    for name in (KEY_FILE, VECTOR_FILE):
+        with open(folder / name, "wb") as out:
+            copy_range(source / name, 0, (source / name).stat().st_size, out, progress)
+            fsync(out)
+
+
+@dataclass(frozen=True)
+class KeySummary:
+    """What checks need to know of a `key` file: are its keys unique, and their span."""
+
+    unique: bool
+    low: int
+    high: int
+
+
+_KEY_CHUNK = 8 << 20  #: keys per read: 64 MiB, so memory stays flat whatever the table size
+
+
+def key_summary(path: Path) -> KeySummary:
+    """Summary of a HugeCTR `key` file (int64 little-endian), read in bounded chunks.
+
+    Remembered per file version: verify and deploy validate a folder, then draw keys from the
+    same files, and a 32 M-row table's keys are 256 MiB to read.
+    """
+    stat = Path(path).stat()
+    return _key_summary(str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+
+
+@lru_cache(maxsize=256)
+def _key_summary(path: str, _inode: int, size: int, _mtime_ns: int, _ctime_ns: int) -> KeySummary:
+    keys = np.memmap(path, dtype="<i8", mode="r") if size else np.zeros(0, np.int64)
+    if keys.size == 0:
+        return KeySummary(True, 0, 0)
+    increasing, previous, low, high = True, None, None, None
+    for start in range(0, keys.size, _KEY_CHUNK):
+        chunk = np.asarray(keys[start:start + _KEY_CHUNK])
+        increasing = increasing and bool(np.all(chunk[1:] > chunk[:-1])) and (
+            previous is None or chunk[0] > previous)
+        previous = chunk[-1]
+        low = chunk.min() if low is None else min(low, chunk.min())
+        high = chunk.max() if high is None else max(high, chunk.max())
+    # Strictly increasing keys (what rewrite writes) are unique; sort only when they are not.
+    unique = increasing or np.unique(np.asarray(keys)).size == keys.size
+    return KeySummary(unique, int(low), int(high))
+
+
+def check_table_files(folder: Path, table_id: int, dim: int, key_type, bad) -> None:
+    """Report through `bad(message)` what is wrong with a table folder: sizes, duplicate keys, int32 reach."""
+    key_file, vector_file = folder / KEY_FILE, folder / VECTOR_FILE
+    if not key_file.is_file() or not vector_file.is_file():
+        return  # reported against the config, which names the folder
+    key_bytes, vector_bytes = key_file.stat().st_size, vector_file.stat().st_size
+    rows = key_bytes // 8
+    if key_bytes % 8:
+        bad(f"table {table_id}: {key_file} has {key_bytes} bytes, not a whole number of int64 keys — re-export")
+        return
+    if vector_bytes != rows * dim * 4:
+        bad(f"table {table_id}: {vector_file} has {vector_bytes} bytes, expected {rows} rows x {dim} x 4 = "
+            f"{rows * dim * 4} — the file is truncated or emb_vec_size is wrong; re-export the table")
+    keys = key_summary(key_file)
+    if not keys.unique:
+        bad(f"table {table_id}: {key_file} holds duplicate keys — each key must appear once")
+    if key_type is not None and key_type[0] == TensorProto.INT32 and (
+            keys.high > _INT32_MAX or keys.low < -_INT32_MAX - 1):
+        bad(f"table {table_id}: stored keys reach {keys.high}, beyond int32 keys of this node — "
+            "rewrite with --key-dtype int64")

@@ -1,0 +1,140 @@
+"""Validation of a model's HPS_TRT nodes against the plugin's contract and an hps_config.json.
+
+Every problem is one line, `path:where: what is wrong — what to do`. `rewrite` validates its own
+output before moving it into place; `verify` and `check` validate what they are given.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import onnx
+from onnx import AttributeProto, TensorProto
+
+from ..errors import Problem
+from . import config as hps_config
+from .contract import ATTRIBUTES, HPS_OP, field_text
+from .tables import check_table_files
+
+_KEY_DTYPES = {TensorProto.INT32: "int32", TensorProto.INT64: "int64"}
+
+
+def hps_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    return [n for n in model.graph.node if n.op_type == HPS_OP]
+
+
+def validate(model_path: str | Path, config_path: str | Path | None = None,
+             model: onnx.ModelProto | None = None) -> list[Problem]:
+    """Problems of every HPS_TRT node in the model; with `config_path`, also of the config and its files."""
+    model_path = Path(model_path)
+    if model is None:
+        model = onnx.load_model(str(model_path), load_external_data=False)
+    types = _value_types(model)
+    config = None
+    problems: list[Problem] = []
+    if config_path is not None:
+        config, config_problems = hps_config.load(Path(config_path))
+        problems += config_problems
+    for node in hps_nodes(model):
+        problems += _check_node(str(model_path), node, types, config, Path(config_path) if config_path else None)
+    return problems
+
+
+# --- nodes ---------------------------------------------------------------------------------------
+
+def _check_node(path: str, node: onnx.NodeProto, types: dict[str, Any], config: dict | None,
+                config_path: Path | None) -> list[Problem]:
+    where = node.name or f"(unnamed {HPS_OP})"
+    problems = []
+
+    def bad(message: str, severity: str = "error") -> None:
+        problems.append(Problem(path, where, message, severity))
+
+    attrs = {a.name: a for a in node.attribute}
+    for name, kind in ATTRIBUTES.items():
+        if name not in attrs:
+            bad(f"missing attribute '{name}' ({_kind(kind)}) — add it or re-run hps-surgeon rewrite")
+        elif attrs[name].type != kind:
+            bad(f"attribute '{name}' is {_kind(attrs[name].type)}, must be {_kind(kind)} — "
+                "re-run hps-surgeon rewrite")
+    for name in sorted(set(attrs) - set(ATTRIBUTES)):
+        bad(f"unexpected attribute '{name}'; HPS_TRT takes exactly {', '.join(ATTRIBUTES)} — remove it")
+    if len(node.input) != 1 or len(node.output) != 1:
+        bad(f"has {len(node.input)} input(s) and {len(node.output)} output(s); HPS_TRT takes 1 keys input "
+            "and gives 1 output")
+    if problems:
+        return problems
+    value = {name: onnx.helper.get_attribute_value(attrs[name]) for name in ATTRIBUTES}
+    model_name, config_file = field_text(value["model_name"]), field_text(value["ps_config_file"])
+    table_id, dim = value["table_id"], value["emb_vec_size"]
+    key_type, out_type = types.get(node.input[0]), types.get(node.output[0])
+    n = _check_keys(node, key_type, bad)
+    _check_output(out_type, dim, n, bad)
+    if config is None:
+        return problems
+    if Path(config_file).name != config_path.name:
+        bad(f"ps_config_file is '{config_file}', not the config being checked ({config_path.name}) — the plugin "
+            "will open that file instead", severity="warning")
+    entry = hps_config.model_entry(config, model_name)
+    if entry is None:
+        bad(f"model_name '{model_name}' is not in {config_path.name} (it has: "
+            f"{', '.join(m['model'] for m in config['models'])}) — fix model_name or the config")
+        return problems
+    tables_count = len(entry["sparse_files"])
+    if not 0 <= table_id < tables_count:
+        bad(f"table_id {table_id} is out of range: model '{model_name}' has {tables_count} table(s) — "
+            f"use 0..{tables_count - 1}")
+        return problems
+    expected_dim = entry["embedding_vecsize_per_table"][table_id]
+    if dim != expected_dim:
+        bad(f"emb_vec_size {dim} differs from embedding_vecsize_per_table[{table_id}] = {expected_dim} in "
+            f"{config_path.name} — make them equal")
+    max_n = entry["maxnum_catfeature_query_per_table_per_sample"][table_id]
+    if n is not None and max_n < n:
+        bad(f"reads {n} keys per sample but maxnum_catfeature_query_per_table_per_sample[{table_id}] is "
+            f"{max_n} — raise it to at least {n}")
+    check_table_files(hps_config.table_folder(config_path, entry, table_id), table_id, expected_dim, key_type, bad)
+    return problems
+
+
+def _check_keys(node: onnx.NodeProto, key_type, bad) -> int | None:
+    if key_type is None:
+        return None
+    dtype, shape = key_type
+    if dtype not in _KEY_DTYPES:
+        bad(f"keys '{node.input[0]}' are {TensorProto.DataType.Name(dtype).lower()}, HPS_TRT takes int32 or "
+            "int64 — insert a Cast")
+    if shape is not None and len(shape) != 2:
+        bad(f"keys '{node.input[0]}' have rank {len(shape)}, HPS_TRT takes [batch, keys per sample] — "
+            "insert a Reshape")
+        return None
+    return shape[1] if shape is not None and isinstance(shape[1], int) else None
+
+
+def _check_output(out_type, dim: int, n: int | None, bad) -> None:
+    if out_type is None or out_type[1] is None:
+        return
+    shape = out_type[1]
+    if len(shape) != 3 or (isinstance(shape[2], int) and shape[2] != dim) or (
+            n is not None and isinstance(shape[1], int) and shape[1] != n):
+        bad(f"output shape is {list(shape)}, HPS_TRT gives [batch, {n if n is not None else 'N'}, {dim}] — "
+            "fix the declared shape")
+
+
+def _kind(kind: int) -> str:
+    return {AttributeProto.STRING: "string", AttributeProto.INT: "int"}.get(kind, AttributeProto.AttributeType.Name(kind).lower())
+
+
+def _value_types(model: onnx.ModelProto) -> dict[str, tuple[int, tuple | None]]:
+    types = {}
+    for value in [*model.graph.input, *model.graph.value_info, *model.graph.output]:
+        tensor_type = value.type.tensor_type
+        if not tensor_type.elem_type:
+            continue
+        shape = None
+        if tensor_type.HasField("shape"):
+            shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                          for d in tensor_type.shape.dim)
+        types[value.name] = (tensor_type.elem_type, shape)
+    return types
