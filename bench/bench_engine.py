@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import hps_surgeon
-from hps_surgeon import deploy, engine, triton
+from hps_surgeon.deploy import engine, repository as deploy, triton
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fixtures"

@@ -24,8 +24,8 @@ import onnx
 import pytest
 
 import hps_surgeon
-from hps_surgeon import deploy, engine, triton
-from hps_surgeon.native import library_path
+from hps_surgeon.deploy import engine, repository as deploy, triton
+from hps_surgeon.hps.native import library_path
 
 from support import FIXTURES
 
@@ -173,7 +173,7 @@ def test_plain_dlopen_registers_once_with_tensorrt_rtx(tmp_path):
     hps_surgeon.rewrite(FIXTURES / "torch/embedding_int64_legacy.onnx", out, quiet=True)
     proc = run_python(f"""
 import ctypes
-from hps_surgeon.builders import find_builder
+from hps_surgeon.deploy.builders import find_builder
 trt = find_builder().trt
 def count(registry):
     return sum(c.name == "HPS_TRT" for c in registry.all_creators)
@@ -192,7 +192,7 @@ print(count(trt.get_plugin_registry()) + count(builder.get_plugin_registry()))
 
 
 def test_tensorrt_rtx_imported_first_is_refused_not_aborted():
-    proc = run_python("import tensorrt_rtx\nfrom hps_surgeon.builders import find_builder\nfind_builder()")
+    proc = run_python("import tensorrt_rtx\nfrom hps_surgeon.deploy.builders import find_builder\nfind_builder()")
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == (
         "hps_surgeon.errors.SurgeonError: tensorrt_rtx was loaded before hps-surgeon could make libtensorrt_rtx.so "
@@ -225,7 +225,7 @@ def test_no_builder_installed_says_what_to_install():
             "        if name.split('.')[0].startswith('tensorrt'): return None\n"
             "        return super().find_spec(name, path, target)\n"
             "sys.meta_path[:] = [Hide if f is importlib.machinery.PathFinder else f for f in sys.meta_path]\n")
-    proc = run_python(hide + "from hps_surgeon.builders import find_builder\nfind_builder()")
+    proc = run_python(hide + "from hps_surgeon.deploy.builders import find_builder\nfind_builder()")
     assert proc.stderr.strip().splitlines()[-1] == (
         "hps_surgeon.errors.SurgeonError: no NVIDIA engine builder is installed — pip install tensorrt-rtx-cu13 "
         "(TensorRT-RTX: builds ahead of time, no GPU needed) or tensorrt (the version your Triton serves; builds "

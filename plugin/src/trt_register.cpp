@@ -1,12 +1,13 @@
 // trt_register.cpp: how the HPS_TRT creator reaches a TensorRT plugin registry, without linking
 // TensorRT (so the Python binding loads this library where TensorRT is absent).
 //
-//   * Plain dlopen (ctypes.CDLL in HugeCTR's notebooks, polygraphy --plugins, trtexec
+//   * Plain dlopen (ctypes.CDLL after `import tensorrt` in HugeCTR's notebooks, trtexec
 //     --staticPlugins): at load time, register with the TensorRT core library already in the
 //     process, as HugeCTR's plugin does (hps_trt/hps_plugin/hps_plugin.cpp, REGISTER_TENSORRT_PLUGIN).
 //     Found with dlopen(RTLD_NOLOAD): a process without TensorRT gets nothing loaded and no message.
-//   * LD_PRELOAD into Triton (HugeCTR's documented launch line) or HPS_TRT_AUTOREGISTER=1: TensorRT
-//     is not loaded yet when the preloaded library starts, so libnvinfer.so.<major> is loaded here.
+//   * LD_PRELOAD into Triton (HugeCTR's documented launch line) or HPS_TRT_AUTOREGISTER=1 (what
+//     deploy's build_engine.sh sets: polygraphy --plugins dlopens before importing TensorRT):
+//     TensorRT is not loaded yet when the library starts, so libnvinfer.so.<major> is loaded here.
 //     HPS_TRT_AUTOREGISTER=0 turns load-time registration off.
 //   * IPluginRegistry::loadLibrary / trtexec --dynamicPlugins: exported getCreators and
 //     setLoggerFinder. loadLibrary registers what getCreators returns, so getCreators first takes

@@ -11,10 +11,10 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import EXIT_INPUT, EXIT_OK, SurgeonError
-from . import check, deploy, rewrite, scan, verify
+from . import build_engine, check, deploy, rewrite, scan, verify
 
 #: every command, in the order `hps-surgeon -h` lists them
-COMMANDS = (scan, rewrite, verify, check, deploy)
+COMMANDS = (scan, rewrite, verify, check, deploy, build_engine)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

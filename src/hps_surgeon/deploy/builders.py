@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from .errors import SurgeonError
+from ..errors import SurgeonError
 
 INSTALL_HINT = ("pip install tensorrt-rtx-cu13 (TensorRT-RTX: builds ahead of time, no GPU needed) or "
                 "tensorrt (the version your Triton serves; builds on a GPU)")

@@ -1,6 +1,6 @@
 """A serialized engine from a rewritten model, built by a real NVIDIA builder with our HPS_TRT plugin.
 
-    REWRITE_DIR --(deploy: checked folder, the profile deploy derives)--> model.onnx + Profile
+    REWRITE_DIR --(repository: checked folder, the profile deploy derives)--> model.onnx + Profile
     model.onnx + Profile  --(builders.find_builder: TensorRT or TensorRT-RTX)-->  EngineBuild
       1. the plugin library goes into the builder's plugin registry (IPluginRegistry::loadLibrary)
       2. TensorRT's ONNX parser creates one plugin layer per HPS_TRT node (our createPlugin, build phase)
@@ -14,6 +14,7 @@ build-time method a builder calls at verbose level; those lines are counted in `
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import shutil
 import time
@@ -24,11 +25,12 @@ from pathlib import Path
 
 import onnx
 
-from . import deploy, triton, validate
+from ..errors import Problem, SurgeonError
+from ..hps import validate
+from ..hps.contract import MODEL_NAME
+from ..staging import make_stage
+from . import repository, triton
 from .builders import NvidiaBuilder, find_builder
-from .errors import SurgeonError
-from .export import MODEL_NAME, make_stage
-from .validate import Problem
 
 #: What our plugin writes before each message (trt_plugin.cpp: log).
 PLUGIN_PREFIX = "HPS_TRT: "
@@ -69,8 +71,7 @@ def build_serialized(model_path: str | Path, profile: triton.Profile, options: E
     options); returns the model's problems in `EngineBuild.problems`.
     """
     model_path = Path(model_path)
-    nvidia = find_builder()
-    lib = plugin_library(options.plugin_lib)
+    nvidia, lib = ready(options)
     hps_nodes = len(validate.hps_nodes(onnx.load_model(str(model_path), load_external_data=False)))
     trt = nvidia.trt
     logger = _logger(trt)
@@ -113,9 +114,9 @@ def build_engine(rewrite_dir: str | os.PathLike, out: str | os.PathLike, options
 
     Nothing is written unless the build succeeds; SurgeonError for bad input.
     """
-    source = deploy.read_rewrite(Path(rewrite_dir))
-    batch = deploy.batch_range(deploy.DeployOptions(min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch),
-                               source)
+    source = repository.read_rewrite(Path(rewrite_dir))
+    batch = repository.batch_range(
+        repository.DeployOptions(min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch), source)
     where = str(source.path / MODEL_NAME)
     prof = triton.profile(triton.model_io(source.model, where)[0], batch, where)
     out = Path(out)
@@ -128,6 +129,19 @@ def build_engine(rewrite_dir: str | os.PathLike, out: str | os.PathLike, options
     return build
 
 
+def check_engine(model_path: Path, config_path: Path, options: EngineOptions = EngineOptions()) -> list[Problem]:
+    """`check --engine`: parse and build `model_path` with the profile `deploy` would give it; its problems."""
+    model = onnx.load_model(str(model_path), load_external_data=False)
+    config = json.loads(Path(config_path).read_text())
+    folder = repository.RewriteFolder(model_path.parent, model, config, repository.used_entries(model, config))
+    try:
+        batch = repository.batch_range(repository.DeployOptions(), folder)
+        prof = triton.profile(triton.model_io(model, str(model_path))[0], batch, str(model_path))
+    except SurgeonError as exc:
+        return [Problem(str(model_path), "(engine)", str(exc))]
+    return list(build_serialized(model_path, prof, options).problems)
+
+
 def _write_atomically(out: Path, data: bytes) -> None:
     stage = make_stage(out, "engine", f"--out {out}: cannot write there ({{reason}}) — choose a writable --out")
     try:
@@ -137,9 +151,16 @@ def _write_atomically(out: Path, data: bytes) -> None:
         shutil.rmtree(stage, ignore_errors=True)
 
 
+def ready(options: EngineOptions = EngineOptions()) -> tuple[NvidiaBuilder, Path]:
+    """The builder and plugin library a build would use, with `options` checked against the builder."""
+    nvidia = find_builder()
+    _check_options(nvidia, options)
+    return nvidia, plugin_library(options.plugin_lib)
+
+
 def plugin_library(path: str | None) -> Path:
     """The plugin library to load, checked to carry the TensorRT glue (its getCreators entry point)."""
-    from .native import library_path  # the search order `verify --backend native` documents
+    from ..hps.native import library_path  # the search order `verify --backend native` documents
 
     lib = Path(path) if path else library_path()[0]
     if not lib.is_file():
@@ -162,22 +183,27 @@ def _targets(nvidia: NvidiaBuilder, options: EngineOptions) -> str:
     return "every compute capability it supports" if nvidia.rtx else "the GPU of this machine"
 
 
+def _check_options(nvidia: NvidiaBuilder, options: EngineOptions) -> None:
+    """Options the builder cannot honour, refused before anything is parsed."""
+    if options.compute_capabilities and not nvidia.rtx:
+        raise SurgeonError(f"--compute-capability: {nvidia.title} builds for the GPU it runs on; leave it out "
+                           "or build with TensorRT-RTX")
+    for value in options.compute_capabilities:
+        _compute_capability(nvidia.trt, value)
+    if options.fp16 and getattr(nvidia.trt.BuilderFlag, "FP16", None) is None:
+        raise SurgeonError(f"--fp16: {nvidia.title} builds strongly typed networks, so precision comes from the "
+                           "model's own types — export the model in fp16 instead, or leave out --fp16")
+
+
 def _config(nvidia: NvidiaBuilder, builder, profile: triton.Profile, options: EngineOptions):
     trt = nvidia.trt
     config = builder.create_builder_config()
     if options.compute_capabilities:
-        if not nvidia.rtx:
-            raise SurgeonError(f"--compute-capability: {nvidia.title} builds for the GPU it runs on; leave it out "
-                               "or build with TensorRT-RTX")
         config.num_compute_capabilities = len(options.compute_capabilities)
         for index, value in enumerate(options.compute_capabilities):
             config.set_compute_capability(_compute_capability(trt, value), index)
     if options.fp16:
-        flag = getattr(trt.BuilderFlag, "FP16", None)
-        if flag is None:
-            raise SurgeonError(f"--fp16: {nvidia.title} builds strongly typed networks, so precision comes from "
-                               "the model's own types — export the model in fp16 instead, or leave out --fp16")
-        config.set_flag(flag)
+        config.set_flag(trt.BuilderFlag.FP16)
     opt = builder.create_optimization_profile()
     for name, (low, mid, high) in profile.shapes.items():
         opt.set_shape(name, low, mid, high)
