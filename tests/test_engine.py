@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -242,3 +245,133 @@ def test_library_without_glue_is_named(tmp_path):
                                "-DTENSORRT_ROOT=<folder with include/NvInfer.h>")
     with pytest.raises(hps_surgeon.SurgeonError, match=r"plugin library not found — build it"):
         engine.plugin_library(str(tmp_path / "nothing.so"))
+
+
+# --- the commands ------------------------------------------------------------------------------
+
+def cli(*args, code_before: str = "") -> subprocess.CompletedProcess:
+    return run_python(f"{code_before}import sys\nfrom hps_surgeon.cli import main\nsys.exit(main({list(map(str, args))!r}))")
+
+
+@pytest.fixture(scope="module")
+def dlrm(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("dlrm") / "rw"
+    hps_surgeon.rewrite(FIXTURES / "torch/dlrm_small_legacy.onnx", out, quiet=True)
+    return out
+
+
+def test_build_engine_command_on_the_bundled_dlrm(dlrm, tmp_path):
+    lib = plugin_with_glue()
+    plan = tmp_path / "engines" / "dlrm.plan"
+    proc = cli("build-engine", dlrm, "--out", plan, "--max-batch", 512, "--opt-batch", 64,
+               "--compute-capability", "8.6,8.9", "--plugin-lib", lib)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"builder: TensorRT-RTX 1.7.1.116 (tensorrt_rtx), for compute capability 8.6, 8.9; plugin {lib}"
+    assert lines[1] == ("profile: dense_features [1, 13]..[512, 13] (opt [64, 13]), "
+                        "sparse_keys [1, 26]..[512, 26] (opt [64, 26])")
+    assert lines[2].startswith(f"built {plan} (") and lines[2].endswith(": 26 HPS_TRT plugin layer(s) for 26 node(s)")
+    assert proc.stderr == "building engine ...\n"  # the progress line, said once when not on a terminal
+    assert plan.stat().st_size > 1 << 20 and b"HPS_TRT" in plan.read_bytes()
+    assert sorted(p.name for p in plan.parent.iterdir()) == ["dlrm.plan"]  # no staging left behind
+
+    again = cli("build-engine", dlrm, "--out", plan, "--plugin-lib", lib)
+    assert (again.returncode, again.stderr) == (2, f"hps-surgeon: error: --out {plan}: exists — pass --force to "
+                                                   "replace it\n")
+
+
+def test_build_engine_command_reports_each_problem_and_writes_nothing(tmp_path):
+    lib = plugin_with_glue()
+    rw = tmp_path / "rw"
+    hps_surgeon.rewrite(FIXTURES / "tf/tf_nn_embedding_lookup_sparse_sum.onnx", rw, quiet=True)
+    proc = cli("build-engine", rw, "--out", tmp_path / "x.plan", "--plugin-lib", lib, "--quiet")
+    assert proc.returncode == 1
+    assert proc.stdout.splitlines()[-1] == (
+        f"{rw / 'model.onnx'}:sparse_lookup/Where: Assertion failed: creator && getPluginCreatorVersion(creator) == "
+        "CreatorVersion::kV3ONE: NonZero plugin creator version 1 was not found in plugin registry. "
+        "(NonZero; UNSUPPORTED_NODE)")
+    assert proc.stderr == "hps-surgeon: build-engine FAILED: 1 problem(s); no engine written\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rw"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--out", "{tmp}/x.plan", "--max-batch", "4096"), "--max-batch 4096 exceeds max_batch_size 1024 in {rw}/"
+     "hps_config.json (HPS sizes its buffers for that batch) — lower --max-batch or re-run rewrite with "
+     "--max-batch-size 4096"),
+    (("--out", "{tmp}/x.plan", "--fp16"), "--fp16: TensorRT-RTX 1.7.1.116 (tensorrt_rtx) builds strongly typed "
+     "networks, so precision comes from the model's own types — export the model in fp16 instead, or leave out "
+     "--fp16"),
+    (("--out", "{tmp}"), "--out {tmp}: is a folder — name the engine file"),
+])
+def test_build_engine_command_bad_input(dlrm, tmp_path, args, message):
+    args = [a.format(tmp=tmp_path, rw=dlrm) for a in args]
+    proc = cli("build-engine", dlrm, *args, "--plugin-lib", plugin_with_glue())
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr == f"hps-surgeon: error: {message.format(tmp=tmp_path, rw=dlrm)}\n"
+    assert not (tmp_path / "x.plan").exists()
+
+
+def test_check_engine_is_a_gate_without_a_gpu(dlrm, tmp_path):
+    lib = plugin_with_glue()
+    clean = cli("check", dlrm / "model.onnx", "--engine", "--plugin-lib", lib, "--compute-capability", "8.6")
+    assert (clean.returncode, clean.stdout, clean.stderr) == (0, "", "")
+    sparse = tmp_path / "sparse"
+    hps_surgeon.rewrite(FIXTURES / "tf/tf_nn_embedding_lookup_sparse_mean.onnx", sparse, quiet=True)
+    proc = cli("check", dlrm / "model.onnx", sparse / "model.onnx", "--engine", "--plugin-lib", lib)
+    assert proc.returncode == 1
+    assert proc.stdout.splitlines() == [
+        f"{sparse / 'model.onnx'}:sparse_lookup/Where: Assertion failed: creator && getPluginCreatorVersion(creator)"
+        " == CreatorVersion::kV3ONE: NonZero plugin creator version 1 was not found in plugin registry. "
+        "(NonZero; UNSUPPORTED_NODE)"]
+    # without --engine the same model is clean: only the builder finds this
+    assert cli("check", sparse / "model.onnx").returncode == 0
+
+
+def test_commands_without_a_builder_say_what_to_install(dlrm, tmp_path):
+    hide = ("import importlib.machinery, sys\n"
+            "class Hide(importlib.machinery.PathFinder):\n"
+            "    @classmethod\n"
+            "    def find_spec(cls, name, path=None, target=None):\n"
+            "        if name.split('.')[0].startswith('tensorrt'): return None\n"
+            "        return super().find_spec(name, path, target)\n"
+            "sys.meta_path[:] = [Hide if f is importlib.machinery.PathFinder else f for f in sys.meta_path]\n")
+    want = ("hps-surgeon: error: no NVIDIA engine builder is installed — pip install tensorrt-rtx-cu13 (TensorRT-RTX: "
+            "builds ahead of time, no GPU needed) or tensorrt (the version your Triton serves; builds on a GPU)\n")
+    for args in (("build-engine", dlrm, "--out", tmp_path / "x.plan"), ("check", dlrm / "model.onnx", "--engine")):
+        proc = cli(*args, code_before=hide)
+        assert (proc.returncode, proc.stdout, proc.stderr) == (2, "", want)
+
+
+def test_deploy_build_engine_needs_tensorrt_and_the_repo_at_its_deploy_root(dlrm, tmp_path):
+    repo = tmp_path / "repo"
+    elsewhere = cli("deploy", dlrm, "--repo", repo, "--build-engine")
+    assert elsewhere.returncode == 2
+    assert elsewhere.stderr == (
+        "hps-surgeon: error: --build-engine: the HPS_TRT plugin opens /models/dlrm_small_legacy/hps/hps_config.json "
+        f"while the engine builds, but --repo {repo} is not at --deploy-root /models on this machine — pass "
+        f"--deploy-root {repo} (and mount the repository there in the container), or leave out --build-engine and "
+        "run build_engine.sh in the container\n")
+    rtx = cli("deploy", dlrm, "--repo", repo, "--build-engine", "--deploy-root", repo)
+    assert rtx.returncode == 2
+    assert rtx.stderr == (
+        "hps-surgeon: error: --build-engine: the builder installed here is TensorRT-RTX 1.7.1.116 (tensorrt_rtx), "
+        "whose engines do not load in Triton's TensorRT backend — install tensorrt (the version your Triton serves), "
+        "or run build_engine.sh in the container (hps-surgeon build-engine and check --engine build with "
+        "TensorRT-RTX to prove the model builds)\n")
+    assert not repo.exists()
+
+
+def test_readme_engine_commands_run_as_written(tmp_path):
+    """The README's "Engines without a GPU" block, after the quickstart's rewrite into out/dlrm."""
+    lib = plugin_with_glue()
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"## Engines without a GPU.*?```bash\n(.*?)```", readme, re.S).group(1).splitlines()
+    assert block[0].startswith("pip install tensorrt-rtx-cu13")
+    hps_surgeon.rewrite(FIXTURES / "torch/dlrm_small_legacy.onnx", tmp_path / "out" / "dlrm", quiet=True)
+    for line in block[1:]:
+        argv = shlex.split(line.split("#")[0])
+        assert argv[0] == "hps-surgeon"
+        proc = subprocess.run([sys.executable, "-m", "hps_surgeon", *argv[1:]], cwd=tmp_path, capture_output=True,
+                              text=True, env={**os.environ, "HPS_SURGEON_PLUGIN_LIB": lib})
+        assert proc.returncode == 0, (line, proc.stderr)
+    assert b"HPS_TRT" in (tmp_path / "out" / "dlrm.plan").read_bytes()
