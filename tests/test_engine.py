@@ -54,6 +54,16 @@ BUILD_METHODS = ("getOutputDataTypes", "getOutputShapes", "supportsFormatCombina
                  "getFieldsToSerialize")
 
 
+#: Python code that makes this interpreter one without tensorrt or tensorrt_rtx installed
+HIDE_BUILDERS = ("import importlib.machinery, sys\n"
+                 "class Hide(importlib.machinery.PathFinder):\n"
+                 "    @classmethod\n"
+                 "    def find_spec(cls, name, path=None, target=None):\n"
+                 "        if name.split('.')[0].startswith('tensorrt'): return None\n"
+                 "        return super().find_spec(name, path, target)\n"
+                 "sys.meta_path[:] = [Hide if f is importlib.machinery.PathFinder else f for f in sys.meta_path]\n")
+
+
 def plugin_with_glue() -> str:
     lib = library_path()[0]
     if not lib.is_file():
@@ -221,14 +231,7 @@ trt.OnnxParser(network, logger).parse_from_file({str(out / "model.onnx")!r})
 
 
 def test_no_builder_installed_says_what_to_install():
-    hide = ("import importlib.machinery, sys\n"
-            "class Hide(importlib.machinery.PathFinder):\n"
-            "    @classmethod\n"
-            "    def find_spec(cls, name, path=None, target=None):\n"
-            "        if name.split('.')[0].startswith('tensorrt'): return None\n"
-            "        return super().find_spec(name, path, target)\n"
-            "sys.meta_path[:] = [Hide if f is importlib.machinery.PathFinder else f for f in sys.meta_path]\n")
-    proc = run_python(hide + "from hps_surgeon.deploy.builders import find_builder\nfind_builder()")
+    proc = run_python(HIDE_BUILDERS + "from hps_surgeon.deploy.builders import find_builder\nfind_builder()")
     assert proc.stderr.strip().splitlines()[-1] == (
         "hps_surgeon.errors.SurgeonError: no NVIDIA engine builder is installed — pip install tensorrt-rtx-cu13 "
         "(TensorRT-RTX: builds ahead of time, no GPU needed) or tensorrt (the version your Triton serves; builds "
@@ -328,17 +331,10 @@ def test_check_engine_is_a_gate_without_a_gpu(dlrm, tmp_path):
 
 
 def test_commands_without_a_builder_say_what_to_install(dlrm, tmp_path):
-    hide = ("import importlib.machinery, sys\n"
-            "class Hide(importlib.machinery.PathFinder):\n"
-            "    @classmethod\n"
-            "    def find_spec(cls, name, path=None, target=None):\n"
-            "        if name.split('.')[0].startswith('tensorrt'): return None\n"
-            "        return super().find_spec(name, path, target)\n"
-            "sys.meta_path[:] = [Hide if f is importlib.machinery.PathFinder else f for f in sys.meta_path]\n")
     want = ("hps-surgeon: error: no NVIDIA engine builder is installed — pip install tensorrt-rtx-cu13 (TensorRT-RTX: "
             "builds ahead of time, no GPU needed) or tensorrt (the version your Triton serves; builds on a GPU)\n")
     for args in (("build-engine", dlrm, "--out", tmp_path / "x.plan"), ("check", dlrm / "model.onnx", "--engine")):
-        proc = cli(*args, code_before=hide)
+        proc = cli(*args, code_before=HIDE_BUILDERS)
         assert (proc.returncode, proc.stdout, proc.stderr) == (2, "", want)
 
 

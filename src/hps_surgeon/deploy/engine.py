@@ -76,7 +76,13 @@ def build_serialized(model_path: str | Path, profile: triton.Profile, options: E
     trt = nvidia.trt
     logger = _logger(trt)
     started = time.monotonic()
-    builder = trt.Builder(logger)
+    try:
+        builder = trt.Builder(logger)
+    except Exception:  # pybind11 raises when TensorRT hands back no builder
+        builder = None
+    if builder is None:
+        raise SurgeonError(f"{nvidia.title} could not start a builder ({logger.last_error() or 'no reason given'}) — "
+                           "TensorRT builds on a GPU; without one, build with TensorRT-RTX")
     if not builder.get_plugin_registry().load_library(str(lib)):
         raise SurgeonError(f"{lib}: the {nvidia.name} plugin registry refused the library "
                            f"({logger.last_error() or 'no reason given'}) — rebuild it against this builder's headers")
