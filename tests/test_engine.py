@@ -36,7 +36,11 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("tensorrt_rtx") is None
                                 reason="TensorRT-RTX is not installed (pip install tensorrt-rtx-cu13; .ci/run does)")
 
 NOTHING_TO_REWRITE = {"torch/embedding_max_norm_dynamo.onnx", "hugectr/dlrm_nonconstant_default.onnx",
-                      "hugectr/dlrm_sparse_input.onnx"}
+                      "hugectr/dlrm_sparse_input.onnx",
+                      # third-party models whose keys need rewrite options (a dynamic number per sample)
+                      *(f"thirdparty/models/{name}.onnx" for name in (
+                          "keras3_hashing_tf_ops", "keras3_integerlookup_tf_ops", "rechub_din_dynamic_history_dynamo",
+                          "tf_feature_column_hash_bucket_tf_ops"))}
 #: fixture -> why TensorRT-RTX 1.7.1 cannot build it, original or rewritten
 RTX_CANNOT_BUILD = {
     **{f"tf/tf_nn_{safe}embedding_lookup_sparse_{c}.onnx": "NonZero: not in TensorRT-RTX's parser"
@@ -45,8 +49,14 @@ RTX_CANNOT_BUILD = {
        for k in ("max", "mean", "sum", "sum_psw") for layout in ("2d", "offsets")},
     **{f"torch/embedding_bag_{k}_{layout}_legacy.onnx": "the builder asserts in the Loop (makeScopeNodesContiguous)"
        for k in ("max", "mean", "sum", "sum_psw") for layout in ("2d", "offsets")},
+    "thirdparty/models/keras3_stringlookup_category_mapper.onnx": "string inputs, CategoryMapper: not in TensorRT",
+    "thirdparty/models/tfrs_dcn_stringlookup.onnx": "string inputs, CategoryMapper: not in TensorRT",
+    "thirdparty/models/tf_feature_column_identity_embedding.onnx": "NonZero: not in TensorRT-RTX's parser",
+    "thirdparty/models/torchrec_dlrm_kjt_static_dynamo.onnx": "SequenceEmpty/ConcatFromSequence: no TensorRT has them",
+    "thirdparty/models/torchrec_dlrm_kjt_static_legacy.onnx": "the builder asserts in a Loop (makeScopeNodesContiguous)",
 }
-REWRITABLE = sorted(p.relative_to(FIXTURES).as_posix() for p in FIXTURES.glob("*/*.onnx")
+REWRITABLE = sorted(p.relative_to(FIXTURES).as_posix() for p in [*FIXTURES.glob("*/*.onnx"),
+                                                                   *FIXTURES.glob("thirdparty/models/*.onnx")]
                     if p.relative_to(FIXTURES).as_posix() not in NOTHING_TO_REWRITE)
 BUILDABLE = [f for f in REWRITABLE if f not in RTX_CANNOT_BUILD]
 #: the methods of IPluginV3OneBuild/IPluginV3OneRuntime a builder must call for each plugin layer
