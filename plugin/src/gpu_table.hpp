@@ -20,26 +20,27 @@
 
 #include "host_table.hpp"
 #include "hps_plugin/hps.h"
+#include "table.hpp"
 
 namespace hps {
 
 struct DeviceState;  // the table's device memory, defined in gpu_table.cu
 
-class GpuTable {
+class GpuTable final : public Table {
 public:
     // Loads spec's table onto device (throws hps::Error).
     GpuTable(const TableSpec& spec, int device);
-    ~GpuTable();
+    ~GpuTable() override;
     GpuTable(const GpuTable&) = delete;
     GpuTable& operator=(const GpuTable&) = delete;
 
     // Asynchronous on stream; no host synchronisation, no allocation (graph-capturable).
-    void lookup(const void* keys, int key_bits, int64_t n, float* out, cudaStream_t stream) const;
+    void lookup(const void* keys, int key_bits, int64_t n, float* out, cudaStream_t stream) const override;
     // Host buffers in and out; synchronous.
-    void lookup_host(const void* keys, int key_bits, int64_t n, float* out) const;
+    void lookup_host(const void* keys, int key_bits, int64_t n, float* out) const override;
 
-    hps_stats_t stats() const;
-    hps_table_info_t info() const;
+    hps_stats_t stats() const override;
+    hps_table_info_t info() const override;
     int device() const { return device_; }
     const TableSpec& spec() const { return spec_; }
 

@@ -12,10 +12,10 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import EXIT_INPUT, EXIT_OK, SurgeonError
-from . import build_engine, check, deploy, rewrite, scan, verify
+from . import build_engine, check, deploy, publish, rewrite, scan, verify
 
 #: every command, in the order `hps-surgeon -h` lists them
-COMMANDS = (scan, rewrite, verify, check, deploy, build_engine)
+COMMANDS = (scan, rewrite, verify, check, deploy, build_engine, publish)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
