@@ -14,10 +14,11 @@ import onnx
 
 from . import export, staging
 from .attach import SparseModelInput, parse_sparse_model, plan_attached
+from .errors import SurgeonError
 from .graph import all_tensors, dtype_name
 from .hps import config as hps_config
 from .hps.contract import CONFIG_NAME, DEFAULT_DOMAIN, MODEL_NAME, REPORT_NAME
-from .load import LoadedModel, load_proto, read_model
+from .load import LoadedModel, foreign_ops, load_proto, read_model
 from .match import MatchResult, NearMiss, find_matches
 from .plan import (Options, Plan, apply_plan_file, default_model_name, plan_rewrites, read_plan_file, resolve,
                    write_plan_file)
@@ -157,8 +158,14 @@ def _no_gc_pauses():
 
 def _load(model: ModelLike) -> LoadedModel:
     if isinstance(model, onnx.ModelProto):
-        return load_proto(model, Path.cwd() / "<in-memory>.onnx")
-    return read_model(model)
+        loaded = load_proto(model, Path.cwd() / "<in-memory>.onnx")
+    else:
+        loaded = read_model(model)
+    unknown = foreign_ops(loaded.proto)
+    if unknown:
+        raise SurgeonError(f"{loaded.path}: {unknown[0]}" + (f" ({len(unknown) - 1} more such node(s))"
+                                                             if len(unknown) > 1 else ""))
+    return loaded
 
 
 def _match(loaded: LoadedModel, specs: list[PatternSpec], options: Options) -> MatchResult:

@@ -1,7 +1,7 @@
 """`hps-surgeon` command line: one module per command, each with `add_parser(commands)` and `run(args)`;
 no logic of its own (the library does the work).
 
-Exit codes: 0 success; 1 findings (verify mismatch, check problems); 2 bad input or usage.
+Exit codes: 0 success; 1 findings (verify mismatch, check problems); 2 bad input or usage; 3 verify INCONCLUSIVE.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ def parser() -> argparse.ArgumentParser:
         prog="hps-surgeon",
         description="Rewrite the embedding lookups of ONNX recommendation models into HPS_TRT nodes for "
                     "NVIDIA's Hierarchical Parameter Server, export the tables, verify and deploy the result.",
-        epilog="exit codes: 0 success; 1 verify found a mismatch or check found a problem; 2 bad input or usage")
+        epilog="exit codes: 0 success; 1 verify found a mismatch or check found a problem; 2 bad input or usage; "
+               "3 verify INCONCLUSIVE (too few distinct keys reached a table)")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.add_parser(commands).set_defaults(run=command.run)
