@@ -22,7 +22,7 @@ from .load import LoadedModel, foreign_ops, load_proto, read_model
 from .match import MatchResult, NearMiss, find_matches
 from .plan import (Options, Plan, apply_plan_file, default_model_name, plan_rewrites, read_plan_file, resolve,
                    write_plan_file)
-from .rewrite import rewrite_model
+from .rewrite import removed_table_inputs, rewrite_model
 from .spec import PatternSpec, load_patterns
 
 ModelLike = str | os.PathLike | onnx.ModelProto
@@ -125,7 +125,7 @@ def rewrite(model: ModelLike, out_dir: str | os.PathLike, *, model_name: str | N
             plan = apply_plan_file(plan, edits, Path(plan_file))
         if plan_out is not None:
             write_plan_file(plan, Path(plan_out))
-        report = export.report(loaded.path, plan)
+        report = export.report(loaded.path, plan, removed_table_inputs(loaded.proto, plan))
         if not plan.lookups or dry_run:
             return RewriteResult(written=False, out_dir=out_dir, plan=plan, report=report)
         _write(loaded, plan, report, out_dir, force, quiet)

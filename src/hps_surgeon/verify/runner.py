@@ -35,12 +35,18 @@ class OriginalRunner(OnnxrtRunner):
 
 
 class HpsRunner(BaseRunner):
-    """Polygraphy runner for a model with HPS_TRT nodes (see `SplitRunner`)."""
+    """Polygraphy runner for a model with HPS_TRT nodes (see `SplitRunner`).
+
+    Records the keys reaching each node (`seen`). With `min_distinct_keys`, it also reports them when
+    deactivated (inside `polygraphy run`) and fails the run as INCONCLUSIVE when a table saw fewer
+    distinct existing keys than its floor.
+    """
 
     def __init__(self, model_path: str | Path, config_path: str | Path, backend: str = "reference",
-                 name: str | None = None):
+                 name: str | None = None, min_distinct_keys: int | None = None):
         super().__init__(name=name, prefix="hps-runner")
         self.model_path, self.config_path, self.backend = Path(model_path), Path(config_path), backend
+        self.min_distinct_keys = min_distinct_keys
         self._split: SplitRunner | None = None
         #: node name -> the distinct keys it received, one array per inference (kept after deactivation)
         self.seen: dict[str, list[np.ndarray]] = {}
@@ -51,7 +57,10 @@ class HpsRunner(BaseRunner):
     def get_input_metadata_impl(self):
         meta = TensorMetadata()
         model = onnx.load_model(str(self.model_path), load_external_data=False)
+        initializers = {t.name for t in model.graph.initializer}
         for value in model.graph.input:
+            if value.name in initializers:
+                continue
             tensor_type = value.type.tensor_type
             shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or -1) for d in tensor_type.shape.dim]
             meta.add(value.name, dtype=onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type), shape=shape)
@@ -64,6 +73,26 @@ class HpsRunner(BaseRunner):
         return outputs
 
     def deactivate_impl(self):
-        for node, keys in self._split.seen.items():
+        split, self._split = self._split, None
+        for node, keys in split.seen.items():
             self.seen.setdefault(node, []).extend(keys)
-        self._split = None
+        if self.min_distinct_keys is not None:
+            self._report_coverage(split)
+
+    def _report_coverage(self, split: SplitRunner) -> None:
+        from polygraphy.logger import G_LOGGER
+
+        from . import coverage, feeds
+
+        nodes, tables = coverage.measure(split.nodes, self.seen, feeds.node_tables(split, self.config_path),
+                                         self.config_path, self.min_distinct_keys)
+        for c in nodes:
+            G_LOGGER.info(f"{self.name:35} | keys at {c.node} (table {c.table}): {c.distinct} distinct, {c.existing} "
+                          f"of {c.rows} rows ({100 * c.fraction:.1f}%), {c.missing} not in the table")
+        short = [t for t in tables if not t.enough]
+        if short:
+            G_LOGGER.critical(
+                f"INCONCLUSIVE: table '{short[0].table}' saw {short[0].existing} distinct existing key(s) of "
+                f"{short[0].rows}, below the floor of {short[0].floor} (--hps-min-distinct-keys); a comparison on "
+                "so few keys proves little. Drop --val-range/--input-shapes to draw keys from the tables, or "
+                "load more samples")
