@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +63,7 @@ class VerifyReport:
     atol: float
     rtol: float
     failure: str = ""  #: why the rewritten model failed to run, when it did
+    shapes: dict[str, list[list[int]]] = field(default_factory=dict)  #: the shapes each input was fed at
 
     @property
     def passed(self) -> bool:
@@ -83,7 +84,7 @@ class VerifyReport:
             "outputs": [vars(o) | {"nan_mismatches": o.nan_mismatches} for o in self.outputs],
             "coverage": [c.to_dict() for c in self.coverage], "tables": [t.to_dict() for t in self.tables],
             "key_columns": [c.to_dict() for c in self.columns], "untraced_nodes": list(self.untraced),
-            "notes": list(self.notes),
+            "notes": list(self.notes), "shapes": self.shapes,
         }
 
 
@@ -144,13 +145,13 @@ def _verify(source: onnx.ModelProto, target: onnx.ModelProto, original: Path, re
                 notes.append(f"batch size {batch} skipped: the original model fails at it ({problem})")
                 continue
             feeds += batch_feeds
-            used.append(batch)
+            used.append(feeds_mod.feed_batch(batch_feeds[0]))
         if not feeds:
             raise SurgeonError(f"{original}: the original model fails on the generated inputs at every batch size "
                                f"tried ({'; '.join(failures)}); pass --batch-sizes it runs at, or real samples "
                                "with --inputs FILE or --data-loader-script SCRIPT")
-        if not specs.batched and tuple(batch_sizes) != (used[0],):
-            notes.append(f"every input has static dims: one feed shape, whatever --batch-sizes asks for")
+        if not specs.batched:
+            notes.append("every input has static dims: one feed shape, whatever --batch-sizes asks for")
         used = tuple(used)
     from polygraphy.comparator import Comparator, RunResults
 
@@ -169,10 +170,12 @@ def _verify(source: onnx.ModelProto, target: onnx.ModelProto, original: Path, re
     except Exception as exc:
         failure = f"the rewritten model fails where the original runs: {_first_line(exc)}"
     node_coverage, table_coverage = coverage_mod.measure(split.nodes, hps.seen, tables, config, min_distinct_keys)
+    shapes = _shapes(feeds)
     if failure:
         return VerifyReport(FAILED, len(feeds), used, (), node_coverage, table_coverage, columns, untraced, where,
-                            tuple(notes), atol, rtol, failure)
-    matched = bool(Comparator.compare_accuracy(results, compare_func=nan_aware(atol, rtol)))
+                            tuple(notes), atol, rtol, failure, shapes)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf in Polygraphy's statistics
+        matched = bool(Comparator.compare_accuracy(results, compare_func=nan_aware(atol, rtol)))
     outputs = output_errors(results[0][1], results[1][1])
     if not matched:
         verdict = FAILED
@@ -181,7 +184,17 @@ def _verify(source: onnx.ModelProto, target: onnx.ModelProto, original: Path, re
     else:
         verdict = INCONCLUSIVE
     return VerifyReport(verdict, len(feeds), used, outputs, node_coverage, table_coverage, columns, untraced, where,
-                        tuple(notes), atol, rtol)
+                        tuple(notes), atol, rtol, shapes=shapes)
+
+
+def _shapes(feeds: list[dict[str, np.ndarray]]) -> dict[str, list[list[int]]]:
+    shapes: dict[str, list[list[int]]] = {}
+    for feed in feeds:
+        for name, value in feed.items():
+            shape = list(np.shape(value))
+            if shape not in shapes.setdefault(name, []):
+                shapes[name].append(shape)
+    return shapes
 
 
 def _check_options(iterations, batch_sizes, min_distinct_keys, inputs, data_loader_script, backend) -> None:

@@ -59,7 +59,7 @@ class InputSpecs:
             inputs.append(InputSpec(value.name, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)), dims))
         if max_keys_per_sample is not None and max_keys_per_sample < 1:
             raise SurgeonError(f"--max-keys-per-sample {max_keys_per_sample}: must be at least 1")
-        length = max_keys_per_sample or _configured_keys_per_sample(model, config)
+        length = max_keys_per_sample or _configured_keys_per_sample(config)
         return cls(tuple(inputs), length)
 
     def shapes(self, batch: int) -> dict[str, tuple[int, ...]]:
@@ -91,26 +91,15 @@ class InputSpecs:
                                    f"{[d if isinstance(d, int) else (d or '?') for d in spec.dims]}")
 
 
-def _configured_keys_per_sample(model: onnx.ModelProto, config: Path) -> int:
+def _configured_keys_per_sample(config: Path) -> int:
+    """The config's largest maxnum_catfeature_query_per_table_per_sample: what rewrite was told a sample holds."""
     try:
         data = json.loads(Path(config).read_text())
     except (OSError, ValueError):
         return 1
-    names = {n for n, _ in _hps_tables(model)}
-    counts = [c for m in data.get("models", []) if m.get("model") in names
-              for c in m.get("maxnum_catfeature_query_per_table_per_sample", []) if isinstance(c, int)]
+    counts = [c for m in data.get("models", []) for c in m.get("maxnum_catfeature_query_per_table_per_sample", [])
+              if isinstance(c, int)]
     return max(counts, default=1)
-
-
-def _hps_tables(model: onnx.ModelProto) -> list[tuple[str, int]]:
-    from ..hps.contract import HPS_OP, field_text
-
-    tables = []
-    for node in model.graph.node:
-        if node.op_type == HPS_OP:
-            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-            tables.append((field_text(attrs.get("model_name", b"")), int(attrs.get("table_id", 0))))
-    return tables
 
 
 def _dtype(dtype: np.dtype) -> str:

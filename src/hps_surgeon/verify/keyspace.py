@@ -216,7 +216,31 @@ class _Tracer:
             for position, element in zip(moved.tolist(), code[moved].tolist()):
                 where.setdefault(element, position)
             driven.positions[node] = where
+        charted = set().union(*driven.positions.values()) if driven.positions else set()
+        if len(charted) < elements.size or not self._predicts(column, elements, driven, keys0, keys1):
+            # Some elements change keys but sit at no fixed position (Unique, NonZero): values only.
+            driven.as_set.update(driven.positions)
+            driven.positions.clear()
         return driven
+
+    def _predicts(self, column: Column, elements: np.ndarray, driven: _Driven, keys0: dict, keys1: dict) -> bool:
+        """Whether the element -> key position map predicts the keys of a random mix of the two values."""
+        second = self.rng.random(elements.size) < 0.5
+        values = np.where(second, np.asarray(driven.second, dtype=object), np.asarray(driven.first, dtype=object))
+        keys = self.probe(self._feed(column, elements, values))
+        if keys is None:
+            return False
+        for node, where in driven.positions.items():
+            if keys[node].shape != keys0[node].shape:
+                return False
+            expected = keys0[node].ravel().copy()
+            for element, position in where.items():
+                if second[element]:
+                    expected[position] = keys1[node].ravel()[position]
+            moved = list(where.values())
+            if not np.array_equal(keys[node].ravel()[moved], expected[moved]):
+                return False
+        return True
 
     def _pairs(self, column: Column):
         if is_text(self.base[column.input].dtype):
@@ -337,7 +361,11 @@ class _Tracer:
                 return keys[node].reshape(-1)[positions[:len(values)]].astype(np.int64)
             if len(values) == 1:
                 return np.array([MISSING], dtype=np.int64)
-            half = len(values) // 2  # isolate the candidates the key subgraph fails on
+            # Isolate the candidates the key subgraph fails on (a constant map's end, say); a run that
+            # fails at both ends is taken as failing throughout, so a scan past a map costs two runs.
+            if run(values[:1])[0] == MISSING and run(values[-1:])[0] == MISSING:
+                return np.full(len(values), MISSING, dtype=np.int64)
+            half = len(values) // 2
             return np.concatenate([run(values[:half]), run(values[half:])])
 
         def evaluate(values: np.ndarray) -> np.ndarray:
