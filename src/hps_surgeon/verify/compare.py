@@ -10,6 +10,7 @@ equal, NaN in one only as a mismatch), and enough distinct keys reaching every t
 
 from __future__ import annotations
 
+import json
 import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ import onnx
 from ..errors import SurgeonError, errors
 from ..hps import validate
 from ..hps.contract import HPS_OP
-from ..load import read_proto
+from ..load import foreign_ops, read_proto
 from . import coverage as coverage_mod
 from . import feeds as feeds_mod
 from .coverage import MIN_DISTINCT_KEYS, NodeCoverage, TableCoverage
@@ -215,7 +216,15 @@ def _read_pair(original: Path, rewritten: Path, config: Path) -> tuple[onnx.Mode
     for path in (original, rewritten, config):
         if not path.is_file():
             raise SurgeonError(f"{path}: no such file")
+    try:
+        json.loads(config.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise SurgeonError(f"{config}: not a readable HPS config ({_first_line(exc)}); pass the hps_config.json "
+                           "written by hps-surgeon rewrite") from None
     source, target = read_proto(original), read_proto(rewritten)
+    unknown = foreign_ops(source)
+    if unknown:
+        raise SurgeonError(f"{original}: {unknown[0]}")
     if not any(n.op_type == HPS_OP for n in target.graph.node):
         hint = " (it looks like the original: pass rewrite's model.onnx second)" if any(
             n.op_type == HPS_OP for n in source.graph.node) else ""
@@ -249,11 +258,6 @@ def _check_related(source: onnx.ModelProto, target: onnx.ModelProto, original: P
 def _original_session(original: Path):
     import onnxruntime as ort
 
-    from ..load import foreign_ops
-
-    unknown = foreign_ops(read_proto(original))
-    if unknown:
-        raise SurgeonError(f"{original}: {unknown[0]}")
     options = ort.SessionOptions()
     options.log_severity_level = 4  # failures come back as exceptions; no second copy on stderr
     try:

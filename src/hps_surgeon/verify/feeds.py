@@ -305,7 +305,8 @@ def load_script(spec: str, specs: InputSpecs) -> list[Feed]:
 
 def _checked(loaded, specs: InputSpecs, where: str) -> list[Feed]:
     if not isinstance(loaded, (list, tuple)) or not all(isinstance(f, dict) for f in loaded):
-        raise SurgeonError(f"{where}: expected a list of feeds (input name -> array), got {type(loaded).__name__}")
+        got = "a mapping" if isinstance(loaded, dict) else type(loaded).__name__
+        raise SurgeonError(f"{where}: expected a list of feeds (input name -> array), got {got}")
     if not loaded:
         raise SurgeonError(f"{where}: holds no feeds")
     feeds = []
