@@ -1,7 +1,8 @@
 """`hps-surgeon` command line: one module per command, each with `add_parser(commands)` and `run(args)`;
 no logic of its own (the library does the work).
 
-Exit codes: 0 success; 1 findings (verify mismatch, check problems); 2 bad input or usage; 3 verify INCONCLUSIVE.
+Exit codes: 0 success; 1 findings (verify mismatch, check problems, an engine the builder refused);
+2 bad input or usage; 3 verify INCONCLUSIVE (too few distinct keys reached a table).
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import EXIT_INPUT, EXIT_OK, SurgeonError
-from . import check, deploy, rewrite, scan, verify
+from . import build_engine, check, deploy, publish, rewrite, scan, verify
 
 #: every command, in the order `hps-surgeon -h` lists them
-COMMANDS = (scan, rewrite, verify, check, deploy)
+COMMANDS = (scan, rewrite, verify, check, deploy, build_engine, publish)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -34,8 +35,8 @@ def parser() -> argparse.ArgumentParser:
         prog="hps-surgeon",
         description="Rewrite the embedding lookups of ONNX recommendation models into HPS_TRT nodes for "
                     "NVIDIA's Hierarchical Parameter Server, export the tables, verify and deploy the result.",
-        epilog="exit codes: 0 success; 1 verify found a mismatch or check found a problem; 2 bad input or usage; "
-               "3 verify INCONCLUSIVE (too few distinct keys reached a table)")
+        epilog="exit codes: 0 success; 1 verify found a mismatch, check found a problem or the builder refused the "
+               "model; 2 bad input or usage; 3 verify INCONCLUSIVE (too few distinct keys reached a table)")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.add_parser(commands).set_defaults(run=command.run)
