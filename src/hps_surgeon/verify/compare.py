@@ -120,7 +120,7 @@ def _verify(source: onnx.ModelProto, target: onnx.ModelProto, original: Path, re
     specs = feeds_mod.InputSpecs.of(source, config, max_keys_per_sample)
     lookup_backend(config, backend)  # a missing plugin library fails here, before anything runs
     session = _original_session(original)
-    split = SplitRunner(target, None)
+    split = SplitRunner(rewritten, None)  # the path: external data resolves next to it
     tables = feeds_mod.node_tables(split, config)
     notes: list[str] = []
     columns, untraced = (), ()

@@ -430,9 +430,15 @@ def rewritten_key_ranges(model: onnx.ModelProto, config: Path) -> list[KeyRange]
     existing keys (empty when the key subgraph cannot be traced)."""
     from .feeds import InputSpecs, trace_model  # feeds imports this module
 
+    from ..hps.contract import MODEL_NAME
+    from .split import SplitRunner
+
     try:
         specs = InputSpecs.of(model, Path(config))
-        space = trace_model(model, Path(config), specs, batch=8, seed=0)
+        # the rewrite folder's model file when there is one: its external data resolves next to it
+        beside = Path(config).parent / MODEL_NAME
+        split = SplitRunner(beside if beside.is_file() else model, None)
+        space = trace_model(model, Path(config), specs, batch=8, seed=0, split=split)
     except Exception:  # perf data is a convenience: without traced keys, deploy falls back to zeros
         return []
     ranges = {}
