@@ -112,80 +112,100 @@ def verify(original: str | Path, rewritten: str | Path, config: str | Path, *, b
                        rtol=rtol, seed=seed)
 
 
+@dataclass(frozen=True)
+class _Feeds:
+    """The feeds a comparison runs on, and what is known of them."""
+
+    feeds: list
+    batch_sizes: tuple[int, ...]
+    source: str  #: generated, --inputs FILE, --data-loader-script S
+    notes: tuple[str, ...] = ()
+    columns: tuple[ColumnKeys, ...] = ()
+    untraced: tuple[str, ...] = ()
+
+
 def _verify(source: onnx.ModelProto, target: onnx.ModelProto, original: Path, rewritten: Path, config: Path, *,
             backend: str, iterations: int, batch_sizes: tuple[int, ...], max_keys_per_sample: int | None,
             inputs, data_loader_script, min_distinct_keys: int, atol: float, rtol: float, seed: int) -> VerifyReport:
-    from .runner import HpsRunner, OriginalRunner
+    from polygraphy.comparator import Comparator
 
     specs = feeds_mod.InputSpecs.of(source, config, max_keys_per_sample)
     lookup_backend(config, backend)  # a missing plugin library fails here, before anything runs
     session = _original_session(original)
     split = SplitRunner(rewritten, None)  # the path: external data resolves next to it
     tables = feeds_mod.node_tables(split, config)
-    notes: list[str] = []
-    columns, untraced = (), ()
     if inputs is not None or data_loader_script is not None:
-        where = f"--inputs {inputs}" if inputs is not None else f"--data-loader-script {data_loader_script}"
-        feeds = (feeds_mod.load_inputs(inputs, specs) if inputs is not None
-                 else feeds_mod.load_script(data_loader_script, specs))
-        for index, feed in enumerate(feeds):
-            problem = _runs(session, feed)
-            if problem:
-                raise SurgeonError(f"{where}: feed {index}: the original model fails on it: {problem}")
-        used = tuple(dict.fromkeys(feeds_mod.feed_batch(f) for f in feeds))
+        fed = _user_feeds(session, specs, inputs, data_loader_script)
     else:
-        where = "generated"
         floors = {node: coverage_mod.floor(keys.size, min_distinct_keys) for node, keys in tables.items()}
         generated = feeds_mod.generate(target, config, specs, batch_sizes, iterations, seed, floors, split)
-        columns, untraced = generated.space.columns, generated.space.untraced
-        feeds, used, failures = [], [], []
-        for batch, batch_feeds in generated.by_batch.items():
-            problem = _runs(session, batch_feeds[0])
-            if problem:
-                failures.append(f"batch {batch}: {problem}")
-                notes.append(f"batch size {batch} skipped: the original model fails at it ({problem})")
-                continue
-            feeds += batch_feeds
-            used.append(feeds_mod.feed_batch(batch_feeds[0]))
-        if not feeds:
-            raise SurgeonError(f"{original}: the original model fails on the generated inputs at every batch size "
-                               f"tried ({'; '.join(failures)}); pass --batch-sizes it runs at, or real samples "
-                               "with --inputs FILE or --data-loader-script SCRIPT")
-        if not specs.batched:
-            notes.append("every input has static dims: one feed shape, whatever --batch-sizes asks for")
-        used = tuple(used)
+        fed = _runnable(session, original, generated, specs.batched)
+    results, seen, failure = _run(session, original, rewritten, config, backend, fed.feeds)
+    node_coverage, table_coverage = coverage_mod.measure(split.nodes, seen, tables, config, min_distinct_keys)
+    outputs, verdict = (), FAILED
+    if not failure:
+        with np.errstate(invalid="ignore", over="ignore"):  # inf - inf in Polygraphy's statistics
+            matched = bool(Comparator.compare_accuracy(results, compare_func=nan_aware(atol, rtol)))
+        outputs = output_errors(results[0][1], results[1][1])
+        verdict = FAILED if not matched else PASSED if all(t.enough for t in table_coverage) else INCONCLUSIVE
+    return VerifyReport(verdict, len(fed.feeds), fed.batch_sizes, outputs, node_coverage, table_coverage, fed.columns,
+                        fed.untraced, fed.source, fed.notes, atol, rtol, failure, _shapes(fed.feeds))
+
+
+def _user_feeds(session, specs: feeds_mod.InputSpecs, inputs, data_loader_script) -> _Feeds:
+    """The user's samples, each of which the original must run on."""
+    where = f"--inputs {inputs}" if inputs is not None else f"--data-loader-script {data_loader_script}"
+    feeds = (feeds_mod.load_inputs(inputs, specs) if inputs is not None
+             else feeds_mod.load_script(data_loader_script, specs))
+    for index, feed in enumerate(feeds):
+        problem = _runs(session, feed)
+        if problem:
+            raise SurgeonError(f"{where}: feed {index}: the original model fails on it: {problem}")
+    return _Feeds(feeds, tuple(dict.fromkeys(feeds_mod.feed_batch(f) for f in feeds)), where)
+
+
+def _runnable(session, original: Path, generated: feeds_mod.GeneratedFeeds, batched: bool) -> _Feeds:
+    """The generated feeds at the batch sizes the original runs at (the others dropped, with a note)."""
+    feeds, used, failures, notes = [], [], [], []
+    for batch, batch_feeds in generated.by_batch.items():
+        problem = _runs(session, batch_feeds[0])
+        if problem:
+            failures.append(f"batch {batch}: {problem}")
+            notes.append(f"batch size {batch} skipped: the original model fails at it ({problem})")
+            continue
+        feeds += batch_feeds
+        used.append(feeds_mod.feed_batch(batch_feeds[0]))
+    if not feeds:
+        raise SurgeonError(f"{original}: the original model fails on the generated inputs at every batch size "
+                           f"tried ({'; '.join(failures)}); pass --batch-sizes it runs at, or real samples "
+                           "with --inputs FILE or --data-loader-script SCRIPT")
+    if not batched:
+        notes.append("every input has static dims: one feed shape, whatever --batch-sizes asks for")
+    return _Feeds(feeds, tuple(used), "generated", tuple(notes), generated.space.columns, generated.space.untraced)
+
+
+def _run(session, original: Path, rewritten: Path, config: Path, backend: str, feeds: list):
+    """Both runners through Polygraphy's Comparator, one after the other, so a failure names its model.
+
+    Returns the results, the keys each HPS_TRT node received, and why the rewritten model failed ("" if not).
+    """
     from polygraphy.comparator import Comparator, RunResults
 
-    reference = OriginalRunner(session, name="onnxrt-original")
-    hps = HpsRunner(rewritten, config, backend, name=f"hps-{backend}")
+    from .runner import HpsRunner, OriginalRunner
+
     results = RunResults()
     try:
-        results.extend(Comparator.run([reference], data_loader=feeds))
+        results.extend(Comparator.run([OriginalRunner(session, name="onnxrt-original")], data_loader=feeds))
     except Exception as exc:
         raise SurgeonError(f"{original}: the original model fails on a feed: {_first_line(exc)}") from None
-    failure = ""
+    hps = HpsRunner(rewritten, config, backend, name=f"hps-{backend}")
     try:
         results.extend(Comparator.run([hps], data_loader=feeds))
     except SurgeonError:
         raise
     except Exception as exc:
-        failure = f"the rewritten model fails where the original runs: {_first_line(exc)}"
-    node_coverage, table_coverage = coverage_mod.measure(split.nodes, hps.seen, tables, config, min_distinct_keys)
-    shapes = _shapes(feeds)
-    if failure:
-        return VerifyReport(FAILED, len(feeds), used, (), node_coverage, table_coverage, columns, untraced, where,
-                            tuple(notes), atol, rtol, failure, shapes)
-    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf in Polygraphy's statistics
-        matched = bool(Comparator.compare_accuracy(results, compare_func=nan_aware(atol, rtol)))
-    outputs = output_errors(results[0][1], results[1][1])
-    if not matched:
-        verdict = FAILED
-    elif all(t.enough for t in table_coverage):
-        verdict = PASSED
-    else:
-        verdict = INCONCLUSIVE
-    return VerifyReport(verdict, len(feeds), used, outputs, node_coverage, table_coverage, columns, untraced, where,
-                        tuple(notes), atol, rtol, shapes=shapes)
+        return results, hps.seen, f"the rewritten model fails where the original runs: {_first_line(exc)}"
+    return results, hps.seen, ""
 
 
 def _shapes(feeds: list[dict[str, np.ndarray]]) -> dict[str, list[list[int]]]:
