@@ -202,7 +202,7 @@ class KeyDraws:
             flat = array.reshape(-1)
             for found, elements in self._placements(self.space.of_input(name), array.shape):
                 values, keys = self._next(found, elements.size)
-                flat[elements] = keyspace._cast(values, array.dtype)
+                flat[elements] = keyspace.cast_values(values, array.dtype)
                 for node in found.nodes:
                     self.planned[node].update(int(k) for k in keys if k != keyspace.MISSING)
             feed[name] = array
@@ -234,7 +234,6 @@ class GeneratedFeeds:
 
     by_batch: dict[int, list[Feed]]
     space: KeySpace
-    traced_at: int | None  #: the batch size the key space was traced at (None: no batch worked)
 
 
 def generate(model: onnx.ModelProto, config: Path, specs: InputSpecs, batch_sizes: tuple[int, ...],
@@ -244,27 +243,23 @@ def generate(model: onnx.ModelProto, config: Path, specs: InputSpecs, batch_size
     if not specs.batched:
         batch_sizes = batch_sizes[:1]  # every input is static: one feed shape whatever the batch
     words = keyspace.vocabularies(model)
-    space, traced_at = KeySpace(untraced=tuple(n.name for n in split.nodes)), None
-    probe = _probe(split)
+    space = KeySpace(untraced=tuple(n.name for n in split.nodes))
     # Trace at the largest batch the key subgraph runs on (more candidates per run), at most 256.
     for batch in sorted(batch_sizes, key=lambda b: (b > 256, -b if b <= 256 else b)):
-        (base,) = base_feeds(specs, batch, 1, seed, words)
-        if probe(base) is not None:
-            space = keyspace.trace_keys(probe, base, node_tables(split, config), key_inputs(split, specs),
-                                        words, seed)
-            traced_at = batch
+        space = trace_model(model, config, specs, batch, seed, split)
+        if space.columns:
             break
     draws = KeyDraws(space, seed)
     by_batch = {b: [draws.fill(f) for f in base_feeds(specs, b, iterations, seed, words)] for b in batch_sizes}
     largest = max(batch_sizes)
-    extra = base_feeds(specs, largest, MAX_EXTRA_FEEDS, seed + 7919, words)
     reachable = {n: len({int(k) for c in space.columns if n in c.nodes for k in c.keys if k != keyspace.MISSING})
                  for n in draws.planned}
-    for feed in extra:
+    for extra in range(MAX_EXTRA_FEEDS):
         if all(len(draws.planned[n]) >= min(floors.get(n, 0), reachable[n]) for n in draws.planned):
             break
+        (feed,) = base_feeds(specs, largest, 1, seed + 7919 + extra, words)
         by_batch[largest].append(draws.fill(feed))
-    return GeneratedFeeds(by_batch, space, traced_at)
+    return GeneratedFeeds(by_batch, space)
 
 
 # --- user samples ---------------------------------------------------------------------------------

@@ -259,8 +259,8 @@ class _Tracer:
         array = original.astype(object) if is_text(original.dtype) else original.copy()
         flat = array.reshape(-1)
         if rest is not None:
-            flat[elements] = _cast(np.full(elements.size, rest, dtype=object), array.dtype)
-        flat[elements[:len(values)]] = _cast(values, array.dtype)
+            flat[elements] = cast_values(np.full(elements.size, rest, dtype=object), array.dtype)
+        flat[elements[:len(values)]] = cast_values(values, array.dtype)
         feed[column.input] = array
         return feed
 
@@ -396,7 +396,8 @@ def is_text(dtype: np.dtype) -> bool:
     return np.dtype(dtype).kind in "OUS"
 
 
-def _cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+def cast_values(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Candidate values (ints, or strings) as an input of `dtype` holds them."""
     if is_text(dtype):
         return np.asarray([str(v) for v in values], dtype=object)
     return np.asarray(values, dtype=np.int64 if dtype.kind in "iub" else np.float64).astype(dtype)
