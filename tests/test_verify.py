@@ -286,6 +286,18 @@ def test_unrelated_or_swapped_models_are_refused(dlrm, tmp_path):
     assert run("verify", source, out / "model.onnx").returncode == 2  # --config is required
 
 
+def test_an_attached_sparse_model_cannot_be_compared_and_says_why(tmp_path):
+    """--hugectr-sparse-model: the rewrite takes keys where the original took embeddings."""
+    source = FIXTURES / "hugectr/dlrm_sparse_input.onnx"
+    result = hps_surgeon.rewrite(source, tmp_path / "rw", hugectr_sparse_models=[
+        f"sparse_embedding1={FIXTURES / 'hugectr/sparse_embedding1_sparse_0.model'}:sum:2"])
+    proc = run("verify", source, result.model_path, "--config", result.config_path)
+    assert proc.returncode == 2
+    assert one_error_line(proc).startswith(
+        f"hps-surgeon: error: {result.model_path} takes input 'sparse_embedding1_keys', which dlrm_sparse_input.onnx "
+        "does not (a --hugectr-sparse-model rewrite replaces an embedding input with keys")
+
+
 def test_a_model_that_is_not_valid_onnx_is_named_by_op_and_node(dlrm, tmp_path):
     _, out = dlrm
     source = THIRDPARTY / "keras3_hashing_tf_ops.onnx"
