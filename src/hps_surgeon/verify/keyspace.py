@@ -70,7 +70,7 @@ class ColumnKeys:
     how: str  #: how the values were found: identity, bisection, scan, vocabulary
 
     def to_dict(self) -> dict:
-        numeric = not is_text(self.values.dtype) and self.values.size
+        numeric = not is_text(self.values.dtype) and self.values.size > 0
         return {"column": self.column.label, "nodes": list(self.nodes), "values": int(self.values.size),
                 "low": int(self.values.min()) if numeric else None,
                 "high": int(self.values.max()) if numeric else None, "how": self.how, "as_set": self.as_set}
