@@ -48,6 +48,21 @@ def random_feeds(model_path: Path | str, batch: int, key_high: int, seed: int = 
     return feeds
 
 
+def tampered_copy(rewrite_dir: Path, dest: Path, change=lambda rows: rows + 1.0) -> Path:
+    """A copy of a rewrite folder whose every table has every row except row 0 changed (`change`).
+
+    What a verification that only ever feeds key 0 (HugeCTR's own test draws randint(0, 1)) cannot see.
+    """
+    copy_rewrite(rewrite_dir, dest)
+    entry = json.loads((dest / "hps_config.json").read_text())["models"][0]
+    for folder, dim in zip(entry["sparse_files"], entry["embedding_vecsize_per_table"]):
+        path = dest / folder / "emb_vector"
+        vectors = np.fromfile(path, dtype="<f4").reshape(-1, dim)
+        vectors[1:] = change(vectors[1:])
+        vectors.astype("<f4").tofile(path)
+    return dest
+
+
 def lookup_model(path: Path, rows: int = 100, dim: int = 8, key_dtype=TensorProto.INT64,
                  table_dtype=np.float32, key_shape=("B", 4), axis: int | None = None,
                  external: bool = False, seed: int = 0) -> Path:

@@ -48,10 +48,7 @@ def test_rewrite_is_exact_and_scan_counts_match(fixture, tmp_path):
     assert len(hps_surgeon.scan(source).lookups) == len(COVERED[fixture])
     rewritten = onnx.load(str(result.model_path))
     assert sum(n.op_type == "HPS_TRT" for n in rewritten.graph.node) == len(COVERED[fixture])
-    report = verify(source, result.model_path, result.config_path, iterations=2, batch_size=6)
-    scale = max(1.0, *(o.max_abs for o in report.outputs))
-    print(f"{fixture}: max abs error {[o.max_abs for o in report.outputs]}")
-    assert report.passed and all(o.max_abs <= 1e-6 * scale for o in report.outputs)
+    # verify (numerics and coverage) runs on every fixture in test_fixtures.py
 
 
 def _offsets_feeds(source, rows, seed):
@@ -226,7 +223,7 @@ def test_sparse_model_folders_give_each_hashed_table_exactly_its_own_keys(tmp_pa
         f"vectors from {WIDE_FOLDER}: other tables' keys, which the shared map sends to rows of this table in ONNX, "
         "return the default value (0.0) as in HugeCTR's HPS")
     # keys drawn from each table's own key span: the two spans do not overlap, so ONNX agrees exactly
-    assert verify(WDL, result.model_path, result.config_path, iterations=2, batch_size=6).passed
+    assert verify(WDL, result.model_path, result.config_path, iterations=2, batch_sizes=(1, 6)).passed
 
 
 def _tampered_folder(tmp_path, change):

@@ -14,14 +14,15 @@ import onnx
 
 from . import export, staging
 from .attach import SparseModelInput, is_embedding_input, parse_sparse_model, plan_attached, with_own_keys
+from .errors import SurgeonError
 from .graph import all_tensors, dtype_name
 from .hps import config as hps_config
 from .hps.contract import CONFIG_NAME, DEFAULT_DOMAIN, MODEL_NAME, REPORT_NAME
-from .load import LoadedModel, load_proto, read_model
+from .load import LoadedModel, foreign_ops, load_proto, read_model
 from .match import MatchResult, NearMiss, find_matches
 from .plan import (Options, Plan, apply_plan_file, default_model_name, plan_rewrites, read_plan_file, resolve,
                    write_plan_file)
-from .rewrite import rewrite_model
+from .rewrite import removed_table_inputs, rewrite_model
 from .spec import PatternSpec, load_patterns
 
 ModelLike = str | os.PathLike | onnx.ModelProto
@@ -130,7 +131,7 @@ def rewrite(model: ModelLike, out_dir: str | os.PathLike, *, model_name: str | N
             plan = apply_plan_file(plan, edits, Path(plan_file))
         if plan_out is not None:
             write_plan_file(plan, Path(plan_out))
-        report = export.report(loaded.path, plan)
+        report = export.report(loaded.path, plan, removed_table_inputs(loaded.proto, plan))
         if not plan.lookups or dry_run:
             return RewriteResult(written=False, out_dir=out_dir, plan=plan, report=report)
         _write(loaded, plan, report, out_dir, force, quiet)
@@ -166,8 +167,14 @@ def _no_gc_pauses():
 
 def _load(model: ModelLike) -> LoadedModel:
     if isinstance(model, onnx.ModelProto):
-        return load_proto(model, Path.cwd() / "<in-memory>.onnx")
-    return read_model(model)
+        loaded = load_proto(model, Path.cwd() / "<in-memory>.onnx")
+    else:
+        loaded = read_model(model)
+    unknown = foreign_ops(loaded.proto)
+    if unknown:
+        raise SurgeonError(f"{loaded.path}: {unknown[0]}" + (f" ({len(unknown) - 1} more such node(s))"
+                                                             if len(unknown) > 1 else ""))
+    return loaded
 
 
 def _match(loaded: LoadedModel, specs: list[PatternSpec], options: Options) -> MatchResult:

@@ -9,6 +9,8 @@ EXIT_OK = 0
 EXIT_FINDINGS = 1
 #: bad input or usage: the message says what to fix.
 EXIT_INPUT = 2
+#: verify: the outputs match, but too few distinct keys reached a table to call that a proof.
+EXIT_INCONCLUSIVE = 3
 
 
 class SurgeonError(Exception):

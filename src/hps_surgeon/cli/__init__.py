@@ -2,7 +2,7 @@
 no logic of its own (the library does the work).
 
 Exit codes: 0 success; 1 findings (verify mismatch, check problems, an engine the builder refused);
-2 bad input or usage.
+2 bad input or usage; 3 verify INCONCLUSIVE (too few distinct keys reached a table).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def parser() -> argparse.ArgumentParser:
         description="Rewrite the embedding lookups of ONNX recommendation models into HPS_TRT nodes for "
                     "NVIDIA's Hierarchical Parameter Server, export the tables, verify and deploy the result.",
         epilog="exit codes: 0 success; 1 verify found a mismatch, check found a problem or the builder refused the "
-               "model; 2 bad input or usage")
+               "model; 2 bad input or usage; 3 verify INCONCLUSIVE (too few distinct keys reached a table)")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.add_parser(commands).set_defaults(run=command.run)
