@@ -408,13 +408,18 @@ private:
     }
 
     // HugeCTR's resolve_overflow_ (redis_backend.cpp:791-961): prune the partition to
-    // overflow_margin x overflow_resolution_target entries, by the configured policy.
+    // overflow_margin x overflow_resolution_target entries (rounded, database_backend.hpp:309-314),
+    // deleting max_batch_size victims at a time, in the policy's order. One deliberate difference:
+    // evict_random lists the keys of the value hash; HugeCTR lists the metadata hash (line 813),
+    // which evict_random never writes, so its random eviction never evicts anything.
     void resolve_overflow(const std::string& tag, size_t part, size_t part_size) {
         const std::string hkey = redis_hash_key(tag, part, 'v');
         const std::string mkey = redis_hash_key(tag, part, 't');
-        const size_t target = static_cast<size_t>(static_cast<double>(params_.overflow_margin) * params_.overflow_resolution_target);
+        const size_t target =
+            static_cast<size_t>(static_cast<double>(params_.overflow_margin) * params_.overflow_resolution_target + 0.5);
         const size_t kw = static_cast<size_t>(width_);
         std::vector<std::string> victims;  // key bytes, in eviction order
+        std::vector<long long> victim_meta;  // their access counts (evict_least_used)
         if (params_.overflow_policy == OverflowPolicy::EvictRandom) {
             Command c;
             c.add("HKEYS", 5), c.add(hkey);
@@ -439,9 +444,10 @@ private:
                 metas.emplace_back(m, std::string(r[0]->element[i]->str, r[0]->element[i]->len));
             }
             std::sort(metas.begin(), metas.end());
-            for (auto& m : metas) victims.push_back(std::move(m.second));
+            for (auto& m : metas) victims.push_back(std::move(m.second)), victim_meta.push_back(m.first);
         }
-        for (size_t b = 0; b < victims.size() && part_size > target; b += params_.max_batch_size) {
+        size_t b = 0;
+        for (; b < victims.size() && part_size > target; b += params_.max_batch_size) {
             Command dm, dv, hl;
             dm.add("HDEL", 4), dm.add(mkey);
             dv.add("HDEL", 4), dv.add(hkey);
@@ -452,6 +458,18 @@ private:
             hl.add("HLEN", 4), hl.add(hkey);
             const auto r = exec_checked(hkey, {dm, dv, hl});
             part_size = static_cast<size_t>(std::max(0LL, r.back()->integer));
+        }
+        // LFU decay (redis_backend.cpp:898-913): the survivors' counts are all set to half of the
+        // smallest surviving count, so old popularity does not shield keys forever.
+        if (params_.overflow_policy == OverflowPolicy::EvictLeastUsed && b < victims.size()) {
+            const std::string decayed = std::to_string(victim_meta[b] / 2);
+            for (size_t s = b; s < victims.size(); s += params_.max_batch_size) {
+                Command set;
+                set.add("HSET", 4), set.add(mkey);
+                for (size_t i = s; i < std::min(victims.size(), s + params_.max_batch_size); ++i)
+                    if (victims[i].size() == kw) set.add(victims[i]), set.add(decayed);
+                if (set.argv.size() > 2) exec_checked(mkey, {set});
+            }
         }
     }
 
