@@ -26,6 +26,9 @@
 namespace hps::storage {
 namespace {
 
+// A fetch splits a partition into pieces of at least this many keys (one pipeline each).
+constexpr size_t kMinPieceKeys = 4096;
+
 // Keys of one partition, as indices into the caller's arrays, plus their encoded bytes.
 struct PartKeys {
     std::vector<size_t> index;
@@ -112,16 +115,28 @@ public:
         const size_t parts = params_.num_partitions;
         const auto split = split_by_partition(n, keys, width_, parts);
         const size_t kw = static_cast<size_t>(width_);
-        ThreadPool::shared().parallel_for(parts, [&](size_t part) {
-            const PartKeys& pk = split[part];
-            if (pk.index.empty()) return;
-            const std::string hkey = redis_hash_key(tag, part, 'v');
+        // Each partition's keys in pieces, one pipeline (and connection) per piece, so that all host
+        // threads parse replies even when there are fewer partitions than threads.
+        struct Piece {
+            size_t part, begin, end;
+        };
+        std::vector<Piece> pieces;
+        const size_t threads = ThreadPool::shared().size();
+        for (size_t part = 0; part < parts; ++part) {
+            const size_t count = split[part].index.size();
+            const size_t want = std::min((threads + parts - 1) / parts, (count + kMinPieceKeys - 1) / kMinPieceKeys);
+            for (size_t k = 0; k < want; ++k) pieces.push_back({part, count * k / want, count * (k + 1) / want});
+        }
+        ThreadPool::shared().parallel_for(pieces.size(), [&](size_t task) {
+            const Piece piece = pieces[task];
+            const PartKeys& pk = split[piece.part];
+            const std::string hkey = redis_hash_key(tag, piece.part, 'v');
             std::vector<Command> cmds;
-            for (size_t b = 0; b < pk.index.size(); b += params_.max_batch_size) {
+            for (size_t b = piece.begin; b < piece.end; b += params_.max_batch_size) {
                 Command c;
                 c.add("HMGET", 5);
                 c.add(hkey);
-                for (size_t i = b; i < std::min(pk.index.size(), b + params_.max_batch_size); ++i)
+                for (size_t i = b; i < std::min(piece.end, b + params_.max_batch_size); ++i)
                     c.add(pk.bytes.data() + i * kw, kw);
                 cmds.push_back(std::move(c));
             }
@@ -129,12 +144,12 @@ public:
             try {
                 replies = cluster_->exec(key_slot(hkey), cmds);
             } catch (const NodeUnavailable&) {
-                for (size_t i : pk.index) status[i] = kUnavailable;
+                for (size_t j = piece.begin; j < piece.end; ++j) status[pk.index[j]] = kUnavailable;
                 return;
             }
-            size_t at = 0;
+            size_t at = piece.begin;
             for (const Reply& r : replies) {
-                const size_t count = std::min(pk.index.size() - at, params_.max_batch_size);
+                const size_t count = std::min(piece.end - at, params_.max_batch_size);
                 for (size_t j = 0; j < count; ++j) {
                     const size_t i = pk.index[at + j];
                     const redisReply* e =
@@ -152,7 +167,8 @@ public:
                 }
                 at += count;
             }
-            if (params_.overflow_policy != OverflowPolicy::EvictRandom) touch(tag, part, pk, status);
+            if (params_.overflow_policy != OverflowPolicy::EvictRandom)
+                touch(tag, piece.part, pk, piece.begin, piece.end, status);
         });
         FetchCounts counts;
         for (size_t i = 0; i < n; ++i) {
@@ -378,10 +394,11 @@ private:
         return replies;
     }
 
-    void touch(const std::string& tag, size_t part, const PartKeys& pk, const uint8_t* status) {
+    // Access metadata of the keys pk[begin, end) that were found.
+    void touch(const std::string& tag, size_t part, const PartKeys& pk, size_t begin, size_t end, const uint8_t* status) {
         auto keys = std::make_shared<std::vector<char>>();
         const size_t kw = static_cast<size_t>(width_);
-        for (size_t j = 0; j < pk.index.size(); ++j)
+        for (size_t j = begin; j < end; ++j)
             if (status[pk.index[j]] == kFound) keys->insert(keys->end(), pk.bytes.begin() + j * kw, pk.bytes.begin() + (j + 1) * kw);
         if (keys->empty()) return;
         const OverflowPolicy policy = params_.overflow_policy;

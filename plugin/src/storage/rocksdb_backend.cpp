@@ -95,9 +95,11 @@ public:
             return c;
         }
         const size_t kw = static_cast<size_t>(width_);
-        const size_t batch = params_.max_batch_size;
+        // MultiGet per chunk, chunks in parallel (RocksDB reads are thread-safe): at most
+        // max_batch_size keys, and small enough for every pool thread to get one.
+        const size_t per_thread = (n + ThreadPool::shared().size() - 1) / ThreadPool::shared().size();
+        const size_t batch = std::max<size_t>(1, std::min(params_.max_batch_size, std::max<size_t>(per_thread, 1024)));
         const size_t chunks = (n + batch - 1) / batch;
-        // MultiGet per max_batch_size chunk, chunks in parallel (RocksDB reads are thread-safe).
         ThreadPool::shared().parallel_for(chunks, [&](size_t chunk) {
             const size_t b = chunk * batch, e = std::min(n, b + batch);
             std::vector<char> kbytes((e - b) * kw);
