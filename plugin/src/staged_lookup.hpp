@@ -16,8 +16,9 @@
 namespace hps {
 
 // Batch size (keys) from which hierarchical lookups take the copy-engine path: the environment
-// variable HPS_COPY_ENGINE_MIN_KEYS (a number of keys, or "never"), else the default measured on
-// the H200 (BENCHMARKS.md section 4). Throws HPS_ERR_CONFIG for an unreadable value.
+// variable HPS_COPY_ENGINE_MIN_KEYS (a number of keys, or "never"), else never (the zero-copy kernel
+// won at every batch size on the H200, BENCHMARKS.md section 4). Throws HPS_ERR_CONFIG for an
+// unreadable value.
 int64_t copy_engine_min_keys();
 
 class StagedMissPath {
