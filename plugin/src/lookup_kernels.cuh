@@ -108,6 +108,21 @@ __device__ __forceinline__ void sample_frequency(const Params& p, int row, long 
     if (count) atomicAdd(p.freq + row, 1u);
 }
 
+// Where a lookup of `row` (-1: absent key) is served from: src >= 0, the cache slot holding it
+// (o1: the slot's owner word as read, to be compared again after the copy: a sequence lock);
+// -1, the default value; <= -2, host row -(src + 2).
+__device__ __forceinline__ int row_source(const Params& p, int row, unsigned long long& o1) {
+    int src = row >= 0 ? -(row + 2) : -1;
+    if (row >= 0 && p.slots > 0) {
+        const int s = ld_volatile(p.row_slot + row);
+        if (s >= 0) {
+            o1 = ld_volatile(p.owner + s);
+            if (static_cast<int>(static_cast<unsigned>(o1)) == row) src = s;
+        }
+    }
+    return src;
+}
+
 // Admission (see the policy at the top of the file), called by a whole warp: each lane with
 // `offer` set offers `row` to the cache; lane k's vector is at rows + k * p.vec (the output rows it
 // was just copied to, or a staging buffer).
@@ -306,16 +321,8 @@ __global__ void __launch_bounds__(kBlock, HPS_HIER_MIN_BLOCKS)
         const long long key = key_next;
         load_chunk_key(keys, n, w, chunk + w.stride, lane, key_next);
         const int row = lane < cnt ? probe(p.entries, p.mask, p.sentinel_row, key) : -1;
-        // src >= 0: cache slot; -1: default value; <= -2: host row -(src + 2).
-        int src = row >= 0 ? -(row + 2) : -1;
         unsigned long long o1 = 0;
-        if (row >= 0 && p.slots > 0) {
-            const int s = ld_volatile(p.row_slot + row);
-            if (s >= 0) {
-                o1 = ld_volatile(p.owner + s);
-                if (static_cast<int>(static_cast<unsigned>(o1)) == row) src = s;
-            }
-        }
+        int src = row_source(p, row, o1);
         __threadfence();  // owner word read (o1) before the vector reads
         const long long out_base = (chunk << 5) * V;
         warp_copy_rows<HPS_HIER_UNROLL, true, VecT>(

@@ -47,16 +47,8 @@ __global__ void __launch_bounds__(kBlock, HPS_HIER_MIN_BLOCKS)
         const long long i = (chunk << 5) + lane;
         const int cnt = static_cast<int>(min(32LL, n - (chunk << 5)));
         const int row = lane < cnt ? probe(p.entries, p.mask, p.sentinel_row, static_cast<long long>(keys[i])) : -1;
-        // src >= 0: cache slot; -1: default value; <= -2: host row -(src + 2) (as in hier_kernel).
-        int src = row >= 0 ? -(row + 2) : -1;
         unsigned long long o1 = 0;
-        if (row >= 0 && p.slots > 0) {
-            const int s = ld_volatile(p.row_slot + row);
-            if (s >= 0) {
-                o1 = ld_volatile(p.owner + s);
-                if (static_cast<int>(static_cast<unsigned>(o1)) == row) src = s;
-            }
-        }
+        int src = row_source(p, row, o1);
         __threadfence();  // owner word read (o1) before the vector reads
         const long long out_base = (chunk << 5) * V;
         // Host rows get the default value here and their vector in stage_fill_kernel.
