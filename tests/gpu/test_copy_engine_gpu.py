@@ -40,7 +40,7 @@ def _lookup(torch, handle, keys: np.ndarray, dim: int) -> np.ndarray:
     return out.cpu().numpy()
 
 
-@pytest.mark.parametrize("model", ["r0.2", "r0.01", "r0.0"])
+@pytest.mark.parametrize("model", ["r0_2", "r0_01", "r0_0"])
 def test_copy_engine_path_exact(table64, table32, torch_cuda, gpu_lib, monkeypatch, model):
     for t, key_dtype in ((table64, np.int64), (table32, np.int32), (table32, np.int64)):
         with _open(gpu_lib, monkeypatch, t, model, "0") as h:
@@ -49,7 +49,7 @@ def test_copy_engine_path_exact(table64, table32, torch_cuda, gpu_lib, monkeypat
                 np.testing.assert_array_equal(_lookup(torch_cuda, h, keys, t.dim), t.reference(keys))
             s = h.stats()
             assert s.lookups == s.cache_hits + s.host_hits + s.not_found == 4 * 80_000
-            if model != "r0.0":
+            if model != "r0_0":
                 assert s.insertions > 0 and s.cache_hits > 0
             else:
                 assert s.insertions == s.cache_hits == 0
@@ -58,7 +58,7 @@ def test_copy_engine_path_exact(table64, table32, torch_cuda, gpu_lib, monkeypat
 def test_same_hit_rate_as_the_zero_copy_kernel(table64, torch_cuda, gpu_lib, monkeypatch):
     rates = {}
     for threshold in ("0", "never"):
-        with _open(gpu_lib, monkeypatch, table64, "r0.2", threshold) as h:
+        with _open(gpu_lib, monkeypatch, table64, "r0_2", threshold) as h:
             rng_state = table64.rng.bit_generator.state
             hits = looked = 0
             for rnd in range(8):
@@ -76,7 +76,7 @@ def test_same_hit_rate_as_the_zero_copy_kernel(table64, torch_cuda, gpu_lib, mon
 
 def test_graph_capture_takes_the_zero_copy_kernel(table64, torch_cuda, gpu_lib, monkeypatch):
     torch, t = torch_cuda, table64
-    with _open(gpu_lib, monkeypatch, t, "r0.2", "0") as h:
+    with _open(gpu_lib, monkeypatch, t, "r0_2", "0") as h:
         keys = torch.from_numpy(t.draw(50_000, absent_fraction=0.1)).cuda()
         out = torch.empty((50_000, 32), device="cuda")
         stream = torch.cuda.Stream()
@@ -99,7 +99,7 @@ def test_threshold_mixes_both_paths_on_threads_and_streams(table64, torch_cuda, 
     torch, t = torch_cuda, table64
     batches = [t.draw(n, absent_fraction=0.1, zipf=1.1) for n in (3_000, 30_000) * 8]
     errors: list[str] = []
-    with _open(gpu_lib, monkeypatch, t, "r0.2", "10000") as h:
+    with _open(gpu_lib, monkeypatch, t, "r0_2", "10000") as h:
         def worker(w: int) -> None:
             stream = torch.cuda.Stream()
             for keys in batches[w::4]:
@@ -123,4 +123,4 @@ def test_threshold_mixes_both_paths_on_threads_and_streams(table64, torch_cuda, 
 
 def test_bad_threshold_is_one_clear_error(table64, gpu_lib, monkeypatch):
     with pytest.raises(gpu_lib.NativeError, match=r"HPS_COPY_ENGINE_MIN_KEYS='lots' is not a number of keys"):
-        _open(gpu_lib, monkeypatch, table64, "r0.01", "lots")
+        _open(gpu_lib, monkeypatch, table64, "r0_01", "lots")
