@@ -147,7 +147,9 @@ def test_missing_external_data_file(tmp_path):
     (model.parent / "ext.onnx.data").unlink()
     proc = run_cli("rewrite", model, "--out", tmp_path / "out")
     assert proc.returncode == 2
-    assert "tensor 'table' needs external data file 'ext.onnx.data', which is missing" in error_line(proc)
+    assert error_line(proc) == (f"hps-surgeon: error: {model}: initializer 'table': external_data location: "
+                                f"'ext.onnx.data' does not exist (looked for {model.parent / 'ext.onnx.data'}); "
+                                "copy it there or fix the path")
     assert not (tmp_path / "out").exists()
 
 
@@ -161,7 +163,9 @@ def test_external_data_outside_model_folder_is_refused(tmp_path):
     onnx.save_model(model, str(model_path))
     proc = run_cli("scan", model_path)
     assert proc.returncode == 2
-    assert "tensor 'table' has external data at '../secret.bin', outside the model's folder" in error_line(proc)
+    assert error_line(proc) == (f"hps-surgeon: error: {model_path}: initializer 'table': external_data location: "
+                                f"'../secret.bin' leads outside {model_path.parent} (to {tmp_path / 'secret.bin'}); "
+                                "refusing to read it — keep what ext.onnx names inside its folder")
 
 
 def test_truncated_external_data(tmp_path):
@@ -170,7 +174,8 @@ def test_truncated_external_data(tmp_path):
     data.write_bytes(data.read_bytes()[:100])
     proc = run_cli("scan", model)
     assert proc.returncode == 2
-    assert "external data file 'ext.onnx.data' is truncated: tensor 'table' needs bytes 0..3200" in error_line(proc)
+    assert error_line(proc) == (f"hps-surgeon: error: {model}: external data file 'ext.onnx.data' is truncated: "
+                                "initializer 'table' needs bytes 0..3200, the file has 100; restore the data file")
 
 
 def test_unsupported_table_dtype(tmp_path):

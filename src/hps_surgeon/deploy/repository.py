@@ -8,8 +8,11 @@
         NAME/1/                            where the engine goes
         NAME/hps/{hps_config.json, model.onnx, tables/}   paths valid under --deploy-root
 
-Everything is read, checked and generated first; then written into a folder beside MODEL_REPO and
-moved into place, so an error leaves MODEL_REPO as it was.
+Everything is read, checked and generated first; then written into a staging folder inside
+MODEL_REPO and moved into place, so an error leaves MODEL_REPO as it was, and nothing is ever
+created outside it. Every file copied from REWRITE_DIR is found under the confinement rule
+(`confine`: real paths inside the folder of the file that names them), and every path written
+into the deployed config lies under --deploy-root.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import os
 import posixpath
 import re
 import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +31,14 @@ from pathlib import Path
 import onnx
 from onnx import AttributeProto, TensorProto
 
+from .. import confine, wellformed
 from ..errors import SurgeonError, errors
+from ..hps import config as hps_config
 from ..hps import validate
-from ..hps.contract import CONFIG_NAME, MODEL_NAME, field_text
-from ..hps.tables import KEY_FILE, VECTOR_FILE
-from ..staging import make_stage
+from ..hps.contract import CONFIG_NAME, MODEL_NAME, TABLES_DIR, field_text
+from ..hps.tables import KEY_FILE, VECTOR_FILE, table_files
+from ..load import read_proto
+from ..staging import output_folder
 from ..verify import keyspace
 from . import triton
 
@@ -62,6 +69,7 @@ class RewriteFolder:
     model: onnx.ModelProto  #: without external data
     config: dict
     entries: tuple[dict, ...]  #: the config's models used by the HPS_TRT nodes
+    external: dict[str, Path]  #: external-data files of the model: path relative to `path` -> real path
 
     @property
     def max_batch_size(self) -> int:
@@ -91,8 +99,8 @@ def deploy(rewrite_dir: str | os.PathLike, repo: str | os.PathLike,
     prof = triton.profile(inputs, batch, where)
     if options.instances < 1:
         raise SurgeonError(f"--instances {options.instances}: must be at least 1")
-    repo = Path(repo)
-    _check_repo(repo, name, options.force)
+    repo = output_folder(repo, "--repo")
+    _check_repo(repo, name, options.force, source.path)
     deployed_config = posixpath.join(root, name, "hps", CONFIG_NAME)
     tables = _table_folders(source)
     files = {
@@ -101,14 +109,14 @@ def deploy(rewrite_dir: str | os.PathLike, repo: str | os.PathLike,
         "perf_data.json": json.dumps(triton.perf_data(
             inputs, batch.opt, keyspace.rewritten_key_ranges(source.model, source.path / CONFIG_NAME))),
     }
-    hps_config = _deployed_hps_config(source, tables, posixpath.join(root, name, "hps"), options.gpus)
-    model = _deployed_model(source.model, deployed_config)
+    deployed = _deployed_hps_config(source, tables, posixpath.join(root, name, "hps"), options.gpus)
+    model = _deployed_model(source, deployed_config)
     with _staged(repo, name) as stage:
         folder = stage / name
         (folder / "1").mkdir(parents=True)
         for file_name, text in files.items():
             (folder / file_name).write_text(text)
-        _write_hps(folder / "hps", source, model, hps_config, tables)
+        _write_hps(folder / "hps", source, model, deployed, tables)
         (stage / "start_triton.sh").write_text(triton.start_triton_sh(root, options.plugin_lib))
         for script in (folder / "build_engine.sh", stage / "start_triton.sh"):
             script.chmod(0o755)
@@ -118,23 +126,22 @@ def deploy(rewrite_dir: str | os.PathLike, repo: str | os.PathLike,
 # --- reading and checking the rewrite folder -----------------------------------------------------
 
 def read_rewrite(path: Path) -> RewriteFolder:
-    """The rewrite folder's model and config, checked with `validate` (tables included)."""
+    """The rewrite folder's model and config, checked with `wellformed` and `validate` (tables included)."""
     fix = "run hps-surgeon rewrite MODEL --out DIR first and pass DIR"
-    if not path.is_dir():
-        raise SurgeonError(f"{path}: no such rewrite folder — {fix}")
     model_path, config_path = path / MODEL_NAME, path / CONFIG_NAME
-    for needed in (model_path, config_path):
-        if not needed.is_file():
-            raise SurgeonError(f"{needed}: missing from the rewrite folder — {fix}")
     try:
-        model = onnx.load_model(str(model_path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError, OSError or its own errors for a bad file
-        raise SurgeonError(f"{model_path}: not a readable ONNX model ({str(exc).splitlines()[0]}) — {fix}") from None
+        if not path.is_dir():
+            raise SurgeonError(f"{path}: no such rewrite folder — {fix}")
+        for needed in (model_path, config_path):
+            if not needed.is_file():
+                raise SurgeonError(f"{needed}: missing from the rewrite folder — {fix}")
+    except OSError as exc:
+        raise SurgeonError(f"{path}: cannot read the rewrite folder ({exc.strerror}) — {fix}") from None
+    model = read_proto(model_path)  # external data: confined to the folder, regular files, sizes right
     nodes = validate.hps_nodes(model)
     if not nodes:
         raise SurgeonError(f"{model_path}: has no HPS_TRT node, so there is nothing for the HPS plugin to serve — "
                            f"{fix}")
-    _check_external_data(model, path)
     problems = errors(validate.validate(model_path, config_path, model=model))
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
@@ -142,22 +149,41 @@ def read_rewrite(path: Path) -> RewriteFolder:
     config = json.loads(config_path.read_text())
     used = {field_text(onnx.helper.get_node_attr_value(n, "model_name")) for n in nodes}
     entries = tuple(m for m in config["models"] if m["model"] in used)
-    return RewriteFolder(path=path, model=model, config=config, entries=entries)
+    return RewriteFolder(path=path, model=model, config=config, entries=entries,
+                         external=_external_files(model, model_path))
 
 
-def _check_external_data(model: onnx.ModelProto, folder: Path) -> None:
-    for location in _external_files(model):
-        if not (folder / location).is_file():
-            raise SurgeonError(f"{folder / location}: external data of {MODEL_NAME} is missing — copy it next to "
-                               "the model or re-run hps-surgeon rewrite")
+def _external_files(model: onnx.ModelProto, model_path: Path) -> dict[str, Path]:
+    """Each external-data file of the model, by its path relative to the model's folder (its deployed name)."""
+    root = Path(os.path.realpath(model_path.parent))
+    files = {}
+    for tensor in _external_tensors(model):
+        real = wellformed.external_range(tensor, model_path, f"tensor '{tensor.name}'").file
+        rel = real.relative_to(root).as_posix()
+        if rel in (MODEL_NAME, CONFIG_NAME) or rel.split("/")[0] == TABLES_DIR:
+            raise SurgeonError(f"{model_path}: tensor '{tensor.name}': external data '{rel}' is a file deploy writes "
+                               "itself; re-run hps-surgeon rewrite")
+        files[rel] = real
+    return files
 
 
-def _external_files(model: onnx.ModelProto) -> list[str]:
-    locations = set()
-    for tensor in model.graph.initializer:  # rewrite writes external data for initializers only
-        if tensor.data_location == TensorProto.EXTERNAL:
-            locations.add(next(e.value for e in tensor.external_data if e.key == "location"))
-    return sorted(locations)
+def _external_tensors(model: onnx.ModelProto) -> Iterator[TensorProto]:
+    for graph in (model.graph, *_subgraphs(model.graph)):
+        for tensor in graph.initializer:
+            if tensor.data_location == TensorProto.EXTERNAL:
+                yield tensor
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == AttributeProto.TENSOR and attr.t.data_location == TensorProto.EXTERNAL:
+                    yield attr.t
+
+
+def _subgraphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    for node in graph.node:
+        for attr in node.attribute:
+            for body in [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs):
+                yield body
+                yield from _subgraphs(body)
 
 
 def _model_name(name: str | None, source: RewriteFolder) -> str:
@@ -192,33 +218,45 @@ def batch_range(options: DeployOptions, source: RewriteFolder) -> triton.Batch:
     return triton.Batch(low, opt, high)
 
 
-def _check_repo(repo: Path, name: str, force: bool) -> None:
-    if repo.exists() and not repo.is_dir():
-        raise SurgeonError(f"--repo {repo}: exists and is not a folder — choose another --repo")
-    if repo.is_dir() and not force:
-        present = sorted(p.name for p in repo.iterdir())
-        if present:
-            shown = ", ".join(present[:5]) + (", ..." if len(present) > 5 else "")
-            raise SurgeonError(f"--repo {repo}: folder is not empty (has {shown}) — pass --force to replace "
-                               f"model '{name}' and start_triton.sh in it, or choose an empty --repo")
+def _check_repo(repo: Path, name: str, force: bool, source: Path) -> None:
+    try:
+        if repo.exists() and not repo.is_dir():
+            raise SurgeonError(f"--repo {repo}: exists and is not a folder — choose another --repo")
+        present = sorted(p.name for p in repo.iterdir()) if repo.is_dir() else []
+    except OSError as exc:
+        raise SurgeonError(f"--repo {repo}: cannot use it ({exc.strerror}) — choose another --repo") from None
+    if present and not force:
+        shown = ", ".join(present[:5]) + (", ..." if len(present) > 5 else "")
+        raise SurgeonError(f"--repo {repo}: folder is not empty (has {shown}) — pass --force to replace "
+                           f"model '{name}' and start_triton.sh in it, or choose an empty --repo")
+    if Path(os.path.realpath(source)).is_relative_to(Path(os.path.realpath(repo / name))):
+        raise SurgeonError(f"--repo {repo}: model folder '{name}' holds the rewrite folder {source}, which deploy "
+                           "would replace — choose another --repo or --name")
 
 
 # --- the deployed copies -------------------------------------------------------------------------
 
-def _table_folders(source: RewriteFolder) -> dict[tuple[str, int], tuple[Path, str]]:
-    """(model, table index) -> (source folder, folder relative to hps/), names made unique."""
-    folders: dict[tuple[str, int], tuple[Path, str]] = {}
+def _table_folders(source: RewriteFolder) -> dict[tuple[str, int], tuple[tuple[Path, Path], str]]:
+    """(model, table index) -> ((key, emb_vector) real paths, folder relative to hps/), folder names made unique."""
+    config_path = source.path / CONFIG_NAME
+    folders: dict[tuple[str, int], tuple[tuple[Path, Path], str]] = {}
     taken: dict[str, Path] = {}
     for entry in source.config["models"]:
-        for index, file in enumerate(entry["sparse_files"]):
-            src = (source.path / file).resolve()
-            base = f"tables/{Path(file).name}"
+        for index in range(len(entry["sparse_files"])):
+            folder = hps_config.table_folder(config_path, entry, index)  # confined to the rewrite folder
+            files = table_files(config_path, folder, f"model '{entry['model']}' sparse_files[{index}]")
+            base = f"{TABLES_DIR}/{_safe_name(folder.name)}"
             rel, n = base, 1
-            while rel in taken and taken[rel] != src:
+            while rel in taken and taken[rel] != folder:
                 rel, n = f"{base}_{n}", n + 1
-            taken[rel] = src
-            folders[(entry["model"], index)] = (src, rel)
+            taken[rel] = folder
+            folders[(entry["model"], index)] = (files, rel)
     return folders
+
+
+def _safe_name(name: str) -> str:
+    """A folder name that stays one path component inside hps/tables/ and in the deployed config."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).lstrip(".") or "table"
 
 
 def _deployed_hps_config(source: RewriteFolder, tables: dict, hps_dir: str, gpus: tuple[int, ...]) -> dict:
@@ -228,16 +266,21 @@ def _deployed_hps_config(source: RewriteFolder, tables: dict, hps_dir: str, gpus
     for entry in config["models"]:
         entry["sparse_files"] = [posixpath.join(hps_dir, tables[(entry["model"], i)][1])
                                  for i in range(len(entry["sparse_files"]))]
+        for file in entry["sparse_files"]:
+            if not confine.inside_posix(hps_dir, file):  # by construction; the rule deploy promises
+                raise SurgeonError(f"deployed sparse_files entry {file} is outside {hps_dir}; please report this")
         if gpus:
             # Every GPU that runs an instance needs the HPS cache of the tables on it.
             entry["deployed_device_list"] = list(gpus)
     return config
 
 
-def _deployed_model(model: onnx.ModelProto, deployed_config: str) -> onnx.ModelProto:
-    """A copy whose HPS_TRT nodes open the deployed config (NUL kept where rewrite put one)."""
+def _deployed_model(source: RewriteFolder, deployed_config: str) -> onnx.ModelProto:
+    """A copy whose HPS_TRT nodes open the deployed config (NUL kept where rewrite put one) and whose
+    external data names the copies deploy makes."""
     copy = onnx.ModelProto()
-    copy.CopyFrom(model)
+    copy.CopyFrom(source.model)
+    _relocate_external(copy, source)
     for node in validate.hps_nodes(copy):
         for attr in node.attribute:
             if attr.name == "ps_config_file" and attr.type == AttributeProto.STRING:
@@ -249,16 +292,29 @@ def _deployed_model(model: onnx.ModelProto, deployed_config: str) -> onnx.ModelP
 def _write_hps(folder: Path, source: RewriteFolder, model: onnx.ModelProto, config: dict, tables: dict) -> None:
     folder.mkdir()
     onnx.save_model(model, str(folder / MODEL_NAME))
-    for location in _external_files(source.model):
-        _link_or_copy(source.path / location, folder / location)
-    for rel, src in {rel: src for src, rel in tables.values()}.items():
-        for file in (KEY_FILE, VECTOR_FILE):
-            _link_or_copy(src / file, folder / rel / file)
+    for rel, real in source.external.items():
+        _link_or_copy(real, folder / rel, folder)
+    for rel, files in {rel: files for files, rel in tables.values()}.items():
+        for real, name in zip(files, (KEY_FILE, VECTOR_FILE)):
+            _link_or_copy(real, folder / rel / name, folder)
     (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """Hard link (no copy of large tables) when on the same filesystem, else a copy."""
+def _relocate_external(model: onnx.ModelProto, source: RewriteFolder) -> None:
+    """Point the deployed copy's external data at the copies: each file's path relative to the model."""
+    model_path = source.path / MODEL_NAME
+    root = Path(os.path.realpath(source.path))
+    for tensor in _external_tensors(model):
+        real = wellformed.external_range(tensor, model_path, f"tensor '{tensor.name}'").file
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = real.relative_to(root).as_posix()
+
+
+def _link_or_copy(src: Path, dst: Path, within: Path) -> None:
+    """Hard link (no copy of large tables) when on the same filesystem, else a copy; only inside `within`."""
+    if not Path(os.path.abspath(dst)).is_relative_to(Path(os.path.abspath(within))):
+        raise SurgeonError(f"deploy would write {dst}, outside {within}; please report this")
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.link(src, dst)
@@ -268,21 +324,62 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 @contextlib.contextmanager
 def _staged(repo: Path, name: str) -> Iterator[Path]:
-    """A folder beside `repo` to write into; on success NAME/ and start_triton.sh move into `repo`."""
-    stage = make_stage(repo, "deploy", f"--repo {repo}: cannot write there ({{reason}}) — choose a writable --repo")
+    """A folder inside `repo` to write into; on success NAME/ and start_triton.sh move into place.
+
+    Nothing is created outside `repo` (bar the folders leading to it, removed again on failure).
+    """
+    created = _make_folders(repo)
+    stage = None
     try:
+        stage = Path(tempfile.mkdtemp(prefix=f".{name}.deploy-", dir=repo))
+        stage.chmod(0o755)  # mkdtemp makes 0700; Triton may run as another user
         yield stage
         _move_into_place(stage, repo, name)
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise SurgeonError(f"--repo {repo}: cannot write the repository: {exc.strerror}{where}; nothing was "
+                           "changed — free space or choose a writable --repo") from None
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
+        if not (repo / name).exists():  # failed: remove the folders this run created
+            for made in reversed(created):
+                with contextlib.suppress(OSError):
+                    made.rmdir()
+
+
+def _make_folders(repo: Path) -> list[Path]:
+    """Create `repo` and missing parents; the folders created, outermost first."""
+    missing = []
+    for folder in (repo, *repo.parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    missing.reverse()
+    try:
+        for folder in missing:
+            folder.mkdir()
+    except OSError as exc:
+        for made in reversed(missing):
+            with contextlib.suppress(OSError):
+                made.rmdir()
+        raise SurgeonError(f"--repo {repo}: cannot write there ({exc.strerror}) — choose a writable --repo") from None
+    return missing
 
 
 def _move_into_place(stage: Path, repo: Path, name: str) -> None:
-    if not repo.exists():
-        os.rename(stage, repo)
-        return
-    old = stage / ".replaced"
-    if (repo / name).exists():
-        os.rename(repo / name, old)
-    os.rename(stage / name, repo / name)
-    os.replace(stage / "start_triton.sh", repo / "start_triton.sh")
+    target, old = repo / name, stage / ".replaced"
+    replaced = os.path.lexists(target)
+    if replaced:
+        os.rename(target, old)
+    try:
+        os.rename(stage / name, target)
+        try:
+            os.replace(stage / "start_triton.sh", repo / "start_triton.sh")
+        except OSError:
+            os.rename(target, stage / name)
+            raise
+    except OSError:
+        if replaced:  # put the previous model back
+            os.rename(old, target)
+        raise

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import jsonschema
 
+from .. import confine
 from ..errors import Problem
 from .tables import KEY_FILE, VECTOR_FILE
 
@@ -56,8 +57,10 @@ def model_entry(config: dict, model_name: str) -> dict | None:
 
 
 def table_folder(config_path: Path, entry: dict, table_id: int) -> Path:
-    """Folder of table `table_id` of a `models` entry; relative sparse_files are relative to the config."""
-    return Path(config_path).parent / entry["sparse_files"][table_id]
+    """Real path of the folder of table `table_id` of a `models` entry: relative sparse_files are relative to
+    the config; relative or absolute, it must lie inside the config's folder (else `confine.PathRefused`)."""
+    return confine.inside(Path(config_path), f"model '{entry.get('model')}' sparse_files[{table_id}]",
+                          entry["sparse_files"][table_id])
 
 
 @cache
@@ -101,7 +104,11 @@ def _check_model_entry(path: Path, index: int, model: dict) -> list[Problem]:
             problems.append(Problem(str(path), f"models[{index}].{field}",
                                     f"has {len(model[field])} entries, sparse_files has {count} — one per table"))
     for t, file in enumerate(model["sparse_files"]):
-        folder = table_folder(path, model, t)
+        try:
+            folder = table_folder(path, model, t)
+        except confine.PathRefused as exc:
+            problems.append(Problem(str(path), f"models[{index}].sparse_files[{t}]", exc.problem))
+            continue
         if not (folder / KEY_FILE).is_file() or not (folder / VECTOR_FILE).is_file():
             problems.append(Problem(str(path), f"models[{index}].sparse_files[{t}]",
                                     f"'{file}' has no key and emb_vector files (looked in {folder}) — "

@@ -20,7 +20,7 @@ import onnx_graphsurgeon as gs
 from ..graph import constant_values
 from ..hps import config as hps_config
 from ..hps.contract import HPS_OP, field_text
-from ..hps.tables import KEY_FILE, key_summary
+from ..hps.tables import key_summary, table_files
 
 #: keys reaching a table through Mod are valid for any input; draw them from this span.
 HASHED_SPAN = (0, 1 << 20)
@@ -47,7 +47,9 @@ def rewritten_key_ranges(model: onnx.ModelProto, config: Path) -> list[KeyRange]
             continue
         model_name = field_text(node.attrs["model_name"])
         entry = hps_config.model_entry(config_data, model_name)
-        keys = key_summary(hps_config.table_folder(Path(config), entry, int(node.attrs["table_id"])) / KEY_FILE)
+        table_id = int(node.attrs["table_id"])
+        folder = hps_config.table_folder(Path(config), entry, table_id)
+        keys = key_summary(table_files(Path(config), folder, f"model '{model_name}' table {table_id}")[0])
         span = (keys.low, keys.high)
         old = wanted.get(node.inputs[0].name, span)
         wanted[node.inputs[0].name] = (max(span[0], old[0]), min(span[1], old[1]))
