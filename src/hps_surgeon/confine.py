@@ -34,14 +34,14 @@ def inside(file: Path, field: str, value: object, root: Path | None = None) -> P
     folder = Path(os.path.abspath(file)).parent
     root_real = Path(os.path.realpath(root if root is not None else folder))
     if not isinstance(value, str) or not value:
-        raise PathRefused(file, field, f"{_shown(value)} is not a path; name a file inside {root_real}")
+        raise PathRefused(file, field, f"{shown(value)} is not a path; name a file inside {root_real}")
     if "\0" in value:
-        raise PathRefused(file, field, f"{_shown(value)} holds a NUL byte; name a file inside {root_real}")
+        raise PathRefused(file, field, f"{shown(value)} holds a NUL byte; name a file inside {root_real}")
     real = Path(os.path.realpath(folder / value))
     if real == root_real:
-        raise PathRefused(file, field, f"{_shown(value)} is the folder {root_real} itself; name a file inside it")
+        raise PathRefused(file, field, f"{shown(value)} is the folder {root_real} itself; name a file inside it")
     if not real.is_relative_to(root_real):
-        raise PathRefused(file, field, f"{_shown(value)} leads outside {root_real} (to {real}); refusing to read "
+        raise PathRefused(file, field, f"{shown(value)} leads outside {root_real} (to {real}); refusing to read "
                                        f"it — keep what {file.name} names inside its folder")
     return real
 
@@ -70,12 +70,12 @@ def _require(file: Path, field: str, value: object, real: Path, test, wanted: st
     try:
         mode = os.stat(real).st_mode
     except FileNotFoundError:
-        raise PathRefused(file, field, f"{_shown(value)} does not exist (looked for {real}); copy it there or "
+        raise PathRefused(file, field, f"{shown(value)} does not exist (looked for {real}); copy it there or "
                                        "fix the path") from None
     except OSError as exc:
-        raise PathRefused(file, field, f"{_shown(value)} cannot be opened ({exc.strerror}); fix the path") from None
+        raise PathRefused(file, field, f"{shown(value)} cannot be opened ({exc.strerror}); fix the path") from None
     if not test(mode):
-        raise PathRefused(file, field, f"{_shown(value)} is {_kind(mode)}, not {wanted}; fix the path")
+        raise PathRefused(file, field, f"{shown(value)} is {_kind(mode)}, not {wanted}; fix the path")
 
 
 def _kind(mode: int) -> str:
@@ -86,7 +86,8 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
-def _shown(value: object) -> str:
+def shown(value: object) -> str:
+    """`value` quoted for a one-line message."""
     # repr-like quoting that keeps NULs and control characters visible and the message on one line
     text = value if isinstance(value, str) else repr(value)
     return "'" + text.encode("unicode_escape").decode("ascii").replace("'", "\\'") + "'"

@@ -9,6 +9,10 @@ EXIT_OK = 0
 EXIT_FINDINGS = 1
 #: bad input or usage: the message says what to fix.
 EXIT_INPUT = 2
+#: a bug in hps-surgeon: an exception no check anticipated (the CLI's last-resort handler).
+EXIT_BUG = 3
+#: set to make the CLI re-raise unexpected exceptions with their traceback instead of one line.
+DEBUG_ENV = "HPS_SURGEON_DEBUG"
 
 
 class SurgeonError(Exception):

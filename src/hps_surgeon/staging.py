@@ -34,7 +34,10 @@ def output_folder(out_dir: str | os.PathLike, option: str = "--out") -> Path:
     text = os.fspath(out_dir)
     if not text:
         raise SurgeonError(f"{option} '': an empty path; name the output folder")
-    path = Path(os.path.abspath(text))
+    try:
+        path = Path(os.path.abspath(text))
+    except OSError as exc:  # a relative path while the working folder is gone
+        raise SurgeonError(f"{option} {text}: cannot use it ({exc.strerror}); pass an absolute path") from None
     if path == Path(path.anchor):
         raise SurgeonError(f"{option} {path}: the root folder cannot be an output; name a folder inside it")
     if len(os.fsencode(path.name)) > _NAME_MAX - _STAGE_NAME_EXTRA:

@@ -14,6 +14,7 @@ read. Each failure is one `SurgeonError` line naming the file and the node, tens
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -100,8 +101,18 @@ def external_range(tensor: TensorProto, path: Path, what: str) -> ExternalRange:
             raise SurgeonError(f"{path}: {what}: external_data names '{entry.key}' twice; {_FIX}")
         info[entry.key] = entry.value
     location = info.get("location", "")
-    file = confine.regular_file(path, f"{what}: external_data location", location)
-    size = file.stat().st_size
+    field = f"{what}: external_data location"
+    file = confine.regular_file(path, field, location)
+    # onnx.load takes only a relative location to a file that is neither a symlink nor hard-linked
+    # (a hard link can lead anywhere: onnx/checker.cc); refuse what it refuses, so that a model that
+    # passes here loads there too.
+    info_of_file = file.stat()
+    if os.path.isabs(location) or os.path.islink(Path(path).parent / location) or info_of_file.st_nlink > 1:
+        kind = ("an absolute path" if os.path.isabs(location) else "a symbolic link"
+                if os.path.islink(Path(path).parent / location) else f"a file with {info_of_file.st_nlink} hard links")
+        raise confine.PathRefused(path, field, f"{confine.shown(location)} is {kind}; ONNX loaders take only a "
+                                               "relative path to a file of its own — copy the data next to the model")
+    size = info_of_file.st_size
     offset = _integer(info, "offset", 0, path, what)
     if offset > size:
         raise SurgeonError(f"{path}: {what}: external_data offset {offset} is past the end of '{location}' "

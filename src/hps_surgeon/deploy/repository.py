@@ -293,7 +293,8 @@ def _write_hps(folder: Path, source: RewriteFolder, model: onnx.ModelProto, conf
     folder.mkdir()
     onnx.save_model(model, str(folder / MODEL_NAME))
     for rel, real in source.external.items():
-        _link_or_copy(real, folder / rel, folder)
+        # copied, never linked: onnx.load refuses external data with more than one hard link
+        _link_or_copy(real, folder / rel, folder, link=False)
     for rel, files in {rel: files for files, rel in tables.values()}.items():
         for real, name in zip(files, (KEY_FILE, VECTOR_FILE)):
             _link_or_copy(real, folder / rel / name, folder)
@@ -311,12 +312,14 @@ def _relocate_external(model: onnx.ModelProto, source: RewriteFolder) -> None:
                 entry.value = real.relative_to(root).as_posix()
 
 
-def _link_or_copy(src: Path, dst: Path, within: Path) -> None:
+def _link_or_copy(src: Path, dst: Path, within: Path, link: bool = True) -> None:
     """Hard link (no copy of large tables) when on the same filesystem, else a copy; only inside `within`."""
     if not Path(os.path.abspath(dst)).is_relative_to(Path(os.path.abspath(within))):
         raise SurgeonError(f"deploy would write {dst}, outside {within}; please report this")
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
+        if not link:
+            raise OSError("copy asked for")
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)

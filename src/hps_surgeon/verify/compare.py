@@ -17,6 +17,7 @@ import onnx
 
 from ..errors import SurgeonError, errors
 from ..hps import validate
+from ..load import read_proto
 from . import keyspace
 
 #: who serves HPS_TRT lookups: the CPU reference, or the CUDA plugin library (hps.native)
@@ -57,6 +58,7 @@ def verify(original: str | Path, rewritten: str | Path, config: str | Path, *, b
     problems = errors(validate.validate(rewritten, config))
     if problems:
         raise SurgeonError(f"{problems[0]} (and {len(problems) - 1} more)" if len(problems) > 1 else str(problems[0]))
+    _check_pair(read_proto(original), original, read_proto(rewritten), rewritten)
     # Polygraphy and onnxruntime sessions are imported only when a verification runs.
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
     from polygraphy.comparator import Comparator, SimpleCompareFunc
@@ -73,6 +75,16 @@ def verify(original: str | Path, rewritten: str | Path, config: str | Path, *, b
     outputs = _output_errors(results, runners)
     return VerifyReport(passed=bool(accuracy), iterations=len(feeds), batch_sizes=(1, batch_size),
                         outputs=outputs, key_ranges=tuple(ranges), atol=atol, rtol=rtol)
+
+
+def _check_pair(original: onnx.ModelProto, original_path: Path, rewritten: onnx.ModelProto,
+                rewritten_path: Path) -> None:
+    """Both models are safe to load (read_proto) and take the same inputs, so one feed runs both."""
+    names = {value.name for value in original.graph.input}
+    missing = [value.name for value in rewritten.graph.input if value.name not in names]
+    if missing:
+        raise SurgeonError(f"{original_path}: has no input '{missing[0]}', which {rewritten_path} takes; pass the "
+                           "model that was rewritten as ORIGINAL")
 
 
 def make_feeds(model_path: Path, ranges: list[keyspace.KeyRange], iterations: int, batch_sizes: tuple[int, ...],
