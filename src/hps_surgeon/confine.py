@@ -43,6 +43,12 @@ def inside(file: Path, field: str, value: object, root: Path | None = None) -> P
     if not real.is_relative_to(root_real):
         raise PathRefused(file, field, f"{shown(value)} leads outside {root_real} (to {real}); refusing to read "
                                        f"it — keep what {file.name} names inside its folder")
+    try:
+        os.stat(real)
+    except (FileNotFoundError, NotADirectoryError):
+        pass  # absent: the caller says what it needed there
+    except OSError as exc:  # a name too long, a loop of links: unusable whatever it is
+        raise PathRefused(file, field, f"{shown(value)} cannot be used ({exc.strerror}); fix the path") from None
     return real
 
 

@@ -52,6 +52,7 @@ def check_model(proto: onnx.ModelProto, path: Path) -> None:
     _check_model_text(proto, path)
     for graph, scope in _scopes(proto.graph, ""):
         _check_graph_text(graph, path, scope)
+        _check_value_types(graph, path, scope)
         for tensor, what in _stored_tensors(graph, scope):
             check_tensor(tensor, path, what)
         _check_single_assignment(graph, path, scope)
@@ -240,6 +241,29 @@ def _text(value: object, path: Path, where: str) -> None:
 
 def _quoted(text: str) -> str:
     return "'" + text[:40].encode("unicode_escape").decode("ascii") + ("...'" if len(text) > 40 else "'")
+
+
+def _check_value_types(graph: onnx.GraphProto, path: Path, scope: str) -> None:
+    for kind, values in (("input", graph.input), ("output", graph.output), ("value_info", graph.value_info)):
+        for value in values:
+            dtype = _unknown_dtype(value.type)
+            if dtype is not None:
+                raise SurgeonError(f"{path}: {scope}graph {kind} '{value.name}' has element type {dtype}, which is "
+                                   f"not an ONNX dtype; {_FIX}")
+
+
+def _unknown_dtype(type_proto: onnx.TypeProto) -> int | None:
+    """An element type of `type_proto` (at any nesting) that ONNX does not define; 0 (unset) is allowed."""
+    kind = type_proto.WhichOneof("value")
+    if kind in ("tensor_type", "sparse_tensor_type"):
+        dtype = getattr(type_proto, kind).elem_type
+        return dtype if dtype not in TensorProto.DataType.values() else None
+    if kind in ("sequence_type", "optional_type"):
+        return _unknown_dtype(getattr(type_proto, kind).elem_type)
+    if kind == "map_type":
+        key = type_proto.map_type.key_type
+        return key if key not in TensorProto.DataType.values() else _unknown_dtype(type_proto.map_type.value_type)
+    return None
 
 
 # --- graph structure -----------------------------------------------------------------------------

@@ -78,6 +78,9 @@ def load(path: Path) -> tuple[dict | None, list[Problem]]:
     except json.JSONDecodeError as exc:
         return None, [Problem(str(path), f"line {exc.lineno}", f"not valid JSON ({exc.msg}) — fix the file or "
                                                                 "re-run hps-surgeon rewrite")]
+    except UnicodeDecodeError as exc:
+        return None, [Problem(str(path), f"byte {exc.start}", "not UTF-8 text, so not JSON — fix the file or "
+                                                               "re-run hps-surgeon rewrite")]
     found = sorted(jsonschema.Draft202012Validator(_schema()).iter_errors(config),
                    key=lambda e: [str(p) for p in e.absolute_path])
     problems = [Problem(str(path), _json_path(e.absolute_path), f"{e.message} — see HugeCTR's HPS configuration "
