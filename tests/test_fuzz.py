@@ -718,6 +718,9 @@ def test_fuzz(index, root, capfd, monkeypatch):
             signal.alarm(COMMAND_TIMEOUT_S)
             try:
                 result = run_in_process(capfd, argv)
+            except BaseException as exc:
+                exc.add_note(f"fuzz input {index} ({'; '.join(item.recipe)}), command {[str(a) for a in argv]}")
+                raise
             finally:
                 signal.alarm(0)
             if os.environ.get("HPS_SURGEON_FUZZ_LOG"):

@@ -602,3 +602,15 @@ def test_deploy_never_creates_anything_outside_the_repository(cli, rw, tmp_path)
     assert result.code == 0, result.err
     assert sorted(p.name for p in (parent / "repo").iterdir()) == ["demo", "start_triton.sh"]
     assert sorted(p.name for p in parent.iterdir()) == ["repo"]
+
+
+def test_deploy_of_a_rewrite_folder_whose_model_is_a_symlink_outside(cli, rw, tmp_path):
+    """deploy serialises the model it reads into the repository: it must be the folder's own."""
+    elsewhere = tmp_path / "elsewhere.onnx"
+    shutil.move(rw / "model.onnx", elsewhere)
+    os.symlink(elsewhere, rw / "model.onnx")
+    result = cli("deploy", rw, "--repo", tmp_path / "repo")
+    assert (result.code, result.error_line) == (
+        2, f"hps-surgeon: error: {rw / 'model.onnx'}: a symbolic link out of the rewrite folder (to {elsewhere}); "
+           "refusing to deploy it — copy the file into the folder")
+    assert not (tmp_path / "repo").exists()

@@ -100,7 +100,7 @@ def _check_onnx(path: Path, domain: str) -> None:
         onnx.save_model(proto, str(target))
     try:
         onnx.checker.check_model(str(target), full_check=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError) as exc:
         raise SurgeonError(f"{path}: rewritten model fails onnx.checker ({str(exc).splitlines()[0]}); "
                            "nothing was written. Please report this with the source model.") from None
     finally:

@@ -250,10 +250,13 @@ def _check_value_types(graph: onnx.GraphProto, path: Path, scope: str) -> None:
             if dtype is not None:
                 raise SurgeonError(f"{path}: {scope}graph {kind} '{value.name}' has element type {dtype}, which is "
                                    f"not an ONNX dtype; {_FIX}")
+            if value.type.HasField("tensor_type") and value.type.tensor_type.elem_type == TensorProto.UNDEFINED:
+                raise SurgeonError(f"{path}: {scope}graph {kind} '{value.name}' is a tensor without an element type "
+                                   f"(onnx.checker refuses it); {_FIX}")
 
 
 def _unknown_dtype(type_proto: onnx.TypeProto) -> int | None:
-    """An element type of `type_proto` (at any nesting) that ONNX does not define; 0 (unset) is allowed."""
+    """An element type of `type_proto` (at any nesting) that ONNX does not define (0, unset, is defined)."""
     kind = type_proto.WhichOneof("value")
     if kind in ("tensor_type", "sparse_tensor_type"):
         dtype = getattr(type_proto, kind).elem_type

@@ -45,6 +45,8 @@ from . import triton
 #: Where HugeCTR's HPS containers install the plugin (HPS_TRT creator, version "1").
 DEFAULT_PLUGIN_LIB = "/usr/local/hps_trt/lib/libhps_plugin.so"
 _TRITON_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+#: file names are at most 255 bytes; the staging folder is ".NAME.deploy-" + 8 characters
+_NAME_LIMIT = 255 - 22
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,11 @@ def read_rewrite(path: Path) -> RewriteFolder:
         for needed in (model_path, config_path):
             if not needed.is_file():
                 raise SurgeonError(f"{needed}: missing from the rewrite folder — {fix}")
+            real = Path(os.path.realpath(needed))
+            if not real.is_relative_to(Path(os.path.realpath(path))):
+                # deploy writes what the folder holds into the repository: nothing from elsewhere
+                raise SurgeonError(f"{needed}: a symbolic link out of the rewrite folder (to {real}); refusing to "
+                                   "deploy it — copy the file into the folder")
     except OSError as exc:
         raise SurgeonError(f"{path}: cannot read the rewrite folder ({exc.strerror}) — {fix}") from None
     model = read_proto(model_path)  # external data: confined to the folder, regular files, sizes right
@@ -189,6 +196,9 @@ def _subgraphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
 def _model_name(name: str | None, source: RewriteFolder) -> str:
     if name is None:
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", source.entries[0]["model"]).lstrip(".") or "model"
+    if len(name) > _NAME_LIMIT:
+        raise SurgeonError(f"--name '{name[:40]}...': {len(name)} characters; a Triton model name is a folder name "
+                           f"and deploy stages it under a longer one — at most {_NAME_LIMIT}")
     if not _TRITON_NAME.match(name):
         raise SurgeonError(f"--name '{name}': a Triton model name is a folder name of letters, digits, '_', '.' "
                            "and '-', not starting with '.' or '-' — choose another --name")
@@ -345,7 +355,7 @@ def _staged(repo: Path, name: str) -> Iterator[Path]:
     finally:
         if stage is not None:
             shutil.rmtree(stage, ignore_errors=True)
-        if not (repo / name).exists():  # failed: remove the folders this run created
+        if not os.path.lexists(repo / name):  # failed: remove the folders this run created
             for made in reversed(created):
                 with contextlib.suppress(OSError):
                     made.rmdir()
