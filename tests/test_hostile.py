@@ -614,3 +614,23 @@ def test_deploy_of_a_rewrite_folder_whose_model_is_a_symlink_outside(cli, rw, tm
         2, f"hps-surgeon: error: {rw / 'model.onnx'}: a symbolic link out of the rewrite folder (to {elsewhere}); "
            "refusing to deploy it — copy the file into the folder")
     assert not (tmp_path / "repo").exists()
+
+
+def test_check_with_a_fifo_as_config_does_not_block(cli, rw, tmp_path):
+    os.mkfifo(tmp_path / "fifo.json")
+    result = cli("check", rw / "model.onnx", "--config", tmp_path / "fifo.json")
+    assert (result.code, result.out) == (1, f"{tmp_path / 'fifo.json'}:(file): not a regular file — pass the "
+                                            "hps_config.json that rewrite wrote\n")
+
+
+def test_constant_node_whose_tensor_attribute_is_not_named_value(cli, tmp_path):
+    """A Constant giving the table through another attribute is not taken for a table (was a KeyError)."""
+    def edit(model):
+        table = table_of(model)
+        model.graph.initializer.remove(table)
+        node = helper.make_node("Constant", [], [TABLE], name="table_const", value=table)
+        node.attribute[0].name = "valuf"
+        model.graph.node.insert(0, node)
+    model = edited(tmp_path, edit)
+    result = cli("scan", model)
+    assert (result.code, result.out, result.err) == (0, f"{model}: 0 lookup(s) to rewrite, 0 not rewritable\n", "")

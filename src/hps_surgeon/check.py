@@ -26,6 +26,10 @@ def _check_one(path: Path, config: str | None, require_rewritten: bool, max_tabl
         proto = read_proto(path)
         lookups = scan(path).lookups if require_rewritten else None
         config_path = Path(config) if config else _config_beside(path)
+        if config_path is not None and config_path.exists() and not config_path.is_file():
+            # a FIFO would block the hook forever, a folder cannot be read
+            return [Problem(str(config_path), "(file)", "not a regular file — pass the hps_config.json that "
+                                                         "rewrite wrote")]
         problems = validate.validate(path, config_path, model=proto)
     except SurgeonError as exc:
         return [Problem(str(path), "(file)", str(exc).removeprefix(f"{path}: "))]

@@ -174,14 +174,15 @@ def _name_nodes_uniquely(graph: onnx.GraphProto) -> tuple[str, ...]:
     them rewritten). The first node keeps a shared name; later ones get `_<index>` appended.
     """
     nodes = [node for scope in (graph, *subgraphs(graph)) for node in scope.node]
-    taken = {node.name for node in nodes if node.name}
+    names = [node.name for node in nodes]
+    taken = set(names)
     seen: set[str] = set()
     renamed: list[str] = []
-    for index, node in enumerate(nodes):
-        if node.name and node.name not in seen:
-            seen.add(node.name)
+    for index, original in enumerate(names):
+        if original and original not in seen:
+            seen.add(original)
             continue
-        original = node.name
+        node = nodes[index]
         name = f"{original or node.op_type}_{index}"
         while name in taken:
             name += "_"
