@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,3 +93,16 @@ def run_in_process(capfd, argv) -> CliRun:
         code = exc.code
     out, err = capfd.readouterr()
     return CliRun(code, out, err)
+
+
+def tree(folder: Path) -> dict[str, tuple]:
+    """Every entry under `folder` (symlinks not followed), by absolute path: what it is and, for files,
+    their size and mtime. A folder's own mtime is left out: it changes when an output moves into it."""
+    found = {}
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            path = Path(root) / name
+            st = os.lstat(path)
+            found[str(path)] = (st.st_mode, st.st_ino) if name in dirs else (st.st_mode, st.st_size,
+                                                                             st.st_mtime_ns, st.st_ino)
+    return found

@@ -23,7 +23,8 @@ and run through the commands that read it (COMMANDS_FOR). For every input and co
   input's folder at which the hostile paths point: neither a run of its bytes nor a number made
   of 8 of them (the review saw `stored keys reach 8460079263663478611`).
 
-HPS_SURGEON_FUZZ_INPUTS inputs per run (default 300), from seed HPS_SURGEON_FUZZ_SEED (default 11).
+HPS_SURGEON_FUZZ_INPUTS inputs per run (default 300), from seed HPS_SURGEON_FUZZ_SEED (default 11);
+HPS_SURGEON_FUZZ_LOG=FILE appends every run (recipe, command, exit code, output) to FILE as JSON lines.
 Input N is the same for a given seed whatever the count: a failure names N and its recipe; rerun
 it alone with `pytest tests/test_fuzz.py -k "input[N]"`. New commands join by adding their exit
 codes to EXIT_CODES and their argument lists to COMMANDS_FOR.
@@ -47,7 +48,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import hps_surgeon
 
-from support import FIXTURES, run_in_process
+from support import FIXTURES, run_in_process, tree
 
 INPUTS = int(os.environ.get("HPS_SURGEON_FUZZ_INPUTS", "300"))
 SEED = int(os.environ.get("HPS_SURGEON_FUZZ_SEED", "11"))
@@ -214,13 +215,11 @@ def _proto_input(rng: random.Random, root: Path, case: Path, item: Input) -> Non
 
 def _mutate_dims(model, rng):
     table = _table(model, rng)
-    dims = list(table.dims)
+    dims = list(table.dims) or [1]
     choice = rng.choice(["rows+1", "rows-1", "dim*2", "zero", "2^40", "negative", "extra", "drop", "huge rank"])
     new = {"rows+1": [dims[0] + 1, *dims[1:]], "rows-1": [max(dims[0] - 1, 0), *dims[1:]],
-           "dim*2": [*dims[:-1], dims[-1] * 2] if dims else [2], "zero": [0, *dims[1:]], "2^40": [dims[0] if dims else 1,
-                                                                                            2**40],
-           "negative": [-d for d in dims] or [-1], "extra": [*dims, 1], "drop": dims[:-1],
-           "huge rank": [1] * 64}[choice]
+           "dim*2": [*dims[:-1], dims[-1] * 2], "zero": [0, *dims[1:]], "2^40": [dims[0], 2**40],
+           "negative": [-d for d in dims], "extra": [*dims, 1], "drop": dims[:-1], "huge rank": [1] * 64}[choice]
     del table.dims[:]
     table.dims.extend(new)
     return f"dims of '{table.name}' {dims} -> {choice}"
@@ -602,12 +601,9 @@ def _paths_model_file(rng, root, rw):
 
 def _paths_external(rng, root, rw):
     model = onnx.load_model(str(rw / "model.onnx"), load_external_data=False)
-    return _mutate_external(model, rng, root, rw) + _save(model, rw / "model.onnx")
-
-
-def _save(model: onnx.ModelProto, path: Path) -> str:
-    onnx.save_model(model, str(path))
-    return ""
+    recipe = _mutate_external(model, rng, root, rw)
+    onnx.save_model(model, str(rw / "model.onnx"))
+    return recipe
 
 
 # --- output folders ------------------------------------------------------------------------------
@@ -641,18 +637,6 @@ def _outputs_input(rng: random.Random, root: Path, case: Path, item: Input) -> N
 
 # --- the contract --------------------------------------------------------------------------------
 
-def snapshot(root: Path) -> dict[str, tuple]:
-    found = {}
-    for folder, dirs, files in os.walk(root):
-        for name in dirs + files:
-            path = Path(folder) / name
-            st = os.lstat(path)
-            # a folder's mtime changes when an output is moved into it: only what it is counts
-            found[str(path)] = (st.st_mode, st.st_ino) if name in dirs else (st.st_mode, st.st_size,
-                                                                             st.st_mtime_ns, st.st_ino)
-    return found
-
-
 def _changed_outside(before: dict, after: dict, requested: Path | None) -> list[str]:
     allowed = [] if requested is None else [str(requested), os.path.realpath(requested)]
     changed = {p for p in before.keys() | after.keys() if before.get(p) != after.get(p)}
@@ -680,7 +664,8 @@ def check_contract(argv: list[str], requested: Path | None, result, before: dict
     if result.code not in EXIT_CODES[command]:
         broken.append(f"exit {result.code}, documented: {sorted(EXIT_CODES[command])}")
     err = result.err.strip().splitlines()
-    names_input = lambda line: str(root) in line or str(FIXTURES) in line or "--" in line  # noqa: E731
+    names_input = lambda line: any(  # noqa: E731
+        subject in line for subject in (str(root), str(FIXTURES), "--out ", "--repo ", "--name "))
     if result.code == 2:
         if len(err) != 1 or not err[0].startswith("hps-surgeon: error: ") or not names_input(err[0]):
             broken.append(f"exit 2 needs one line `hps-surgeon: error: ...` naming the input; stderr: {result.err!r}")
@@ -714,7 +699,7 @@ def test_fuzz(index, root, capfd, monkeypatch):
     previous = signal.signal(signal.SIGALRM, _timeout)
     try:
         for argv, requested in item.runs:
-            before = snapshot(root)
+            before = tree(root)
             signal.alarm(COMMAND_TIMEOUT_S)
             try:
                 result = run_in_process(capfd, argv)
@@ -728,7 +713,7 @@ def test_fuzz(index, root, capfd, monkeypatch):
                     log.write(json.dumps({"index": index, "recipe": item.recipe, "argv": [str(a) for a in argv],
                                           "code": result.code, "err": result.err[-300:], "out": result.out[-300:]})
                               + "\n")
-            broken = check_contract([str(a) for a in argv], requested, result, before, snapshot(root), root)
+            broken = check_contract([str(a) for a in argv], requested, result, before, tree(root), root)
             assert not broken, (f"input {index} ({'; '.join(item.recipe)}), command {[str(a) for a in argv]}:\n  "
                                 + "\n  ".join(broken))
     finally:

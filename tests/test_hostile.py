@@ -21,24 +21,13 @@ from onnx import TensorProto, helper, numpy_helper
 
 import hps_surgeon
 
-from support import FIXTURES
+from support import FIXTURES, tree
 
 #: one table 'emb.weight' [1000, 16] float32, read by node '/emb/Gather' (torch.onnx, legacy exporter)
 SOURCE = FIXTURES / "torch/embedding_int64_legacy.onnx"
 DLRM = FIXTURES / "torch/dlrm_small_legacy.onnx"  # 26 tables, keys [B, 26]
 TABLE = "emb.weight"
 NODE = "hps_trt//emb/Gather"
-
-
-def tree(folder: Path) -> dict[str, tuple]:
-    """Every entry under `folder` (not following symlinks) with its kind, size and mtime."""
-    found = {}
-    for root, dirs, files in os.walk(folder):
-        for name in dirs + files:
-            path = Path(root) / name
-            st = os.lstat(path)
-            found[str(path.relative_to(folder))] = (st.st_mode, st.st_size, st.st_mtime_ns)
-    return found
 
 
 def table_of(model: onnx.ModelProto) -> TensorProto:
