@@ -37,7 +37,8 @@ PLUGIN = "/opt/fake/libhps_plugin.so"
 RECORDER = """#!{python}
 import json, os, sys
 with open(os.environ["RECORD"], "w") as f:
-    json.dump({{"argv": sys.argv[1:], "LD_PRELOAD": os.environ.get("LD_PRELOAD")}}, f)
+    json.dump({{"argv": sys.argv[1:], "LD_PRELOAD": os.environ.get("LD_PRELOAD"),
+               "HPS_TRT_AUTOREGISTER": os.environ.get("HPS_TRT_AUTOREGISTER")}}, f)
 """
 
 
@@ -148,6 +149,8 @@ def test_deploy_every_fixture(fixture, tmp_path):
     record = tmp_path / "record.json"
     proc = run_script(folder / "build_engine.sh", bin_dir, record)
     assert proc.returncode == 0, proc.stderr
+    # polygraphy dlopens --plugins before importing TensorRT: the plugin must load libnvinfer itself
+    assert json.loads(record.read_text())["HPS_TRT_AUTOREGISTER"] == "1"
     argv = json.loads(record.read_text())["argv"]
     assert argv[0] == "convert"
     args, groups = polygraphy_convert(argv[1:])

@@ -14,11 +14,13 @@
 
 #include <cuda_runtime.h>
 
+#include "db_table.hpp"
 #include "gpu_table.hpp"
+#include "storage/db_config.hpp"
 #include "hps_plugin/hps.h"
 
 struct hps_table {
-    std::shared_ptr<hps::GpuTable> table;
+    std::shared_ptr<hps::Table> table;
 };
 
 namespace {
@@ -27,10 +29,10 @@ thread_local std::string g_last_error;
 
 using Key = std::tuple<std::string, std::string, int32_t, int32_t>;
 std::mutex g_mutex;
-std::map<Key, std::weak_ptr<hps::GpuTable>>& registry() {
+std::map<Key, std::weak_ptr<hps::Table>>& registry() {
     // Leaked on purpose: tables still open at exit must not be destroyed after the CUDA runtime
     // has been torn down (static destruction order across libraries is unspecified).
-    static auto* r = new std::map<Key, std::weak_ptr<hps::GpuTable>>();
+    static auto* r = new std::map<Key, std::weak_ptr<hps::Table>>();
     return *r;
 }
 
@@ -94,9 +96,15 @@ hps_status hps_open(const char* config_path, const char* model_name, int32_t tab
         if (dev < 0) dev = spec.deployed_devices.empty() ? 0 : spec.deployed_devices.front();
         std::lock_guard<std::mutex> lock(g_mutex);
         const Key key{path, model_name, table_id, dev};
-        std::shared_ptr<hps::GpuTable> table = registry()[key].lock();
+        std::shared_ptr<hps::Table> table = registry()[key].lock();
         if (!table) {
-            table = std::make_shared<hps::GpuTable>(spec, dev);
+            // A redis_cluster volatile_db or rocks_db persistent_db puts the table in the databases;
+            // otherwise it is read from the sparse files into GPU / pinned host memory.
+            const hps::storage::DbConfig db = hps::storage::load_db_config(path);
+            if (db.tiered())
+                table = std::make_shared<hps::DbTable>(spec, db, dev);
+            else
+                table = std::make_shared<hps::GpuTable>(spec, dev);
             registry()[key] = table;
         }
         *out_handle = new hps_table{table};
@@ -119,6 +127,20 @@ hps_status hps_stats(hps_table* handle, hps_stats_t* out_stats) {
     return guarded([&] { *out_stats = handle->table->stats(); });
 }
 
+hps_status hps_tier_stats(hps_table* handle, hps_tier_stats_t* out_stats) {
+    if (!handle || !handle->table || !out_stats)
+        return fail(HPS_ERR_INVALID_ARGUMENT, "hps_tier_stats: handle is NULL/closed or out_stats is NULL");
+    return guarded([&] { *out_stats = handle->table->tier_stats(); });
+}
+
+hps_status hps_refresh(hps_table* handle, double fraction, int64_t* out_rows) {
+    if (!handle || !handle->table) return fail(HPS_ERR_INVALID_ARGUMENT, "hps_refresh: handle is NULL or closed");
+    return guarded([&] {
+        const int64_t rows = handle->table->refresh(fraction);
+        if (out_rows) *out_rows = rows;
+    });
+}
+
 hps_status hps_table_info(hps_table* handle, hps_table_info_t* out_info) {
     if (!handle || !handle->table || !out_info)
         return fail(HPS_ERR_INVALID_ARGUMENT, "hps_table_info: handle is NULL/closed or out_info is NULL");
@@ -128,7 +150,7 @@ hps_status hps_table_info(hps_table* handle, hps_table_info_t* out_info) {
 hps_status hps_close(hps_table* handle) {
     if (!handle) return HPS_OK;
     return guarded([&] {
-        std::shared_ptr<hps::GpuTable> table = std::move(handle->table);
+        std::shared_ptr<hps::Table> table = std::move(handle->table);
         delete handle;
         // Drop the last reference under the lock so a concurrent hps_open cannot revive a table
         // that is being destroyed; the registry entry expires with it.

@@ -1,6 +1,6 @@
 // gpu_table.hpp: one embedding table on one CUDA device: GPU cache + host tier + GPU key index.
 //
-// Layout (see gpu_table.cu for the kernels and the reasoning):
+// Layout (the kernels and the reasoning: lookup_kernels.cuh, hash_probe.cuh):
 //   key index  : open-addressing hash in GPU memory, 16-byte entries {int64 key, int32 row},
 //                linear probing, capacity = next power of two >= 2 x rows. It indexes every key of
 //                the table (not only cached ones), so a miss finds its host row without a host
@@ -20,32 +20,31 @@
 
 #include "host_table.hpp"
 #include "hps_plugin/hps.h"
+#include "table.hpp"
 
 namespace hps {
 
-struct DeviceState;  // device pointers, defined in gpu_table.cu
+struct DeviceState;  // the table's device memory, defined in gpu_table.cu
 
-class GpuTable {
+class GpuTable final : public Table {
 public:
     // Loads spec's table onto device (throws hps::Error).
     GpuTable(const TableSpec& spec, int device);
-    ~GpuTable();
+    ~GpuTable() override;
     GpuTable(const GpuTable&) = delete;
     GpuTable& operator=(const GpuTable&) = delete;
 
     // Asynchronous on stream; no host synchronisation, no allocation (graph-capturable).
-    void lookup(const void* keys, int key_bits, int64_t n, float* out, cudaStream_t stream) const;
+    void lookup(const void* keys, int key_bits, int64_t n, float* out, cudaStream_t stream) const override;
     // Host buffers in and out; synchronous.
-    void lookup_host(const void* keys, int key_bits, int64_t n, float* out) const;
+    void lookup_host(const void* keys, int key_bits, int64_t n, float* out) const override;
 
-    hps_stats_t stats() const;
-    hps_table_info_t info() const;
+    hps_stats_t stats() const override;
+    hps_table_info_t info() const override;
     int device() const { return device_; }
     const TableSpec& spec() const { return spec_; }
 
 private:
-    void release() noexcept;
-
     TableSpec spec_;
     int device_ = 0;
     int64_t rows_ = 0;
@@ -53,19 +52,6 @@ private:
     bool resident_ = true;
     int sm_count_ = 1;
     std::unique_ptr<DeviceState> s_;
-};
-
-// Sets the current device for the scope and restores the caller's afterwards (TensorRT and
-// frameworks own the current device of their threads; we must not change it behind their back).
-class DeviceGuard {
-public:
-    explicit DeviceGuard(int device);
-    ~DeviceGuard();
-    DeviceGuard(const DeviceGuard&) = delete;
-    DeviceGuard& operator=(const DeviceGuard&) = delete;
-
-private:
-    int previous_ = -1;
 };
 
 }  // namespace hps

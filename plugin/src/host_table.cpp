@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <memory>
 #include <sstream>
 #include <sys/stat.h>
 
@@ -66,30 +67,30 @@ int64_t file_size(const std::string& path, const std::string& what_for) {
     return static_cast<int64_t>(st.st_size);
 }
 
+struct FileClose {
+    void operator()(FILE* f) const noexcept { std::fclose(f); }  // read-only: nothing to flush
+};
+using File = std::unique_ptr<FILE, FileClose>;
+
 void read_exact(const std::string& path, void* dst, int64_t bytes, int64_t offset = 0) {
-    FILE* f = std::fopen(path.c_str(), "rb");
+    File f(std::fopen(path.c_str(), "rb"));
     if (!f) throw Error(HPS_ERR_TABLE_FILE, path + ": cannot open (" + std::strerror(errno) + ")");
-    if (offset != 0 && fseeko(f, static_cast<off_t>(offset), SEEK_SET) != 0) {
-        std::fclose(f);
+    if (offset != 0 && fseeko(f.get(), static_cast<off_t>(offset), SEEK_SET) != 0)
         throw Error(HPS_ERR_TABLE_FILE, path + ": cannot seek to byte " + std::to_string(offset));
-    }
     char* p = static_cast<char*>(dst);
     int64_t left = bytes;
     while (left > 0) {
         // 64 MiB pieces keep one fread well under any size_t or filesystem limit.
         const size_t chunk = static_cast<size_t>(left < (int64_t(64) << 20) ? left : (int64_t(64) << 20));
-        const size_t got = std::fread(p, 1, chunk, f);
-        if (got != chunk) {
-            const bool eof = std::feof(f);
-            std::fclose(f);
+        const size_t got = std::fread(p, 1, chunk, f.get());
+        if (got != chunk)
             throw Error(HPS_ERR_TABLE_FILE, path + ": read failed after " + std::to_string(bytes - left + int64_t(got)) +
                                                 " of " + std::to_string(bytes) + " bytes (" +
-                                                (eof ? "file shrank while reading" : std::strerror(errno)) + ")");
-        }
+                                                (std::feof(f.get()) ? "file shrank while reading" : std::strerror(errno)) +
+                                                ")");
         p += got;
         left -= static_cast<int64_t>(got);
     }
-    std::fclose(f);
 }
 
 }  // namespace

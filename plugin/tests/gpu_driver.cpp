@@ -1,6 +1,7 @@
 // gpu_driver.cpp: small end-to-end run of the C ABI for compute-sanitizer (memcheck, racecheck)
 // and for a quick check without Python: writes a table, opens it resident and hierarchical,
 // looks up int32/int64 keys (hits, misses, absent keys) on 4 streams, compares with the CPU.
+// Two batch sizes: 3000 keys (resident tables: the small-batch kernel) and 60000 (the main one).
 //   usage: hps_gpu_driver <scratch dir> [rows] [dim]
 #include <cstdio>
 #include <cstdlib>
@@ -19,42 +20,19 @@
         cudaError_t e_ = (call);                                                         \
         if (e_ != cudaSuccess) {                                                         \
             std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
-            return 2;                                                                    \
+            std::exit(2);                                                                \
         }                                                                                \
     } while (0)
 #define HK(call)                                                                          \
     do {                                                                                  \
         if ((call) != HPS_OK) {                                                           \
             std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #call, hps_last_error()); \
-            return 3;                                                                     \
+            std::exit(3);                                                                 \
         }                                                                                 \
     } while (0)
 
-int main(int argc, char** argv) {
-    if (argc < 2) {
-        std::fprintf(stderr, "usage: %s <scratch dir> [rows] [dim]\n", argv[0]);
-        return 1;
-    }
-    const std::string dir = argv[1];
-    const int rows = argc > 2 ? std::atoi(argv[2]) : 4096;
-    const int dim = argc > 3 ? std::atoi(argv[3]) : 16;
-    std::filesystem::create_directories(dir + "/t0");
-    std::vector<long long> keys(rows);
-    std::vector<float> vecs(static_cast<size_t>(rows) * dim);
-    for (int r = 0; r < rows; ++r) {
-        keys[r] = 3LL * r + 5;  // keys 5, 8, 11, ...: others are absent
-        for (int c = 0; c < dim; ++c) vecs[static_cast<size_t>(r) * dim + c] = static_cast<float>(r) * 0.5f + c;
-    }
-    std::ofstream(dir + "/t0/key", std::ios::binary).write(reinterpret_cast<char*>(keys.data()), rows * 8LL);
-    std::ofstream(dir + "/t0/emb_vector", std::ios::binary)
-        .write(reinterpret_cast<char*>(vecs.data()), static_cast<long long>(vecs.size()) * 4);
-    std::ofstream(dir + "/hps.json") << R"({"supportlonglong": true, "models": [
-      {"model": "res", "sparse_files": ["t0"], "embedding_vecsize_per_table": [)" << dim
-                                      << R"(], "default_value_for_each_table": [-7.0], "gpucacheper": 1.0},
-      {"model": "hier", "sparse_files": ["t0"], "embedding_vecsize_per_table": [)" << dim
-                                      << R"(], "default_value_for_each_table": [-7.0], "gpucacheper": 0.1}]})";
-
-    const int n = 3000;
+// Looks up n keys on 4 streams in both models and compares with the CPU; returns the mismatches.
+int look_up_batches(const std::string& dir, int rows, int dim, const std::vector<float>& vecs, int n) {
     std::vector<long long> q64(n);
     std::vector<int> q32(n);
     for (int i = 0; i < n; ++i) {
@@ -115,6 +93,35 @@ int main(int argc, char** argv) {
         CK(cudaFree(dk32));
         HK(hps_close(t));
     }
+    return failures;
+}
+
+int main(int argc, char** argv) {
+    if (argc < 2) {
+        std::fprintf(stderr, "usage: %s <scratch dir> [rows] [dim]\n", argv[0]);
+        return 1;
+    }
+    const std::string dir = argv[1];
+    const int rows = argc > 2 ? std::atoi(argv[2]) : 4096;
+    const int dim = argc > 3 ? std::atoi(argv[3]) : 16;
+    std::filesystem::create_directories(dir + "/t0");
+    std::vector<long long> keys(rows);
+    std::vector<float> vecs(static_cast<size_t>(rows) * dim);
+    for (int r = 0; r < rows; ++r) {
+        keys[r] = 3LL * r + 5;  // keys 5, 8, 11, ...: others are absent
+        for (int c = 0; c < dim; ++c) vecs[static_cast<size_t>(r) * dim + c] = static_cast<float>(r) * 0.5f + c;
+    }
+    std::ofstream(dir + "/t0/key", std::ios::binary).write(reinterpret_cast<char*>(keys.data()), rows * 8LL);
+    std::ofstream(dir + "/t0/emb_vector", std::ios::binary)
+        .write(reinterpret_cast<char*>(vecs.data()), static_cast<long long>(vecs.size()) * 4);
+    std::ofstream(dir + "/hps.json") << R"({"supportlonglong": true, "models": [
+      {"model": "res", "sparse_files": ["t0"], "embedding_vecsize_per_table": [)" << dim
+                                      << R"(], "default_value_for_each_table": [-7.0], "gpucacheper": 1.0},
+      {"model": "hier", "sparse_files": ["t0"], "embedding_vecsize_per_table": [)" << dim
+                                      << R"(], "default_value_for_each_table": [-7.0], "gpucacheper": 0.1}]})";
+
+    int failures = 0;
+    for (const int n : {3000, 60000}) failures += look_up_batches(dir, rows, dim, vecs, n);
     std::printf("%s: %d mismatches\n", failures ? "FAILED" : "OK", failures);
     return failures ? 1 : 0;
 }

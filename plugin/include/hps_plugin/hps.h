@@ -33,7 +33,10 @@ typedef enum hps_status {
     HPS_ERR_TABLE_FILE = 3,       /* key / emb_vector missing, truncated, or inconsistent */
     HPS_ERR_CUDA = 4,             /* a CUDA runtime call failed (message names it) */
     HPS_ERR_OUT_OF_MEMORY = 5,    /* device or pinned host allocation failed */
-    HPS_ERR_INTERNAL = 6
+    HPS_ERR_INTERNAL = 6,
+    HPS_ERR_DATABASE = 7,         /* Redis/RocksDB unreachable, refused (auth, lock, read-only) or
+                                     holding data that does not match the config (see hps_storage.h) */
+    HPS_ERR_CANCELLED = 8         /* a progress callback asked to stop (what was written stays valid) */
 } hps_status;
 
 typedef struct hps_table hps_table; /* opaque handle */
@@ -57,6 +60,17 @@ typedef struct hps_table_info_t {
     int32_t resident;        /* 1: whole table in GPU memory, no host tier kept */
     float default_value;     /* returned in every component for absent keys */
 } hps_table_info_t;
+
+/* Counters of the database tiers below the GPU cache (tables with a redis_cluster volatile_db
+ * and/or a rocks_db persistent_db; all zero otherwise). */
+typedef struct hps_tier_stats_t {
+    uint64_t volatile_hits;   /* keys served by the volatile DB (Redis Cluster) */
+    uint64_t persistent_hits; /* keys served by the persistent DB (RocksDB) */
+    uint64_t defaults;        /* keys no tier had: default value */
+    uint64_t unavailable;     /* key lookups a tier could not answer (node down, I/O error) */
+    uint64_t corrupt;         /* stored values of the wrong length, ignored */
+    uint64_t elevated;        /* keys copied up into the volatile DB (cache_missed_embeddings) */
+} hps_tier_stats_t;
 
 /* Library version string, e.g. "hps_plugin 0.1.0 (abi 1)". */
 HPS_API const char* hps_version(void);
@@ -86,6 +100,16 @@ HPS_API hps_status hps_lookup_host(hps_table* handle, const void* keys, int32_t 
                                    int64_t n, float* out);
 
 HPS_API hps_status hps_stats(hps_table* handle, hps_stats_t* out_stats);
+HPS_API hps_status hps_tier_stats(hps_table* handle, hps_tier_stats_t* out_stats);
+
+/* Online updates: re-reads `fraction` (0..1] of the GPU cache's rows from the database tiers, so
+ * rows changed there (hps-surgeon publish --update, or an update source writing Redis) are served
+ * from now on. Tables configured with refresh_interval > 0 also do this by themselves, every
+ * refresh_interval seconds with cache_refresh_percentage_per_iteration (after refresh_delay): an
+ * update is then visible within refresh_interval / cache_refresh_percentage_per_iteration seconds.
+ * Tables without database tiers refresh nothing (their rows come from the sparse files).
+ * out_rows (may be NULL): rows re-read. */
+HPS_API hps_status hps_refresh(hps_table* handle, double fraction, int64_t* out_rows);
 HPS_API hps_status hps_table_info(hps_table* handle, hps_table_info_t* out_info);
 
 /* Releases the handle; the table is freed when its last handle closes. NULL is a no-op. */

@@ -1,8 +1,9 @@
 """`hps-surgeon` command line: one module per command, each with `add_parser(commands)` and `run(args)`;
 no logic of its own (the library does the work).
 
-Exit codes: 0 success; 1 findings (verify mismatch, check problems); 2 bad input or usage;
-3 a bug (an unexpected exception, reported as one line; HPS_SURGEON_DEBUG=1 shows its traceback).
+Exit codes: 0 success; 1 findings (verify mismatch, check problems, an engine the builder refused);
+2 bad input or usage; 3 a bug (an unexpected exception, reported as one line; HPS_SURGEON_DEBUG=1
+shows its traceback).
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import DEBUG_ENV, EXIT_BUG, EXIT_INPUT, EXIT_OK, SurgeonError
-from . import check, deploy, rewrite, scan, verify
+from . import build_engine, check, deploy, publish, rewrite, scan, verify
 
 #: every command, in the order `hps-surgeon -h` lists them
-COMMANDS = (scan, rewrite, verify, check, deploy)
+COMMANDS = (scan, rewrite, verify, check, deploy, build_engine, publish)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,8 +46,8 @@ def parser() -> argparse.ArgumentParser:
         prog="hps-surgeon",
         description="Rewrite the embedding lookups of ONNX recommendation models into HPS_TRT nodes for "
                     "NVIDIA's Hierarchical Parameter Server, export the tables, verify and deploy the result.",
-        epilog="exit codes: 0 success; 1 verify found a mismatch or check found a problem; 2 bad input or usage; "
-               "3 a bug in hps-surgeon (please report it)")
+        epilog="exit codes: 0 success; 1 verify found a mismatch, check found a problem or the builder refused the "
+               "model; 2 bad input or usage; 3 a bug in hps-surgeon (please report it)")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.add_parser(commands).set_defaults(run=command.run)

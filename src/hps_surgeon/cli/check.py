@@ -19,13 +19,18 @@ def add_parser(commands) -> argparse.ArgumentParser:
                    help="fail when an embedding lookup larger than --max-table-mb is not rewritten")
     p.add_argument("--max-table-mb", type=float, default=0.0,
                    help="with --require-rewritten: tables up to this size may stay plain lookups")
+    p.add_argument("--engine", action="store_true",
+                   help="also parse and build each rewritten model with the installed NVIDIA builder and the HPS_TRT "
+                        "plugin (TensorRT-RTX needs no GPU)")
+    _options.add_engine(p)
     _options.add_json(p, "problems")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     problems = check_models(args.models, config=args.config, require_rewritten=args.require_rewritten,
-                            max_table_mb=args.max_table_mb)
+                            max_table_mb=args.max_table_mb,
+                            engine=_options.engine_options(args) if args.engine else None)
     if args.json:
         print(json.dumps([{"path": p.path, "where": p.where, "message": p.message, "severity": p.severity}
                           for p in problems], indent=2))

@@ -5,7 +5,7 @@
         NAME/config.pbtxt                  platform tensorrt_plan, I/O from the model
         NAME/build_engine.sh               polygraphy convert -> NAME/1/model.plan
         NAME/perf_data.json                perf_analyzer --input-data, keys from the tables
-        NAME/1/                            where the engine goes
+        NAME/1/                            where the engine goes (--build-engine: NAME/1/model.plan)
         NAME/hps/{hps_config.json, model.onnx, tables/}   paths valid under --deploy-root
 
 Everything is read, checked and generated first; then written into a staging folder inside
@@ -24,9 +24,10 @@ import posixpath
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
 from onnx import AttributeProto, TensorProto
@@ -41,6 +42,9 @@ from ..load import read_proto
 from ..staging import output_folder
 from ..verify import keyspace
 from . import triton
+
+if TYPE_CHECKING:
+    from .engine import EngineBuild
 
 #: Where HugeCTR's HPS containers install the plugin (HPS_TRT creator, version "1").
 DEFAULT_PLUGIN_LIB = "/usr/local/hps_trt/lib/libhps_plugin.so"
@@ -61,6 +65,7 @@ class DeployOptions:
     deploy_root: str = "/models"  #: where MODEL_REPO is mounted in the serving container
     plugin_lib: str = DEFAULT_PLUGIN_LIB
     force: bool = False
+    build_engine: bool = False  #: also build NAME/1/model.plan here, with TensorRT (engine.py)
 
 
 @dataclass(frozen=True)
@@ -84,13 +89,18 @@ class DeployResult:
     model_dir: Path
     name: str
     batch: triton.Batch
+    engine: EngineBuild | None = None  #: with --build-engine
 
 
 # --- the whole step ------------------------------------------------------------------------------
 
 def deploy(rewrite_dir: str | os.PathLike, repo: str | os.PathLike,
-           options: DeployOptions | None = None) -> DeployResult:
-    """Write a Triton model repository for a rewrite folder; raises SurgeonError on bad input."""
+           options: DeployOptions | None = None, progress: Callable[[str], None] | None = None) -> DeployResult:
+    """Write a Triton model repository for a rewrite folder; raises SurgeonError on bad input.
+
+    With `options.build_engine`, NAME/1/model.plan is then built from the deployed model (its
+    problems, if any, are in `DeployResult.engine`; the repository stays written).
+    """
     options = options or DeployOptions()
     source = read_rewrite(Path(rewrite_dir))
     name = _model_name(options.name, source)
@@ -104,6 +114,8 @@ def deploy(rewrite_dir: str | os.PathLike, repo: str | os.PathLike,
     repo = output_folder(repo, "--repo")
     _check_repo(repo, name, options.force, source.path)
     deployed_config = posixpath.join(root, name, "hps", CONFIG_NAME)
+    if options.build_engine:
+        _check_engine_build(repo, root, deployed_config, options.fp16)
     tables = _table_folders(source)
     files = {
         "config.pbtxt": triton.config_pbtxt(name, inputs, outputs, options.instances, options.gpus),
@@ -122,7 +134,32 @@ def deploy(rewrite_dir: str | os.PathLike, repo: str | os.PathLike,
         (stage / "start_triton.sh").write_text(triton.start_triton_sh(root, options.plugin_lib))
         for script in (folder / "build_engine.sh", stage / "start_triton.sh"):
             script.chmod(0o755)
-    return DeployResult(repo=repo, model_dir=repo / name, name=name, batch=batch)
+    built = None
+    if options.build_engine:
+        from .engine import EngineOptions, build_engine
+
+        built = build_engine(repo / name / "hps", repo / name / "1" / triton.PLAN_NAME, EngineOptions(fp16=options.fp16),
+                             batch.min, batch.opt, batch.max, force=True, progress=progress)
+    return DeployResult(repo=repo, model_dir=repo / name, name=name, batch=batch, engine=built)
+
+
+def _check_engine_build(repo: Path, root: str, deployed_config: str, fp16: bool) -> None:
+    """--build-engine builds here what Triton will load there: the same paths, and TensorRT itself."""
+    from .builders import find_builder
+    from .engine import EngineOptions, ready
+
+    if Path(root) != Path(os.path.abspath(repo)):
+        raise SurgeonError(f"--build-engine: the HPS_TRT plugin opens {deployed_config} while the engine builds, "
+                           f"but --repo {repo} is not at --deploy-root {root} on this machine — pass --deploy-root "
+                           f"{os.path.abspath(repo)} (and mount the repository there in the container), or leave out "
+                           "--build-engine and run build_engine.sh in the container")
+    nvidia = find_builder()
+    if nvidia.rtx:
+        raise SurgeonError(f"--build-engine: the builder installed here is {nvidia.title}, whose engines do not load "
+                           "in Triton's TensorRT backend — install tensorrt (the version your Triton serves), or run "
+                           "build_engine.sh in the container (hps-surgeon build-engine and check --engine build with "
+                           "TensorRT-RTX to prove the model builds)")
+    ready(EngineOptions(fp16=fp16))
 
 
 # --- reading and checking the rewrite folder -----------------------------------------------------
@@ -154,10 +191,14 @@ def read_rewrite(path: Path) -> RewriteFolder:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise SurgeonError(f"rewrite folder fails validation: {problems[0]}{more}")
     config = json.loads(config_path.read_text())
-    used = {field_text(onnx.helper.get_node_attr_value(n, "model_name")) for n in nodes}
-    entries = tuple(m for m in config["models"] if m["model"] in used)
-    return RewriteFolder(path=path, model=model, config=config, entries=entries,
+    return RewriteFolder(path=path, model=model, config=config, entries=used_entries(model, config),
                          external=_external_files(model, model_path))
+
+
+def used_entries(model: onnx.ModelProto, config: dict) -> tuple[dict, ...]:
+    """The config's `models` entries that the model's HPS_TRT nodes name."""
+    used = {field_text(onnx.helper.get_node_attr_value(n, "model_name")) for n in validate.hps_nodes(model)}
+    return tuple(m for m in config["models"] if m["model"] in used)
 
 
 def _external_files(model: onnx.ModelProto, model_path: Path) -> dict[str, Path]:

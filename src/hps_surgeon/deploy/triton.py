@@ -194,7 +194,9 @@ if [ ! -f "$PLUGIN_LIB" ]; then
 fi
 # Same engine with trtexec:
 # {trtexec}
-polygraphy convert {_continued(quoted)}
+# polygraphy loads --plugins before it imports TensorRT, so the plugin, which registers with the
+# TensorRT already in the process, is told to load libnvinfer itself (as under LD_PRELOAD).
+HPS_TRT_AUTOREGISTER=1 polygraphy convert {_continued(quoted)}
 """
 
 

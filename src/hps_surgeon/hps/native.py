@@ -55,6 +55,8 @@ _STATUS_NAMES = {
     4: "CUDA error",
     5: "out of memory",
     6: "internal error",
+    7: "database error",
+    8: "cancelled",
 }
 
 
@@ -73,6 +75,11 @@ class NativeError(SurgeonError):
 class _Stats(ctypes.Structure):
     _fields_ = [(name, ctypes.c_uint64) for name in
                 ("lookups", "cache_hits", "host_hits", "not_found", "insertions", "evictions")]
+
+
+class _TierStats(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_uint64) for name in
+                ("volatile_hits", "persistent_hits", "defaults", "unavailable", "corrupt", "elevated")]
 
 
 class _Info(ctypes.Structure):
@@ -154,6 +161,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         "hps_lookup_host": ([vp, vp, i32, i64, vp], ctypes.c_int),
         "hps_stats": ([vp, ctypes.POINTER(_Stats)], ctypes.c_int),
         "hps_table_info": ([vp, ctypes.POINTER(_Info)], ctypes.c_int),
+        "hps_tier_stats": ([vp, ctypes.POINTER(_TierStats)], ctypes.c_int),
+        "hps_refresh": ([vp, ctypes.c_double, ctypes.POINTER(i64)], ctypes.c_int),
         "hps_close": ([vp], ctypes.c_int),
     }
     for name, (args, res) in sigs.items():
@@ -425,6 +434,22 @@ class HpsTable:
         s = _Stats()
         _check(self._lib, self._lib.hps_stats(handle, ctypes.byref(s)), "hps_stats")
         return HpsStats(*(int(getattr(s, f)) for f, _ in _Stats._fields_))
+
+    def tier_stats(self) -> dict[str, int]:
+        """Counters of the database tiers below the GPU cache (volatile/persistent hits, defaults,
+        unavailable and corrupt key lookups, keys elevated); all zero for tables without tiers."""
+        handle = self._live()
+        s = _TierStats()
+        _check(self._lib, self._lib.hps_tier_stats(handle, ctypes.byref(s)), "hps_tier_stats")
+        return {f: int(getattr(s, f)) for f, _ in _TierStats._fields_}
+
+    def refresh(self, fraction: float = 1.0) -> int:
+        """Re-read `fraction` of the GPU cache's rows from the database tiers (online updates);
+        returns the rows re-read. Tables without database tiers refresh nothing (0)."""
+        handle = self._live()
+        rows = ctypes.c_int64(0)
+        _check(self._lib, self._lib.hps_refresh(handle, float(fraction), ctypes.byref(rows)), "hps_refresh")
+        return int(rows.value)
 
     def close(self) -> None:
         """Release this handle; the table is freed when its last handle closes. Idempotent."""

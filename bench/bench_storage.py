@@ -1,0 +1,338 @@
+"""Storage-tier benchmark (issue 14), run on the GPU machine in one go:
+
+1. publish throughput of one table into a 3-master Redis Cluster on loopback and into RocksDB on
+   local disk, against raw baselines measured in the same run (`redis-benchmark --cluster -t hset -P`
+   and RocksDB's `db_bench fillrandom` with the same value size);
+2. lookup time and hit rates of 131072 x 26 keys (Zipf 1.05 and 1.2) through libhps_plugin.so with
+   (a) the host-memory tier (whole table in pinned host memory, zero-copy kernel), (b) Redis Cluster,
+   (c) RocksDB, each with a GPU cache of --cache-ratio of the rows; every result compared with the
+   table byte for byte;
+3. lookup time against the miss rate (Redis, cache ratios swept);
+4. a Redis node killed while serving with RocksDB below (exact results, counted), and an online
+   update made visible by hps_refresh.
+
+It needs no hps_surgeon import (the device image lacks some of its dependencies): the two C ABIs
+are called through ctypes here. Usage (see BENCHMARKS.md for the command used):
+    python3 bench/bench_storage.py --lib-dir build/plugin --bin-dir devbin --out results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+BATCH, SLOTS, DIM = 131072, 26, 128
+
+
+class Tier(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_uint64) for n in ("volatile_hits", "persistent_hits", "defaults", "unavailable", "corrupt",
+                                               "elevated")]
+
+
+class Stats(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_uint64) for n in ("lookups", "cache_hits", "host_hits", "not_found", "insertions",
+                                               "evictions")]
+
+
+def libs(lib_dir: Path):
+    storage = ctypes.CDLL(str(lib_dir / "libhps_storage.so"))
+    plugin = ctypes.CDLL(str(lib_dir / "libhps_plugin.so"))
+    vp, i32, i64 = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64
+    storage.hps_storage_last_error.restype = ctypes.c_char_p
+    plugin.hps_last_error.restype = ctypes.c_char_p
+    storage.hps_db_open.argtypes = [ctypes.c_char_p, ctypes.c_char_p, i32, ctypes.POINTER(vp)]
+    storage.hps_db_publish.argtypes = [vp, ctypes.c_char_p, ctypes.c_char_p, i32, i64, i64, i64, vp, vp,
+                                       ctypes.POINTER(i64), ctypes.POINTER(i64)]
+    storage.hps_db_insert.argtypes = [vp, ctypes.c_char_p, vp, i64, vp, i32]
+    storage.hps_db_close.argtypes = [vp]
+    plugin.hps_open.argtypes = [ctypes.c_char_p, ctypes.c_char_p, i32, i32, ctypes.POINTER(vp)]
+    plugin.hps_lookup.argtypes = [vp, vp, i32, i64, vp, vp]
+    plugin.hps_stats.argtypes = [vp, ctypes.POINTER(Stats)]
+    plugin.hps_tier_stats.argtypes = [vp, ctypes.POINTER(Tier)]
+    plugin.hps_refresh.argtypes = [vp, ctypes.c_double, ctypes.POINTER(i64)]
+    plugin.hps_close.argtypes = [vp]
+    return storage, plugin
+
+
+def ok(lib, status, what):
+    if status != 0:
+        err = (lib.hps_storage_last_error if hasattr(lib, "hps_storage_last_error") else lib.hps_last_error)()
+        raise RuntimeError(f"{what}: status {status}: {err.decode()}")
+
+
+def free_port() -> int:
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            p = s.getsockname()[1]
+        if p < 55000:
+            try:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p + 10000))
+                return p
+            except OSError:
+                pass
+
+
+class Cluster:
+    def __init__(self, bin_dir: Path, root: Path, env: dict):
+        self.bin, self.root, self.env = bin_dir, root, env
+        self.ports = [free_port() for _ in range(3)]
+        self.procs = {}
+        for p in self.ports:
+            self.start(p)
+        subprocess.run([str(bin_dir / "redis-cli"), "--cluster", "create", *[f"127.0.0.1:{p}" for p in self.ports],
+                        "--cluster-yes"], check=True, capture_output=True, env=env, timeout=60)
+        self.wait_ok()
+
+    def start(self, p):
+        d = self.root / str(p)
+        d.mkdir(parents=True, exist_ok=True)
+        self.procs[p] = subprocess.Popen(
+            [str(self.bin / "redis-server"), "--port", str(p), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+             "--cluster-config-file", f"nodes-{p}.conf", "--cluster-node-timeout", "1000",
+             "--cluster-require-full-coverage", "no", "--dir", str(d), "--save", "", "--appendonly", "no",
+             "--protected-mode", "no"], stdout=subprocess.DEVNULL, env=self.env)
+        for _ in range(200):
+            if self.cli(p, "PING").strip() == "PONG":
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"redis-server {p} did not start")
+
+    def cli(self, p, *args):
+        r = subprocess.run([str(self.bin / "redis-cli"), "-p", str(p), *args], capture_output=True, env=self.env)
+        return r.stdout.decode()
+
+    def wait_ok(self):
+        for p in self.ports:
+            for _ in range(300):
+                if "cluster_state:ok" in self.cli(p, "CLUSTER", "INFO"):
+                    break
+                time.sleep(0.1)
+
+    @property
+    def address(self):
+        return ",".join(f"127.0.0.1:{p}" for p in self.ports)
+
+    def kill(self, p):
+        self.procs.pop(p).send_signal(signal.SIGKILL)
+
+    def stop(self):
+        for pr in self.procs.values():
+            pr.terminate()
+        for pr in self.procs.values():
+            pr.wait(10)
+
+
+def write_table(folder: Path, rows: int, seed: int):
+    rng = np.random.default_rng(seed)
+    keys = rng.choice(np.int64(1) << 40, size=rows, replace=False).astype(np.int64)
+    folder.mkdir(parents=True)
+    keys.astype("<i8").tofile(folder / "key")
+    step = 1 << 18
+    with open(folder / "emb_vector", "wb") as f:
+        for r in range(0, rows, step):
+            rng.standard_normal((min(step, rows - r), DIM), dtype=np.float32).tofile(f)
+    return keys
+
+
+def config(path: Path, ratio: float, volatile=None, persistent=None, refresh=None):
+    model = {"model": "bench", "sparse_files": ["t0"], "embedding_table_names": ["t0"],
+             "embedding_vecsize_per_table": [DIM], "maxnum_catfeature_query_per_table_per_sample": [SLOTS],
+             "default_value_for_each_table": [0.0], "deployed_device_list": [0], "max_batch_size": BATCH,
+             "hit_rate_threshold": 1.0, "gpucacheper": ratio, "gpucache": True,
+             "cache_refresh_percentage_per_iteration": 0.2}
+    c = {"supportlonglong": True, "models": [model]}
+    if volatile:
+        c["volatile_db"] = volatile
+    if persistent:
+        c["persistent_db"] = persistent
+    path.write_text(json.dumps(c))
+    return path
+
+
+def zipf_rows(rng, alpha, n, rows, perm):
+    return perm[(rng.zipf(alpha, size=n) - 1) % rows]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lib-dir", type=Path, required=True)
+    ap.add_argument("--bin-dir", type=Path, required=True)
+    ap.add_argument("--rows", type=int, default=2_000_000)
+    ap.add_argument("--cache-ratio", type=float, default=0.1)
+    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "hps_bench")
+    args = ap.parse_args()
+    import torch
+
+    env = dict(os.environ)
+    storage, plugin = libs(args.lib_dir)
+    res = {"rows": args.rows, "dim": DIM, "batch": [BATCH, SLOTS], "cache_ratio": args.cache_ratio,
+           "gpu": torch.cuda.get_device_name(0), "cpus": os.cpu_count()}
+    shutil.rmtree(args.work, ignore_errors=True)
+    args.work.mkdir(parents=True)
+    t0 = time.perf_counter()
+    keys = write_table(args.work / "t0", args.rows, 7)
+    vectors = np.memmap(args.work / "t0" / "emb_vector", dtype="<f4", mode="r").reshape(args.rows, DIM)
+    res["table_write_s"] = time.perf_counter() - t0
+    table_mb = args.rows * DIM * 4 / 1e6
+    cluster = Cluster(args.bin_dir, args.work / "redis", env)
+    try:
+        # 1. publish throughput vs raw.
+        vsec = {"type": "redis_cluster", "address": cluster.address, "num_partitions": 8,
+                "initialize_after_startup": False}
+        psec = {"type": "rocks_db", "path": str(args.work / "rocks"), "initialize_after_startup": False}
+        for name, sec in (("volatile_db", vsec), ("persistent_db", psec)):
+            h = ctypes.c_void_p()
+            ok(storage, storage.hps_db_open(name.encode(), json.dumps(sec).encode(), 64, ctypes.byref(h)), name)
+            rows_out, new = ctypes.c_int64(), ctypes.c_int64()
+            t = time.perf_counter()
+            ok(storage, storage.hps_db_publish(h, b"hps_et.bench.t0", str(args.work / "t0").encode(), DIM, 0, -1, 65536,
+                                               None, None, ctypes.byref(rows_out), ctypes.byref(new)), "publish")
+            dt = time.perf_counter() - t
+            res[f"publish_{name}_MBps"] = table_mb / dt
+            res[f"publish_{name}_s"] = dt
+            ok(storage, storage.hps_db_close(h), "close")
+        n_raw = min(args.rows, 1_000_000)
+        out = subprocess.run([str(args.bin_dir / "redis-benchmark"), "--cluster", "-h", "127.0.0.1", "-p",
+                              str(cluster.ports[0]), "-t", "hset", "-n", str(n_raw), "-d", str(DIM * 4), "-P", "64",
+                              "-c", "48", "-r", str(args.rows), "-q"], capture_output=True, env=env, timeout=300)
+        text = out.stdout.decode() + out.stderr.decode()
+        m = re.findall(r"HSET: ([\d.]+) requests per second", text)
+        res["raw_redis_benchmark_hset"] = text.strip().splitlines()[-1:] if text else []
+        if m:
+            res["raw_redis_MBps"] = float(m[-1]) * DIM * 4 / 1e6
+        out = subprocess.run([str(args.bin_dir / "db_bench"), f"--db={args.work}/rawdb", "--benchmarks=fillrandom",
+                              f"--num={n_raw}", "--key_size=8", f"--value_size={DIM * 4}", "--batch_size=1000",
+                              "--disable_wal=0", "--sync=0", "--threads=1"], capture_output=True, env=env, timeout=300)
+        text = out.stdout.decode()
+        m = re.search(r"fillrandom\s*:\s*([\d.]+) micros/op\s+(\d+) ops/sec.*?([\d.]+) MB/s", text)
+        if m:
+            res["raw_rocksdb_ops"] = float(m.group(2))
+            res["raw_rocksdb_MBps_values"] = float(m.group(2)) * DIM * 4 / 1e6
+        res["raw_rocksdb_db_bench"] = [l for l in text.splitlines() if "fillrandom" in l]
+
+        # 2./3. lookups.
+        configs = {
+            "host_memory": config(args.work / "host.json", args.cache_ratio),
+            "redis": config(args.work / "redis.json", args.cache_ratio, volatile=vsec),
+            "rocksdb": config(args.work / "rocks.json", args.cache_ratio, persistent=psec),
+        }
+        perm = np.random.default_rng(3).permutation(args.rows)
+        res["lookups"] = []
+
+        def run(cfg: Path, alpha: float, label: str, iters: int):
+            h = ctypes.c_void_p()
+            t = time.perf_counter()
+            ok(plugin, plugin.hps_open(str(cfg).encode(), b"bench", 0, 0, ctypes.byref(h)), f"open {label}")
+            open_s = time.perf_counter() - t
+            rng = np.random.default_rng(11)
+            out = torch.empty((BATCH * SLOTS, DIM), dtype=torch.float32, device="cuda")
+            times, exact, rates = [], True, []
+            for it in range(iters + 2):
+                rows_idx = zipf_rows(rng, alpha, BATCH * SLOTS, args.rows, perm)
+                k = torch.from_numpy(keys[rows_idx]).cuda()
+                torch.cuda.synchronize()
+                s0 = Stats()
+                ok(plugin, plugin.hps_stats(h, ctypes.byref(s0)), "stats")
+                t = time.perf_counter()
+                ok(plugin, plugin.hps_lookup(h, k.data_ptr(), 64, k.numel(), out.data_ptr(),
+                                             torch.cuda.current_stream().cuda_stream), "lookup")
+                torch.cuda.synchronize()
+                dt = time.perf_counter() - t
+                s1 = Stats()
+                ok(plugin, plugin.hps_stats(h, ctypes.byref(s1)), "stats")
+                if it >= 2:
+                    times.append(dt * 1e3)
+                    found = (s1.cache_hits - s0.cache_hits) + (s1.host_hits - s0.host_hits)
+                    rates.append((s1.cache_hits - s0.cache_hits) / max(found, 1))
+                if it == iters + 1:  # exactness of the last batch, every key
+                    got = out.cpu().numpy()
+                    exact = bool(np.array_equal(got.view(np.uint32), np.asarray(vectors[rows_idx]).view(np.uint32)))
+            tier = Tier()
+            ok(plugin, plugin.hps_tier_stats(h, ctypes.byref(tier)), "tier stats")
+            entry = {"tier": label, "alpha": alpha, "median_ms": float(np.median(times)), "all_ms": times,
+                     "gpu_hit_rate": float(np.mean(rates)), "exact": exact, "open_s": open_s,
+                     "tier_stats": {f: int(getattr(tier, f)) for f, _ in Tier._fields_}}
+            print(json.dumps(entry), flush=True)
+            return h, entry
+
+        for label, cfg in configs.items():
+            for alpha in (1.05, 1.2):
+                h, entry = run(cfg, alpha, label, args.iters)
+                res["lookups"].append(entry)
+                ok(plugin, plugin.hps_close(h), "close")
+        res["miss_sweep"] = []
+        for ratio in (0.01, 0.03, 0.3):
+            h, entry = run(config(args.work / f"sweep{ratio}.json", ratio, volatile=vsec), 1.05, f"redis@{ratio}", 3)
+            entry["cache_ratio"] = ratio
+            res["miss_sweep"].append(entry)
+            ok(plugin, plugin.hps_close(h), "close")
+
+        # 4. online update then fault: Redis in front of RocksDB.
+        both = config(args.work / "both.json", args.cache_ratio, volatile=vsec, persistent=psec)
+        h = ctypes.c_void_p()
+        ok(plugin, plugin.hps_open(str(both).encode(), b"bench", 0, 0, ctypes.byref(h)), "open both")
+        sample = np.random.default_rng(5).choice(args.rows, 200_000, replace=False)
+        k = torch.from_numpy(keys[sample]).cuda()
+        out = torch.empty((k.numel(), DIM), dtype=torch.float32, device="cuda")
+        ok(plugin, plugin.hps_lookup(h, k.data_ptr(), 64, k.numel(), out.data_ptr(), 0), "warm")  # now cached
+        torch.cuda.synchronize()
+        hv = ctypes.c_void_p()
+        ok(storage, storage.hps_db_open(b"volatile_db", json.dumps(vsec).encode(), 64, ctypes.byref(hv)), "open v")
+        upd = sample[:1000]
+        new_vals = np.full((upd.size, DIM), 42.0, dtype=np.float32)
+        ukeys = np.ascontiguousarray(keys[upd])
+        ok(storage, storage.hps_db_insert(hv, b"hps_et.bench.t0", ukeys.ctypes.data, ukeys.size, new_vals.ctypes.data,
+                                          DIM), "update")
+        ok(storage, storage.hps_db_close(hv), "close v")
+        ok(plugin, plugin.hps_lookup(h, k.data_ptr(), 64, k.numel(), out.data_ptr(), 0), "lookup before refresh")
+        torch.cuda.synchronize()
+        stale = int(np.sum(np.all(out.cpu().numpy()[:1000] == 42.0, axis=1)))
+        refreshed = ctypes.c_int64()
+        t = time.perf_counter()
+        ok(plugin, plugin.hps_refresh(h, 1.0, ctypes.byref(refreshed)), "refresh")
+        refresh_s = time.perf_counter() - t
+        ok(plugin, plugin.hps_lookup(h, k.data_ptr(), 64, k.numel(), out.data_ptr(), 0), "lookup after refresh")
+        torch.cuda.synchronize()
+        res["update"] = {"updated_rows": 1000, "served_new_before_refresh": stale, "refreshed_rows": int(refreshed.value),
+                         "refresh_s": refresh_s,
+                         "served_new_after_refresh": int(np.sum(np.all(out.cpu().numpy()[:1000] == 42.0, axis=1)))}
+        # A node killed while serving: misses on its partitions come from RocksDB (rows not updated).
+        rest = sample[1000:]
+        k2 = torch.from_numpy(keys[np.random.default_rng(6).choice(args.rows, 400_000)]).cuda()
+        ok(plugin, plugin.hps_lookup(h, k2.data_ptr(), 64, k2.numel(), torch.empty((k2.numel(), DIM), device="cuda").data_ptr(), 0), "churn")
+        cluster.kill(cluster.ports[1])
+        time.sleep(0.5)
+        k = torch.from_numpy(keys[rest]).cuda()
+        out = torch.empty((k.numel(), DIM), dtype=torch.float32, device="cuda")
+        ok(plugin, plugin.hps_lookup(h, k.data_ptr(), 64, k.numel(), out.data_ptr(), 0), "lookup after kill")
+        torch.cuda.synchronize()
+        tier = Tier()
+        ok(plugin, plugin.hps_tier_stats(h, ctypes.byref(tier)), "tier stats")
+        res["fault"] = {"exact": bool(np.array_equal(out.cpu().numpy(), np.asarray(vectors[rest]))),
+                        "tier_stats": {f: int(getattr(tier, f)) for f, _ in Tier._fields_}}
+        ok(plugin, plugin.hps_close(h), "close")
+    finally:
+        cluster.stop()
+        args.out.write_text(json.dumps(res, indent=1))
+    print(json.dumps({k: v for k, v in res.items() if k not in ("lookups", "miss_sweep")}, indent=1))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
