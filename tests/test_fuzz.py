@@ -18,7 +18,8 @@ and run through the commands that read it (COMMANDS_FOR). For every input and co
 - exit 2 prints exactly one line, `hps-surgeon: error: ...`, naming a file of the input or the
   option at fault; check prints only `path:where: message` lines about the input; verify's exit 1
   is one `verify FAILED` line;
-- nothing outside the requested output (--out, --repo) is created, changed or removed;
+- nothing outside the requested outputs (--out, --repo, the database and config publish writes) is
+  created, changed or removed;
 - no output (files written, stdout, stderr) holds bytes of SECRET, a file planted outside every
   input's folder at which the hostile paths point: neither a run of its bytes nor a number made
   of 8 of them (the review saw `stored keys reach 8460079263663478611`).
@@ -38,6 +39,7 @@ import random
 import re
 import shutil
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,7 +57,8 @@ SEED = int(os.environ.get("HPS_SURGEON_FUZZ_SEED", "11"))
 COMMAND_TIMEOUT_S = 60
 
 #: exit codes each command documents (README, `hps-surgeon -h`)
-EXIT_CODES = {"scan": {0, 2}, "rewrite": {0, 2}, "check": {0, 1}, "verify": {0, 1, 2}, "deploy": {0, 2}}
+EXIT_CODES = {"scan": {0, 2}, "rewrite": {0, 2}, "check": {0, 1}, "verify": {0, 1, 2}, "deploy": {0, 2},
+              "publish": {0, 2}}
 #: small models from every exporter: tables, bags, loops, tf2onnx sparse lookups, HugeCTR
 MODELS = ["torch/embedding_int64_legacy.onnx", "torch/embedding_bag_sum_offsets_legacy.onnx",
           "torch/embedding_bag_mean_2d_legacy.onnx", "tf/keras_embedding_reduce_sum.onnx",
@@ -72,11 +75,11 @@ _SECRET_NUMBERS = {str(v) for i in range(0, len(SECRET), 8)
 
 @dataclass
 class Input:
-    """One fuzz input: what it is, and the command lines to run on it (argv, requested output or None)."""
+    """One fuzz input: what it is, and the command lines to run on it with the outputs each may write."""
 
     index: int
     recipe: list[str] = field(default_factory=list)
-    runs: list[tuple[list[str], Path | None]] = field(default_factory=list)
+    runs: list[tuple[list[str], tuple[Path, ...]]] = field(default_factory=list)
 
 
 # --- the corpus: built once per run --------------------------------------------------------------
@@ -121,16 +124,21 @@ def build(index: int, root: Path) -> Input:
     return item
 
 
+# The commands that read each kind of input, with the outputs each may write. A new command joins here.
+
 def _model_runs(item: Input, model: Path, case: Path) -> None:
-    item.runs += [(["scan", model], None), (["check", model], None),
-                  (["rewrite", model, "--out", case / "out"], case / "out")]
+    item.runs += [(["scan", model], ()), (["check", model], ()),
+                  (["rewrite", model, "--out", case / "out"], (case / "out",))]
 
 
 def _folder_runs(item: Input, folder: Path, case: Path, original: Path) -> None:
-    item.runs += [(["check", folder / "model.onnx"], None),
-                  (["deploy", folder, "--repo", case / "repo"], case / "repo"),
+    item.runs += [(["check", folder / "model.onnx"], ()),
+                  (["deploy", folder, "--repo", case / "repo"], (case / "repo",)),
                   (["verify", original, folder / "model.onnx", "--config", folder / "hps_config.json",
-                    "--iterations", "1", "--batch-size", "2"], None)]
+                    "--iterations", "1", "--batch-size", "2"], ()),
+                  # publish records the database in the folder's config
+                  (["publish", folder, "--persistent-db", case / "db", "--quiet"],
+                   (case / "db", folder / "hps_config.json"))]
 
 
 def _pick_model(rng: random.Random, root: Path) -> Path:
@@ -622,7 +630,7 @@ def _outputs_input(rng: random.Random, root: Path, case: Path, item: Input) -> N
     model = case / "rw/model.onnx"
     item.recipe.append(f"output folder: {label}")
     target = values[label]
-    requested = None if target in ("", "/") else Path(os.path.abspath(case / target))
+    requested = () if target in ("", "/") else (Path(os.path.abspath(case / target)),)
     if rng.random() < 0.5:
         item.runs.append((["rewrite", FIXTURES / SOURCE, "--out", target, *(["--force"] if rng.random() < 0.3 else [])],
                           requested))
@@ -632,33 +640,35 @@ def _outputs_input(rng: random.Random, root: Path, case: Path, item: Input) -> N
         item.recipe.append(f"--name {name!r}")
         item.runs.append((["deploy", case / "rw", "--repo", target, *extra,
                            *(["--force"] if rng.random() < 0.3 else [])], requested))
-    item.runs.append((["check", model], None))
+    item.runs.append((["check", model], ()))
 
 
 # --- the contract --------------------------------------------------------------------------------
 
-def _changed_outside(before: dict, after: dict, requested: Path | None) -> list[str]:
-    allowed = [] if requested is None else [str(requested), os.path.realpath(requested)]
+def _changed_outside(before: dict, after: dict, requested: tuple[Path, ...]) -> list[str]:
+    allowed = [str(path) for path in requested] + [os.path.realpath(path) for path in requested]
     changed = {p for p in before.keys() | after.keys() if before.get(p) != after.get(p)}
     return sorted(p for p in changed if not any(p == a or p.startswith(a + "/") for a in allowed))
 
 
-def _secret_in_outputs(requested: Path | None, text: str) -> list[str]:
+def _secret_in_outputs(requested: tuple[Path, ...], text: str) -> list[str]:
     found = [number for number in re.findall(r"-?\d{10,}", text) if number in _SECRET_NUMBERS]
-    if requested is not None and os.path.isdir(requested):
-        for folder, _, files in os.walk(requested):
-            for name in files:
-                path = Path(folder) / name
-                if path.is_file() and b"SECRET" in path.read_bytes():
-                    found.append(str(path))
+    for output in requested:
+        files = [Path(f) / n for f, _, names in os.walk(output) for n in names] if os.path.isdir(output) else [output]
+        found += [str(path) for path in files if os.path.isfile(path) and b"SECRET" in path.read_bytes()]
     return found
 
 
+class Hang(BaseException):
+    """A command ran longer than COMMAND_TIMEOUT_S (a BaseException: no `except OSError` may swallow it)."""
+
+
 def _timeout(signum, frame):
-    raise TimeoutError(f"a command ran longer than {COMMAND_TIMEOUT_S} s")
+    raise Hang(f"a command ran longer than {COMMAND_TIMEOUT_S} s")
 
 
-def check_contract(argv: list[str], requested: Path | None, result, before: dict, after: dict, root: Path) -> list[str]:
+def check_contract(argv: list[str], requested: tuple[Path, ...], result, before: dict, after: dict,
+                   root: Path) -> list[str]:
     command = argv[0]
     broken = []
     if result.code not in EXIT_CODES[command]:
@@ -701,6 +711,7 @@ def test_fuzz(index, root, capfd, monkeypatch):
         for argv, requested in item.runs:
             before = tree(root)
             signal.alarm(COMMAND_TIMEOUT_S)
+            started = time.monotonic()
             try:
                 result = run_in_process(capfd, argv)
             except BaseException as exc:
@@ -711,6 +722,7 @@ def test_fuzz(index, root, capfd, monkeypatch):
             if os.environ.get("HPS_SURGEON_FUZZ_LOG"):
                 with open(os.environ["HPS_SURGEON_FUZZ_LOG"], "a") as log:
                     log.write(json.dumps({"index": index, "recipe": item.recipe, "argv": [str(a) for a in argv],
+                                          "seconds": round(time.monotonic() - started, 3),
                                           "code": result.code, "err": result.err[-300:], "out": result.out[-300:]})
                               + "\n")
             broken = check_contract([str(a) for a in argv], requested, result, before, tree(root), root)

@@ -623,3 +623,19 @@ def test_constant_node_whose_tensor_attribute_is_not_named_value(cli, tmp_path):
     model = edited(tmp_path, edit)
     result = cli("scan", model)
     assert (result.code, result.out, result.err) == (0, f"{model}: 0 lookup(s) to rewrite, 0 not rewritable\n", "")
+
+
+def test_publish_of_sparse_files_outside_the_config_folder(cli, rw, tmp_path):
+    """publish copies tables into databases: the same rule, before the database is opened."""
+    from hps_surgeon.storage import _native
+    try:
+        _native.load()
+    except _native.StorageUnavailableError as exc:
+        pytest.skip(str(exc))
+    edit_config(rw, lambda m: m.update(sparse_files=["../outside_table"]))
+    result = cli("publish", rw, "--persistent-db", tmp_path / "db")
+    assert (result.code, result.error_line) == (
+        2, f"hps-surgeon: error: {rw / 'hps_config.json'}:models[0].sparse_files[0]: '../outside_table' leads outside "
+           f"{rw} (to {rw.parent / 'outside_table'}); refusing to read it — keep what hps_config.json names inside its "
+           "folder")
+    assert not (tmp_path / "db").exists()

@@ -55,14 +55,15 @@ def inside(file: Path, field: str, value: object, root: Path | None = None) -> P
 def regular_file(file: Path, field: str, value: object, root: Path | None = None) -> Path:
     """`inside`, and the path must be an existing regular file (not a folder, FIFO or device)."""
     real = inside(file, field, value, root)
-    _require(file, field, value, real, stat.S_ISREG, "a regular file")
-    return real
-
-
-def folder(file: Path, field: str, value: object, root: Path | None = None) -> Path:
-    """`inside`, and the path must be an existing folder."""
-    real = inside(file, field, value, root)
-    _require(file, field, value, real, stat.S_ISDIR, "a folder")
+    try:
+        mode = os.stat(real).st_mode
+    except FileNotFoundError:
+        raise PathRefused(file, field, f"{shown(value)} does not exist (looked for {real}); copy it there or "
+                                       "fix the path") from None
+    except OSError as exc:
+        raise PathRefused(file, field, f"{shown(value)} cannot be opened ({exc.strerror}); fix the path") from None
+    if not stat.S_ISREG(mode):
+        raise PathRefused(file, field, f"{shown(value)} is {_kind(mode)}, not a regular file; fix the path")
     return real
 
 
@@ -72,24 +73,12 @@ def inside_posix(root: str, path: str) -> bool:
     return path != root and path.startswith(root.rstrip("/") + "/")
 
 
-def _require(file: Path, field: str, value: object, real: Path, test, wanted: str) -> None:
-    try:
-        mode = os.stat(real).st_mode
-    except FileNotFoundError:
-        raise PathRefused(file, field, f"{shown(value)} does not exist (looked for {real}); copy it there or "
-                                       "fix the path") from None
-    except OSError as exc:
-        raise PathRefused(file, field, f"{shown(value)} cannot be opened ({exc.strerror}); fix the path") from None
-    if not test(mode):
-        raise PathRefused(file, field, f"{shown(value)} is {_kind(mode)}, not {wanted}; fix the path")
-
-
 def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISREG, "a regular file"), (stat.S_ISFIFO, "a FIFO"),
-                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device")):
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device")):
         if test(mode):
             return name
-    return "not a regular file"
+    return "a special file"
 
 
 def shown(value: object) -> str:

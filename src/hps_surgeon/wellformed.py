@@ -34,6 +34,7 @@ _PACKED_BITS = {getattr(TensorProto, name): bits for name, bits in (
 #: packed dtypes kept packed in int32_data too: values per int32 entry
 _PACKED_PER_ENTRY = {dtype: 8 // bits for dtype, bits in _PACKED_BITS.items() if bits in (2, 4)}
 _COMPLEX = {TensorProto.COMPLEX64, TensorProto.COMPLEX128}
+_DTYPES = frozenset(TensorProto.DataType.values())
 #: attribute types that hold tensors or graphs
 _NESTED = {AttributeProto.TENSOR, AttributeProto.TENSORS, AttributeProto.SPARSE_TENSOR, AttributeProto.SPARSE_TENSORS,
            AttributeProto.GRAPH, AttributeProto.GRAPHS}
@@ -68,7 +69,7 @@ def check_model(proto: onnx.ModelProto, path: Path) -> None:
 def check_tensor(tensor: TensorProto, path: Path, what: str) -> ExternalRange | None:
     """Raise SurgeonError unless the stored data is what the dims and dtype need; the external range if any."""
     where = f"{path}: {what}"
-    if tensor.data_type not in TensorProto.DataType.values() or tensor.data_type == TensorProto.UNDEFINED:
+    if tensor.data_type not in _DTYPES or tensor.data_type == TensorProto.UNDEFINED:
         raise SurgeonError(f"{where}: data_type {tensor.data_type} is not an ONNX dtype; {_FIX}")
     if tensor.HasField("segment"):
         raise SurgeonError(f"{where}: is a segment of a larger tensor, which hps-surgeon cannot read; {_FIX} "
@@ -111,13 +112,14 @@ def external_range(tensor: TensorProto, path: Path, what: str) -> ExternalRange:
     # onnx.load takes only a relative location to a file that is neither a symlink nor hard-linked
     # (a hard link can lead anywhere: onnx/checker.cc); refuse what it refuses, so that a model that
     # passes here loads there too.
-    info_of_file = file.stat()
-    if os.path.isabs(location) or os.path.islink(Path(path).parent / location) or info_of_file.st_nlink > 1:
-        kind = ("an absolute path" if os.path.isabs(location) else "a symbolic link"
-                if os.path.islink(Path(path).parent / location) else f"a file with {info_of_file.st_nlink} hard links")
-        raise confine.PathRefused(path, field, f"{confine.shown(location)} is {kind}; ONNX loaders take only a "
+    on_disk = file.stat()
+    refused = ("an absolute path" if os.path.isabs(location) else
+               "a symbolic link" if os.path.islink(Path(path).parent / location) else
+               f"a file with {on_disk.st_nlink} hard links" if on_disk.st_nlink > 1 else None)
+    if refused:
+        raise confine.PathRefused(path, field, f"{confine.shown(location)} is {refused}; ONNX loaders take only a "
                                                "relative path to a file of its own — copy the data next to the model")
-    size = info_of_file.st_size
+    size = on_disk.st_size
     offset = _integer(info, "offset", 0, path, what)
     if offset > size:
         raise SurgeonError(f"{path}: {what}: external_data offset {offset} is past the end of '{location}' "
@@ -256,12 +258,12 @@ def _unknown_dtype(type_proto: onnx.TypeProto) -> int | None:
     kind = type_proto.WhichOneof("value")
     if kind in ("tensor_type", "sparse_tensor_type"):
         dtype = getattr(type_proto, kind).elem_type
-        return dtype if dtype not in TensorProto.DataType.values() else None
+        return dtype if dtype not in _DTYPES else None
     if kind in ("sequence_type", "optional_type"):
         return _unknown_dtype(getattr(type_proto, kind).elem_type)
     if kind == "map_type":
         key = type_proto.map_type.key_type
-        return key if key not in TensorProto.DataType.values() else _unknown_dtype(type_proto.map_type.value_type)
+        return key if key not in _DTYPES else _unknown_dtype(type_proto.map_type.value_type)
     return None
 
 

@@ -173,7 +173,8 @@ def read_rewrite(path: Path) -> RewriteFolder:
             raise SurgeonError(f"{path}: no such rewrite folder — {fix}")
         for needed in (model_path, config_path):
             if not needed.is_file():
-                raise SurgeonError(f"{needed}: missing from the rewrite folder — {fix}")
+                what = "not a regular file in" if needed.exists() else "missing from"
+                raise SurgeonError(f"{needed}: {what} the rewrite folder — {fix}")
             real = Path(os.path.realpath(needed))
             if not real.is_relative_to(Path(os.path.realpath(path))):
                 # deploy writes what the folder holds into the repository: nothing from elsewhere

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hps_surgeon.errors import SurgeonError
+from hps_surgeon.errors import SurgeonError, errors
 from hps_surgeon.hps import config as hps_config
 from hps_surgeon.hps.tables import KEY_FILE, VECTOR_FILE, key_summary, table_files
 
@@ -151,6 +151,8 @@ _DB_TYPES = {"volatile_db": ("redis_cluster", "redis"), "persistent_db": ("rocks
 
 
 def _read_config(path: Path) -> dict:
+    if path.exists() and not path.is_file():  # a FIFO would block forever
+        raise SurgeonError(f"{path}: not a regular file; pass the folder `hps-surgeon rewrite --out` wrote")
     try:
         config = json.loads(path.read_text())
     except FileNotFoundError:
@@ -161,6 +163,10 @@ def _read_config(path: Path) -> dict:
         raise SurgeonError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
     if not isinstance(config, dict) or not isinstance(config.get("models"), list) or not config["models"]:
         raise SurgeonError(f"{path}: no \"models\" list; pass the hps_config.json that rewrite wrote")
+    # every field's type and every path (the confinement rule) checked before any is used
+    found = errors(hps_config.load(path)[1])
+    if found:
+        raise SurgeonError(f"{found[0]}" + (f" (and {len(found) - 1} more)" if len(found) > 1 else ""))
     return config
 
 
