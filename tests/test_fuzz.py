@@ -10,7 +10,8 @@ Every input is built from our fixtures by one seeded mutation of one of four kin
              absolute paths, symlinks), are FIFOs or folders, or whose config is malformed
     outputs  --out / --repo / --name values that cannot name an output folder
 
-and run through the commands that read it (COMMANDS_FOR). For every input and command:
+and run through the commands that read it (`_model_runs`, `_folder_runs`; build-engine only where
+a builder and a plugin with its TensorRT glue are installed). For every input and command:
 
 - no exception escapes (HPS_SURGEON_DEBUG=1 turns the CLI's last-resort handler off), and no
   command runs longer than COMMAND_TIMEOUT_S (a FIFO opened for reading would block forever);
@@ -27,12 +28,14 @@ and run through the commands that read it (COMMANDS_FOR). For every input and co
 HPS_SURGEON_FUZZ_INPUTS inputs per run (default 300), from seed HPS_SURGEON_FUZZ_SEED (default 11);
 HPS_SURGEON_FUZZ_LOG=FILE appends every run (recipe, command, exit code, output) to FILE as JSON lines.
 Input N is the same for a given seed whatever the count: a failure names N and its recipe; rerun
-it alone with `pytest tests/test_fuzz.py -k "input[N]"`. New commands join by adding their exit
-codes to EXIT_CODES and their argument lists to COMMANDS_FOR.
+it alone with `pytest tests/test_fuzz.py -k "input[N]"`. A new command joins by adding its exit
+codes to EXIT_CODES and its command line (and the outputs it may write) to `_model_runs` or
+`_folder_runs`.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -58,7 +61,7 @@ COMMAND_TIMEOUT_S = 60
 
 #: exit codes each command documents (README, `hps-surgeon -h`)
 EXIT_CODES = {"scan": {0, 2}, "rewrite": {0, 2}, "check": {0, 1}, "verify": {0, 1, 2}, "deploy": {0, 2},
-              "publish": {0, 2}}
+              "publish": {0, 2}, "build-engine": {0, 1, 2}}
 #: small models from every exporter: tables, bags, loops, tf2onnx sparse lookups, HugeCTR
 MODELS = ["torch/embedding_int64_legacy.onnx", "torch/embedding_bag_sum_offsets_legacy.onnx",
           "torch/embedding_bag_mean_2d_legacy.onnx", "tf/keras_embedding_reduce_sum.onnx",
@@ -139,6 +142,21 @@ def _folder_runs(item: Input, folder: Path, case: Path, original: Path) -> None:
                   # publish records the database in the folder's config
                   (["publish", folder, "--persistent-db", case / "db", "--quiet"],
                    (case / "db", folder / "hps_config.json"))]
+    if _engine_builder_ready():
+        item.runs.append((["build-engine", folder, "--out", case / "engine.plan", "--quiet"], (case / "engine.plan",)))
+
+
+@functools.cache
+def _engine_builder_ready() -> bool:
+    """Whether build-engine can build here: a builder and a plugin built with its TensorRT glue."""
+    from hps_surgeon.deploy.engine import ready
+    from hps_surgeon.errors import SurgeonError
+
+    try:
+        ready()
+    except SurgeonError:  # it would stop at that check, after the same read_rewrite as deploy
+        return False
+    return True
 
 
 def _pick_model(rng: random.Random, root: Path) -> Path:

@@ -161,6 +161,9 @@ def _read_config(path: Path) -> dict:
         raise SurgeonError(f"{path}: cannot read ({exc.strerror})") from None
     except json.JSONDecodeError as exc:
         raise SurgeonError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except UnicodeDecodeError as exc:
+        raise SurgeonError(f"{path}: not UTF-8 text at byte {exc.start}, so not JSON; pass the hps_config.json "
+                           "that rewrite wrote") from None
     if not isinstance(config, dict) or not isinstance(config.get("models"), list) or not config["models"]:
         raise SurgeonError(f"{path}: no \"models\" list; pass the hps_config.json that rewrite wrote")
     # every field's type and every path (the confinement rule) checked before any is used
