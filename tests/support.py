@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +15,18 @@ from onnx import TensorProto, helper, numpy_helper
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fixtures"
+
+
+def copy_rewrite(source: Path, target: Path) -> Path:
+    """A copy of a rewrite folder whose config names the copied tables (rewrite writes absolute paths)."""
+    shutil.copytree(source, target)
+    config_path = target / "hps_config.json"
+    config = json.loads(config_path.read_text())
+    for model in config["models"]:
+        model["sparse_files"] = [str(target / Path(f).relative_to(source)) if Path(f).is_absolute() else f
+                                 for f in model["sparse_files"]]
+    config_path.write_text(json.dumps(config))
+    return target
 
 
 def run_onnxruntime(model_path: Path | str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -36,6 +50,21 @@ def random_feeds(model_path: Path | str, batch: int, key_high: int, seed: int = 
     return feeds
 
 
+def tampered_copy(rewrite_dir: Path, dest: Path, change=lambda rows: rows + 1.0) -> Path:
+    """A copy of a rewrite folder whose every table has every row except row 0 changed (`change`).
+
+    What a verification that only ever feeds key 0 (HugeCTR's own test draws randint(0, 1)) cannot see.
+    """
+    copy_rewrite(rewrite_dir, dest)
+    entry = json.loads((dest / "hps_config.json").read_text())["models"][0]
+    for folder, dim in zip(entry["sparse_files"], entry["embedding_vecsize_per_table"]):
+        path = dest / folder / "emb_vector"
+        vectors = np.fromfile(path, dtype="<f4").reshape(-1, dim)
+        vectors[1:] = change(vectors[1:])
+        vectors.astype("<f4").tofile(path)
+    return dest
+
+
 def lookup_model(path: Path, rows: int = 100, dim: int = 8, key_dtype=TensorProto.INT64,
                  table_dtype=np.float32, key_shape=("B", 4), axis: int | None = None,
                  external: bool = False, seed: int = 0) -> Path:
@@ -56,8 +85,6 @@ def lookup_model(path: Path, rows: int = 100, dim: int = 8, key_dtype=TensorProt
     else:
         onnx.save_model(model, str(path))
     return path
-
-
 
 
 @dataclass(frozen=True)

@@ -26,9 +26,10 @@ def rewritten(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def copy(rewritten, tmp_path) -> Path:
+def copy(tmp_path) -> Path:
+    """A rewrite of its own to break (a copied folder would still name the original tables: paths are absolute)."""
     target = tmp_path / "out"
-    shutil.copytree(rewritten, target)
+    hps_surgeon.rewrite(FIXTURES / "torch/embedding_int64_legacy.onnx", target, model_name="demo")
     return target
 
 
@@ -70,19 +71,19 @@ def test_config_missing_field_names_it(copy):
     (copy / "hps_config.json").write_text(json.dumps(config))
     lines = check(copy / "model.onnx").stdout.strip().splitlines()
     assert lines == [
-        f"{copy / 'hps_config.json'}:models[0]: 'embedding_vecsize_per_table' is a required property — see "
-        "HugeCTR's HPS configuration format",
-        f"{copy / 'hps_config.json'}:models[0].max_batch_size: '1024' is not of type 'integer' — see HugeCTR's "
-        "HPS configuration format"]
+        f"{copy / 'hps_config.json'}:models[0]: 'embedding_vecsize_per_table' is missing; HugeCTR's HPS refuses the "
+        "config (\"[Parser] No Such Key: embedding_vecsize_per_table\", inference_utils.cpp:579) — add it",
+        f"{copy / 'hps_config.json'}:models[0].max_batch_size: '1024' is not of type 'integer' — see the README's "
+        "table of HPS config fields"]
 
 
 def test_missing_sparse_files(copy):
     shutil.rmtree(copy / "tables")
     proc = check(copy / "model.onnx")
     assert proc.returncode == 1
-    assert proc.stdout.strip() == (f"{copy / 'hps_config.json'}:models[0].sparse_files[0]: 'tables/emb_weight' has "
-                                   f"no key and emb_vector files (looked in {copy / 'tables/emb_weight'}) — copy the "
-                                   "table folder next to the config")
+    assert proc.stdout.strip() == (f"{copy / 'hps_config.json'}:models[0].sparse_files[0]: '{copy / 'tables/emb_weight'}' "
+                                   f"has no key and emb_vector files (looked in {copy / 'tables/emb_weight'}) — copy "
+                                   "the table folder there or fix the path")
 
 
 def test_truncated_emb_vector(copy):
@@ -176,7 +177,7 @@ def test_check_json(copy):
     assert [(p["where"], p["severity"]) for p in data] == [("models[0].sparse_files[0]", "error")]
 
 
-def test_pre_commit_hook_end_to_end(rewritten, tmp_path):
+def test_pre_commit_hook_end_to_end(tmp_path):
     pytest.importorskip("pre_commit")
     repo = tmp_path / "user_repo"
     repo.mkdir()
@@ -184,10 +185,10 @@ def test_pre_commit_hook_end_to_end(rewritten, tmp_path):
     git("init", "-q")
     git("config", "user.email", "t@example.com")
     git("config", "user.name", "t")
-    good = repo / "good"
-    shutil.copytree(rewritten, good)
+    # Folders committed to a repository move with it: --relative-paths (check warns, passes).
+    for folder in ("good", "bad"):
+        hps_surgeon.rewrite(FIXTURES / "torch/embedding_int64_legacy.onnx", repo / folder, relative_paths=True)
     bad = repo / "bad"
-    shutil.copytree(rewritten, bad)
     (bad / "tables/emb_weight/emb_vector").write_bytes(b"\0" * 12)
     git("add", ".")
     hook = lambda *files: subprocess.run(  # noqa: E731

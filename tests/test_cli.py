@@ -57,7 +57,7 @@ def test_config_is_hugectr_hps_format(one_lookup, tmp_path):
                    "--gpucache-ratio", "0.5").returncode == 0
     config = json.loads((out / "hps_config.json").read_text())
     assert config == {"supportlonglong": False, "models": [{
-        "model": "ctr", "sparse_files": ["tables/table"], "num_of_worker_buffer_in_pool": 3,
+        "model": "ctr", "sparse_files": [str(out / "tables/table")], "num_of_worker_buffer_in_pool": 3,
         "embedding_table_names": ["table"], "embedding_vecsize_per_table": [8],
         "maxnum_catfeature_query_per_table_per_sample": [4], "default_value_for_each_table": [0.0],
         "deployed_device_list": [0], "max_batch_size": 64, "cache_refresh_percentage_per_iteration": 0.2,
@@ -327,3 +327,22 @@ def test_rewrite_of_a_rewritten_model_finds_nothing(tmp_path):
     first = hps_surgeon.rewrite(FIXTURES / "torch/dlrm_small_legacy.onnx", tmp_path / "a")
     second = hps_surgeon.rewrite(first.model_path, tmp_path / "b")
     assert not second.written and not (tmp_path / "b").exists()
+
+
+def test_an_exception_no_check_anticipated_is_one_line_and_exit_4(one_lookup, cli, monkeypatch):
+    """The CLI's last resort (not a fix): a bug is one line and exit 4, not a traceback in a pre-commit
+    hook's output; exit 3 stays verify's INCONCLUSIVE. HPS_SURGEON_DEBUG=1 re-raises it."""
+    from hps_surgeon.cli import scan as scan_command
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a state no check anticipated\nsecond line")
+
+    monkeypatch.setattr(scan_command, "scan", broken)
+    with pytest.raises(RuntimeError):
+        cli("scan", one_lookup)  # the `cli` fixture sets HPS_SURGEON_DEBUG=1
+    monkeypatch.delenv("HPS_SURGEON_DEBUG")
+    result = cli("scan", one_lookup)
+    assert (result.code, result.out) == (4, "")
+    assert result.error_line == ("hps-surgeon: error: internal error (RuntimeError: a state no check anticipated "
+                                 "second line); this is a bug in hps-surgeon — please report it with the command "
+                                 "and input (set HPS_SURGEON_DEBUG=1 for the traceback)")

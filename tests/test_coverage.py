@@ -48,10 +48,7 @@ def test_rewrite_is_exact_and_scan_counts_match(fixture, tmp_path):
     assert len(hps_surgeon.scan(source).lookups) == len(COVERED[fixture])
     rewritten = onnx.load(str(result.model_path))
     assert sum(n.op_type == "HPS_TRT" for n in rewritten.graph.node) == len(COVERED[fixture])
-    report = verify(source, result.model_path, result.config_path, iterations=2, batch_size=6)
-    scale = max(1.0, *(o.max_abs for o in report.outputs))
-    print(f"{fixture}: max abs error {[o.max_abs for o in report.outputs]}")
-    assert report.passed and all(o.max_abs <= 1e-6 * scale for o in report.outputs)
+    # verify (numerics and coverage) runs on every fixture in test_fixtures.py
 
 
 def _offsets_feeds(source, rows, seed):
@@ -161,7 +158,7 @@ def test_hugectr_sparse_model_folder_attaches_a_lookup(combiner, nnz, tmp_path):
 
 
 @pytest.mark.parametrize("arg,message", [
-    ("sparse_embedding1", "--hugectr-sparse-model 'sparse_embedding1': expected INPUT=FOLDER[:combiner][:nnz]"),
+    ("sparse_embedding1", "--hugectr-sparse-model 'sparse_embedding1': expected NAME=FOLDER[:combiner][:nnz]"),
     (f"sparse_embedding1={SPARSE_FOLDER}:max", f"--hugectr-sparse-model 'sparse_embedding1={SPARSE_FOLDER}:max': "
      "'max' is neither a combiner (sum/mean) nor an nnz (a positive integer)"),
     (f"dense_x={SPARSE_FOLDER}", "--hugectr-sparse-model: 'dense_x' is not an input of"),
@@ -193,3 +190,74 @@ def test_tied_table_is_kept_for_its_other_reader_and_reported(tmp_path):
     assert report["tables"][0]["kept_in_model"] is True
     assert "table 'emb.weight' is kept in the model: still read by tie" in report["hps_trt_nodes"][0]["notes"]
     assert verify(source, result.model_path, result.config_path).passed
+
+
+WDL = FIXTURES / "hugectr/wdl_convert_embedding.onnx"
+WIDE_FOLDER, DEEP_FOLDER = FIXTURES / "hugectr/wdl_wide_sparse_0.model", FIXTURES / "hugectr/wdl_deep_sparse_1.model"
+
+
+def test_shared_hugectr_key_map_reports_other_tables_keys(tmp_path):
+    # hugectr2onnx fills one map for all embeddings, numbering each table's keys 1..n
+    # (HugeCTR onnx_converter/hugectr2onnx/hugectr_loader.py:154, :226-237): folding it into the wide
+    # table (rows 1..100) also stores the deep table's keys numbered 1..100.
+    result = hps_surgeon.rewrite(WDL, tmp_path / "rw")
+    report = json.loads((result.out_dir / "report.json").read_text())
+    assert [(t["tensor"], t["rows"], t["other_tables_keys"]) for t in report["tables"]] == [
+        ("wide_embedding_embedding_table", 175, [100, 100]), ("deep_embedding_embedding_table", 225, [75, 75])]
+    wide = next(lp for lp in report["hps_trt_nodes"] if lp["table_id"] == 0)
+    assert ("the key map is shared by the model's HugeCTR embeddings (hugectr2onnx numbers each table's keys 1..n in "
+            "one map): 100 of the 175 keys stored belong to other tables; they are kept since ONNX reads this table's "
+            "rows for them; pass --hugectr-sparse-model wide_embedding=FOLDER (the HugeCTR sparse model it was "
+            "converted from) to store exactly the table's own keys") in wide["notes"]
+
+
+def test_sparse_model_folders_give_each_hashed_table_exactly_its_own_keys(tmp_path):
+    result = hps_surgeon.rewrite(WDL, tmp_path / "rw", hugectr_sparse_models=[
+        f"wide_embedding={WIDE_FOLDER}", f"deep_embedding_embedding_table={DEEP_FOLDER}"])
+    for table, folder in zip(result.plan.tables, (WIDE_FOLDER, DEEP_FOLDER)):
+        for name in ("key", "emb_vector"):  # byte-identical to HugeCTR's own sparse files
+            assert (result.out_dir / table.folder / name).read_bytes() == (folder / name).read_bytes()
+    assert [(t.rows, t.other_tables_keys) for t in result.plan.tables] == [(75, (0, 0)), (150, (0, 0))]
+    assert result.plan.lookups[0].notes[0] == (
+        f"HugeCTR key map 'key_to_indice_hash_all_tables' replaced by the table's own 75 keys, copied with their "
+        f"vectors from {WIDE_FOLDER}: other tables' keys, which the shared map sends to rows of this table in ONNX, "
+        "return the default value (0.0) as in HugeCTR's HPS")
+    # keys drawn from each table's own key span: the two spans do not overlap, so ONNX agrees exactly
+    assert verify(WDL, result.model_path, result.config_path, iterations=2, batch_sizes=(1, 6)).passed
+
+
+def _tampered_folder(tmp_path, change):
+    folder = tmp_path / "wide.model"
+    folder.mkdir()
+    keys = np.fromfile(WIDE_FOLDER / "key", dtype="<i8")
+    vectors = np.fromfile(WIDE_FOLDER / "emb_vector", dtype="<f4")
+    keys, vectors = change(keys.copy(), vectors.copy())
+    keys.astype("<i8").tofile(folder / "key")
+    vectors.astype("<f4").tofile(folder / "emb_vector")
+    return folder
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda k, v: (k[::-1], v[::-1]), "key {k} (entry 0 of {folder}/key) maps to row 75 of "
+     "'wide_embedding_embedding_table' in 'key_to_indice_hash_all_tables' where hugectr2onnx puts it at row 1: the "
+     "folder is not the sparse model 'wide_embedding_embedding_table' was converted from"),
+    (lambda k, v: (k, np.where(np.arange(v.size) == 3, v + 1, v)), "vector 3 of {folder}/emb_vector differs from "
+     "row 4 of 'wide_embedding_embedding_table': the folder is not the sparse model the table was converted from"),
+], ids=["key order", "vector"])
+def test_sparse_model_folder_of_another_table_is_refused(tmp_path, change, message):
+    folder = _tampered_folder(tmp_path, change)
+    last_key = int(np.fromfile(WIDE_FOLDER / "key", dtype="<i8")[-1])
+    with pytest.raises(hps_surgeon.SurgeonError) as info:
+        hps_surgeon.rewrite(WDL, tmp_path / "rw", hugectr_sparse_models=[f"wide_embedding={folder}"])
+    assert str(info.value) == f"--hugectr-sparse-model wide_embedding={folder}: " + message.format(
+        k=last_key, folder=folder)
+    assert not (tmp_path / "rw").exists()
+
+
+def test_sparse_model_name_that_is_neither_input_nor_embedding(tmp_path):
+    with pytest.raises(hps_surgeon.SurgeonError) as info:
+        hps_surgeon.rewrite(WDL, tmp_path / "rw", hugectr_sparse_models=[f"tall_embedding={WIDE_FOLDER}"])
+    assert str(info.value) == (
+        f"--hugectr-sparse-model: 'tall_embedding' is not an input of {WDL} (inputs: dense, wide_data, deep_data) nor "
+        "an embedding read through a HugeCTR key map (embeddings: wide_embedding_embedding_table, "
+        "deep_embedding_embedding_table)")

@@ -26,7 +26,7 @@ from hps_surgeon.deploy import repository as deploy, triton
 from hps_surgeon.errors import SurgeonError, errors
 from hps_surgeon.hps import validate
 
-from support import FIXTURES, lookup_model
+from support import FIXTURES, copy_rewrite, lookup_model
 
 #: fixtures with nothing for `rewrite` to do (a refused lookup; a HugeCTR model without embeddings)
 NOTHING_TO_REWRITE = {"torch/embedding_max_norm_dynamo.onnx", "hugectr/dlrm_nonconstant_default.onnx",
@@ -216,6 +216,44 @@ def test_perf_data_shared_table_and_float_keys(tmp_path):
     assert np.isin(np.array(keys["content"]), stored.astype(np.float64)).all()
 
 
+def test_instance_groups_and_deployed_device_list_agree(tmp_path):
+    # HugeCTR skips lookups on a GPU outside deployed_device_list and returns success
+    # (HugeCTR/src/hps/plugin/lookup_manager.cpp:168-172): Triton must run instances only on those GPUs.
+    from google.protobuf import text_format
+    pb2 = model_config_pb2()
+    rw = rewritten("torch/embedding_int64_legacy.onnx", tmp_path / "rw")
+    config_path = rw / "hps_config.json"
+    config = json.loads(config_path.read_text())
+    config["models"][0]["deployed_device_list"] = [3, 1]
+    config_path.write_text(json.dumps(config))
+    for gpus, expected in (((), [1, 3]), ((2,), [2])):
+        repo = tmp_path / f"repo{len(gpus)}"
+        deploy.deploy(rw, repo, deploy.DeployOptions(name="m", gpus=gpus))
+        pbtxt = text_format.Parse((repo / "m" / "config.pbtxt").read_text(), pb2.ModelConfig())
+        assert [list(g.gpus) for g in pbtxt.instance_group] == [expected]
+        deployed = json.loads((repo / "m" / "hps" / "hps_config.json").read_text())["models"][0]
+        assert sorted(deployed["deployed_device_list"]) == expected
+
+
+def test_deploy_keeps_hugectr_names_valid_and_reads_relative_paths(tmp_path):
+    # HugeCTR aborts on names outside [a-zA-Z0-9_-]{1,120} (HugeCTR/src/hps/hier_parameter_server.cpp:34-38):
+    # deploy refuses a folder whose config has one rather than ship it.
+    out = tmp_path / "rw"
+    assert hps_surgeon.rewrite(FIXTURES / "torch/embedding_int64_legacy.onnx", out, relative_paths=True).written
+    deploy.deploy(out, tmp_path / "repo", deploy.DeployOptions(name="m"))
+    deployed = json.loads((tmp_path / "repo" / "m" / "hps" / "hps_config.json").read_text())["models"][0]
+    assert deployed["sparse_files"] == ["/models/m/hps/tables/emb_weight"]
+    assert deployed["embedding_table_names"] == ["emb_weight"]
+    config = json.loads((out / "hps_config.json").read_text())
+    config["models"][0]["embedding_table_names"] = ["emb.weight"]
+    (out / "hps_config.json").write_text(json.dumps(config))
+    proc = run_cli("deploy", out, "--repo", tmp_path / "repo2")
+    assert proc.returncode == 2 and not (tmp_path / "repo2").exists()
+    assert error_line(proc).startswith(f"hps-surgeon: error: rewrite folder fails validation: {out / 'hps_config.json'}:"
+                                       "models[0].embedding_table_names[0]: 'emb.weight' is not a valid HugeCTR table "
+                                       "name")
+
+
 # --- the CLI -------------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -310,9 +348,7 @@ def test_force_replaces_the_model_and_keeps_the_others(dlrm_rw, tmp_path):
 # --- bad input: one line, exit 2, nothing written ------------------------------------------------
 
 def _copy(rw: Path, tmp_path: Path) -> Path:
-    broken = tmp_path / "broken"
-    shutil.copytree(rw, broken)
-    return broken
+    return copy_rewrite(rw, tmp_path / "broken")
 
 
 @pytest.mark.parametrize("case, expected", [

@@ -1,18 +1,22 @@
-"""Every real-exporter fixture rewrites, passes the checker, and matches onnxruntime exactly."""
+"""Every real-exporter fixture rewrites, passes the checker, and matches onnxruntime exactly; every fixture
+(old and third-party) verifies with its coverage printed, and fails verify once its tables are tampered with."""
 
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+import yaml
 
 import hps_surgeon
 from hps_surgeon.verify.runner import SplitRunner
 from hps_surgeon.hps.reference import ReferenceLookup
 
-from support import FIXTURES, random_feeds, run_onnxruntime
+from support import FIXTURES, random_feeds, run_onnxruntime, tampered_copy
 
 # fixture -> number of lookups it holds (from fixtures/README.md)
 LOOKUPS = {
@@ -84,3 +88,74 @@ def test_dlrm_rewrite_keeps_dense_part_and_drops_every_table(tmp_path):
     config = json.loads(result.config_path.read_text())["models"][0]
     assert config["maxnum_catfeature_query_per_table_per_sample"] == [1] * 26
     assert sorted(config["embedding_vecsize_per_table"]) == [16] * 26
+
+
+# --- every fixture, old and new: verify passes with coverage, a tampered copy fails -----------------
+
+THIRDPARTY = FIXTURES / "thirdparty"
+MANIFEST = {e["file"]: e for e in yaml.safe_load((THIRDPARTY / "MANIFEST.yaml").read_text())["fixtures"]}
+#: fixtures with no lookup to rewrite (fixtures/README.md says why)
+NOTHING_TO_REWRITE = {"hugectr/dlrm_nonconstant_default.onnx", "hugectr/dlrm_sparse_input.onnx",
+                      "torch/embedding_max_norm_dynamo.onnx"}
+#: tf2onnx left TensorFlow ops in these: not ONNX, refused by scan and rewrite (test_cli_errors.py)
+NOT_ONNX = {f"thirdparty/models/{name}" for name, e in MANIFEST.items()
+            if e["framework_check"].startswith("not valid ONNX")}
+REWRITE_OPTIONS = {"thirdparty/models/rechub_din_dynamic_history_dynamo.onnx": {"max_keys_per_sample": 6}}
+#: the original runs only on jagged sizes that add up: real samples drive it (--inputs)
+NEEDS_SAMPLES = {"thirdparty/models/torchrec_dlrm_kjt_static_dynamo.onnx"}
+VERIFIABLE = sorted({str(p.relative_to(FIXTURES)) for p in [*FIXTURES.glob("*/*.onnx"), *THIRDPARTY.glob("models/*.onnx")]}
+                    - NOTHING_TO_REWRITE - NOT_ONNX)
+
+
+def torchrec_samples(path: Path, feeds: int = 48, seed: int = 0) -> Path:
+    """torchrec KeyedJaggedTensor feeds (dense [4,4], values [16], lengths [12]) in Polygraphy's JSON format.
+
+    Lengths are per feature (t_user, t_item, t_cat) then per sample and add up to the 16 values; each
+    feature's values are keys of its table, cycling through it so every row comes up.
+    """
+    from polygraphy.json import save_json
+
+    rng = np.random.default_rng(seed)
+    rows = {"t_user": 50, "t_item": 80, "t_cat": 20}
+    lengths = np.array([2, 1, 1, 1, 1, 2, 1, 1, 2, 2, 1, 1], dtype=np.int64)  # sums 5, 5, 6 per feature
+    cursor = dict.fromkeys(rows, 0)
+    samples = []
+    for _ in range(feeds):
+        values = []
+        for feature, count in zip(rows, lengths.reshape(3, 4).sum(axis=1)):
+            values += [(cursor[feature] + i) % rows[feature] for i in range(count)]
+            cursor[feature] += int(count)
+        samples.append(OrderedDict(dense=rng.standard_normal((4, 4)).astype(np.float32),
+                                   values=np.array(values, dtype=np.int64), lengths=lengths))
+    save_json(samples, str(path), description="torchrec samples")
+    return path
+
+
+def verify_cli(capsys, *args) -> tuple[int, str, str]:
+    from hps_surgeon.cli import main
+
+    code = main(["verify", *map(str, args)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("fixture", VERIFIABLE)
+def test_every_fixture_verifies_with_coverage_and_its_tampered_copy_fails(fixture, tmp_path, capsys):
+    """Exit 0 with every table at its floor of distinct keys; exit 1 once every row but row 0 changes.
+
+    The tampered copy is what a verify feeding only key 0 (HugeCTR's own test) would pass.
+    """
+    source = FIXTURES / fixture
+    result = hps_surgeon.rewrite(source, tmp_path / "rw", **REWRITE_OPTIONS.get(fixture, {}))
+    samples = ["--inputs", torchrec_samples(tmp_path / "samples.json")] if fixture in NEEDS_SAMPLES else []
+    code, out, err = verify_cli(capsys, source, result.model_path, "--config", result.config_path, *samples)
+    assert code == 0, out + err
+    assert "PASSED" in out and "coverage:" in out
+    report = json.loads((result.out_dir / "report.json").read_text())
+    for node in report["hps_trt_nodes"]:
+        assert node["node"] in out
+    tampered = tampered_copy(result.out_dir, tmp_path / "tampered")
+    code, out, err = verify_cli(capsys, source, tampered / "model.onnx", "--config", tampered / "hps_config.json",
+                                *samples)
+    assert code == 1, out + err
+    assert err.startswith("hps-surgeon: verify FAILED: output '")

@@ -53,14 +53,14 @@ from onnx import TensorProto, helper, numpy_helper
 
 import hps_surgeon
 
-from support import FIXTURES, run_in_process, tree
+from support import FIXTURES, copy_rewrite, run_in_process, tree
 
 INPUTS = int(os.environ.get("HPS_SURGEON_FUZZ_INPUTS", "300"))
 SEED = int(os.environ.get("HPS_SURGEON_FUZZ_SEED", "11"))
 COMMAND_TIMEOUT_S = 60
 
 #: exit codes each command documents (README, `hps-surgeon -h`)
-EXIT_CODES = {"scan": {0, 2}, "rewrite": {0, 2}, "check": {0, 1}, "verify": {0, 1, 2}, "deploy": {0, 2},
+EXIT_CODES = {"scan": {0, 2}, "rewrite": {0, 2}, "check": {0, 1}, "verify": {0, 1, 2, 3}, "deploy": {0, 2},
               "publish": {0, 2}, "build-engine": {0, 1, 2}}
 #: small models from every exporter: tables, bags, loops, tf2onnx sparse lookups, HugeCTR
 MODELS = ["torch/embedding_int64_legacy.onnx", "torch/embedding_bag_sum_offsets_legacy.onnx",
@@ -99,7 +99,7 @@ def root(tmp_path_factory) -> Path:
     hps_surgeon.rewrite(FIXTURES / SOURCE, rewrite_folder, model_name="demo")
     # the same folder with part of its model in external data, which deploy copies
     with_data = corpus / "rw_data"
-    shutil.copytree(rewrite_folder, with_data)
+    copy_rewrite(rewrite_folder, with_data)
     model = onnx.load(str(with_data / "model.onnx"))
     model.graph.initializer.append(numpy_helper.from_array(np.arange(1024, dtype=np.float32).reshape(32, 32), "big"))
     model.graph.node.append(helper.make_node("Identity", ["big"], ["big_out"], name="big_identity"))
@@ -138,7 +138,7 @@ def _folder_runs(item: Input, folder: Path, case: Path, original: Path) -> None:
     item.runs += [(["check", folder / "model.onnx"], ()),
                   (["deploy", folder, "--repo", case / "repo"], (case / "repo",)),
                   (["verify", original, folder / "model.onnx", "--config", folder / "hps_config.json",
-                    "--iterations", "1", "--batch-size", "2"], ()),
+                    "--iterations", "1", "--batch-sizes", "2"], ()),
                   # publish records the database in the folder's config
                   (["publish", folder, "--persistent-db", case / "db", "--quiet"],
                    (case / "db", folder / "hps_config.json"))]
@@ -210,7 +210,7 @@ def _proto_input(rng: random.Random, root: Path, case: Path, item: Input) -> Non
     folder.mkdir()
     if rng.random() < 0.25:  # the HPS_TRT side: a rewrite folder's model
         rw = case / "rw"
-        shutil.copytree(root / "corpus/rw", rw)
+        copy_rewrite(root / "corpus/rw", rw)
         model = onnx.load(str(rw / "model.onnx"))
         item.recipe.append(_mutate_hps_node(model, rng))
         onnx.save(model, str(rw / "model.onnx"))
@@ -490,7 +490,7 @@ def _mutate_hps_node(model, rng) -> str:
 def _paths_input(rng: random.Random, root: Path, case: Path, item: Input) -> None:
     base = root / "corpus" / ("rw_data" if rng.random() < 0.3 else "rw")
     rw = case / "rw"
-    shutil.copytree(base, rw)
+    copy_rewrite(base, rw)
     op = rng.choice(["sparse_files", "sparse_files", "table file", "table file", "config field", "config bytes",
                      "model file"] + (["external"] * 4 if base.name == "rw_data" else []))
     item.recipe.append(f"paths {op} on {base.name}")
@@ -577,7 +577,7 @@ def _paths_config_field(rng, root, rw):
 def _paths_config_bytes(rng, root, rw):
     config = rw / "hps_config.json"
     choice = rng.choice(["empty", "not JSON", "invalid UTF-8", "truncated", "a list", "nested 200 deep",
-                         "two models", "no models", "FIFO", "folder"])
+                         "nested 100,000 deep", "two models", "no models", "FIFO", "folder"])
     text = config.read_text()
     if choice == "empty":
         config.write_bytes(b"")
@@ -589,8 +589,10 @@ def _paths_config_bytes(rng, root, rw):
         config.write_text(text[:len(text) // 2])
     elif choice == "a list":
         config.write_text("[1, 2, 3]")
-    elif choice == "nested 200 deep":  # deeper nesting is the JSON depth limit of hps/config.py (another issue)
+    elif choice == "nested 200 deep":  # past hps/config.py's depth limit, within json's recursion
         config.write_text(json.dumps({**json.loads(text), "extra": json.loads("[" * 200 + "]" * 200)}))
+    elif choice == "nested 100,000 deep":  # past the recursion of any recursive JSON parser
+        config.write_text("[" * 100000 + "]" * 100000)
     elif choice == "two models":
         _edit_config(rw, lambda c: c["models"].append(dict(c["models"][0])))
     elif choice == "no models":
@@ -644,7 +646,7 @@ def _outputs_input(rng: random.Random, root: Path, case: Path, item: Input) -> N
               "300-byte name": case / ("x" * 300), "a file": case / "file", "through a file": case / "file/sub",
               "non-empty": case / "full", "root": "/", "the input's folder": case / "rw"}
     label = rng.choice(list(values))
-    shutil.copytree(root / "corpus/rw", case / "rw")
+    copy_rewrite(root / "corpus/rw", case / "rw")
     model = case / "rw/model.onnx"
     item.recipe.append(f"output folder: {label}")
     target = values[label]

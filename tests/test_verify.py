@@ -1,10 +1,16 @@
-"""verify (Polygraphy Comparator + HpsRunner), and `polygraphy run --hps` through Polygraphy's own CLI."""
+"""verify (Polygraphy Comparator + HpsRunner) as users meet it: output, exit codes, samples, bad input,
+and `polygraphy run --hps` through Polygraphy's own CLI.
+
+Exit codes: 0 PASSED, 1 FAILED (a real mismatch), 2 bad input (one line), 3 INCONCLUSIVE.
+Every fixture's pass/tamper pair is in test_fixtures.py; key tracing per structure in test_keyspace.py.
+"""
 
 from __future__ import annotations
 
-import shutil
+import json
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -12,106 +18,402 @@ import pytest
 import hps_surgeon
 from hps_surgeon.verify import verify
 
-from support import FIXTURES
-from test_fixtures import LOOKUPS
+from support import FIXTURES, tampered_copy
+
+DLRM = FIXTURES / "torch/dlrm_small_legacy.onnx"
+THIRDPARTY = FIXTURES / "thirdparty/models"
 
 
 @pytest.fixture(scope="module")
 def dlrm(tmp_path_factory):
     out = tmp_path_factory.mktemp("dlrm") / "rw"
-    hps_surgeon.rewrite(FIXTURES / "torch/dlrm_small_legacy.onnx", out)
-    return FIXTURES / "torch/dlrm_small_legacy.onnx", out
+    hps_surgeon.rewrite(DLRM, out)
+    return DLRM, out
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "hps_surgeon", *map(str, args)], capture_output=True, text=True)
 
 
-@pytest.mark.parametrize("fixture", sorted(LOOKUPS))
-def test_verify_passes_on_every_fixture_pair_with_zero_error(fixture, tmp_path):
-    result = hps_surgeon.rewrite(FIXTURES / fixture, tmp_path / "rw")
-    report = verify(FIXTURES / fixture, result.model_path, result.config_path, iterations=2, batch_size=5)
-    assert report.passed
-    assert report.iterations == 4 and report.batch_sizes == (1, 5)
-    assert [o.max_abs for o in report.outputs] == [0.0] * len(report.outputs)
+def verify_args(out, *more):
+    return ["verify", DLRM, out / "model.onnx", "--config", out / "hps_config.json", *more]
 
 
-def test_keys_are_drawn_per_column_from_each_table(dlrm):
+def one_error_line(proc: subprocess.CompletedProcess) -> str:
+    """The whole of stderr, which must be exactly one `hps-surgeon: error:` line and no traceback."""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hps-surgeon: error: "), proc.stderr
+    return lines[0]
+
+
+# --- what a user sees -------------------------------------------------------------------------------
+
+def test_keys_are_traced_per_column_to_each_table(dlrm):
     source, out = dlrm
-    report = verify(source, out / "model.onnx", out / "hps_config.json", iterations=1)
-    rows = {t["table_id"]: t["rows"] for t in __import__("json").loads((out / "report.json").read_text())["tables"]}
-    by_column = {r.column: (r.low, r.high) for r in report.key_ranges}
-    assert sorted(by_column) == list(range(26))
-    # slot i reads table emb_l.i: keys span that table's full row range
-    assert sorted(high + 1 for _, high in by_column.values()) == sorted(rows.values())
-    assert all(low == 0 for low, _ in by_column.values())
+    report = verify(source, out / "model.onnx", out / "hps_config.json")
+    rows = {n["node"]: n["rows"] for n in json.loads((out / "report.json").read_text())["hps_trt_nodes"]}
+    columns = {c.column.index: c for c in report.columns}
+    assert sorted(columns) == list(range(26))
+    for index, found in columns.items():
+        (node,) = found.nodes
+        assert node == f"hps_trt//emb_l.{index}/Gather" and found.how == "identity"
+        assert found.values.min() >= 0 and found.values.max() < rows[node]
+    # every table saw min(64, rows) distinct keys at least, and none outside it
+    assert all(t.existing >= min(64, t.rows) for t in report.tables)
+    assert all(c.missing == 0 for c in report.coverage)
 
 
-def test_verify_cli_passes_and_prints_errors(dlrm):
-    source, out = dlrm
-    proc = run("verify", source, out / "model.onnx", "--config", out / "hps_config.json", "--batch-size", "16")
+def test_cli_is_quiet_prints_coverage_and_passes(dlrm):
+    _, out = dlrm
+    proc = run(*verify_args(out))
     assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert "[I]" not in proc.stdout and "colored" not in proc.stdout  # no Polygraphy logs
+    assert "  hps_trt//emb_l.1/Gather   emb_l_1_weight   20    20             20        100.0%   0" in proc.stdout
     assert "output 'click_probability': max abs error 0, max rel error 0" in proc.stdout
-    assert "PASSED: 6 feeds (batch sizes 1, 16)" in proc.stdout
+    assert "PASSED: 4 feeds (generated; batch sizes 1, 64) match within atol 1e-06, rtol 1e-05" in proc.stdout
 
 
-def tampered(out, tmp_path, table: str, change) -> object:
-    """A copy of the rewrite output whose table `table` holds `change(vectors)` instead."""
-    copy = tmp_path / "rw"
-    shutil.copytree(out, copy)
-    vectors = copy / f"tables/{table}/emb_vector"
-    change(np.fromfile(vectors, dtype="<f4")).astype("<f4").tofile(vectors)
-    return copy
+def test_verbose_shows_polygraphy_logs(dlrm):
+    _, out = dlrm
+    proc = run(*verify_args(out, "--verbose", "--batch-sizes", "8"))
+    assert proc.returncode == 0, proc.stderr
+    assert "[I] onnxrt-original" in proc.stdout and "[I] hps-reference" in proc.stdout
 
 
-def test_tampered_vector_fails_with_exit_1_naming_the_output(dlrm, tmp_path):
-    source, out = dlrm
-    copy = tampered(out, tmp_path, "emb_l_0_weight", lambda v: v + 0.5)
+def test_json_report(dlrm):
+    _, out = dlrm
+    proc = run(*verify_args(out, "--json", "--batch-sizes", "1,32", "--iterations", "3"))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["verdict"] == "passed" and report["batch_sizes"] == [1, 32] and report["feeds"] >= 6
+    assert report["shapes"] == {"dense_features": [[1, 13], [32, 13]], "sparse_keys": [[1, 26], [32, 26]]}
+    (first,) = [c for c in report["coverage"] if c["node"] == "hps_trt//emb_l.0/Gather"]
+    assert first["table"] == "emb_l_0_weight" and first["rows"] == 1000 and first["missing"] == 0
+    assert first["existing"] == first["distinct"] >= 64 and first["fraction"] == first["existing"] / 1000
+    assert len(report["key_columns"]) == 26 and report["untraced_nodes"] == []
+
+
+def test_tampered_table_fails_with_exit_1_naming_the_output(dlrm, tmp_path):
+    _, out = dlrm
+    copy = tampered_copy(out, tmp_path / "rw", lambda rows: rows + 0.5)
+    proc = run(*verify_args(copy))
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("hps-surgeon: verify FAILED: output 'click_probability' differs: max abs error")
+
+
+def test_a_batch_size_the_original_cannot_run_is_skipped_with_a_note(tmp_path):
+    """deepctr-torch DCNMix ends in squeeze(): at batch 1 the original itself fails (torch too)."""
+    source = THIRDPARTY / "deepctr_torch_dcnmix_squeeze_batch1_legacy.onnx"
+    result = hps_surgeon.rewrite(source, tmp_path / "rw")
+    proc = run("verify", source, result.model_path, "--config", result.config_path)
+    assert proc.returncode == 0, proc.stderr
+    assert ("note: batch size 1 skipped: the original model fails at it (node '/Concat_2' (Concat): "
+            "input_rank == reference_rank was false. Ranks of input data are different") in proc.stdout
+    assert "PASSED: 2 feeds (generated; batch sizes 64)" in proc.stdout
+    proc = run("verify", source, result.model_path, "--config", result.config_path, "--batch-sizes", "1")
+    assert proc.returncode == 2
+    assert one_error_line(proc).startswith(
+        f"hps-surgeon: error: {source}: the original model fails on the generated inputs at every batch size "
+        "tried (batch 1: node '/Concat_2' (Concat):")
+
+
+def test_an_original_that_needs_real_samples_says_so(tmp_path):
+    """torchrec (dynamo): the jagged lengths must add up to the values; generated lengths do not."""
+    source = THIRDPARTY / "torchrec_dlrm_kjt_static_dynamo.onnx"
+    result = hps_surgeon.rewrite(source, tmp_path / "rw")
+    proc = run("verify", source, result.model_path, "--config", result.config_path)
+    assert proc.returncode == 2
+    line = one_error_line(proc)
+    assert "node 'node_Split_92' (Split): Cannot split using values in 'split' attribute" in line
+    assert line.endswith("or real samples with --inputs FILE or --data-loader-script SCRIPT")
+
+
+# --- NaN: one rule everywhere -------------------------------------------------------------------------
+
+def test_nan_in_one_output_only_is_a_mismatch_named_as_nan(tmp_path):
+    """Keras 3 masked average: NaN in both for an all-padding row passes (test_fixtures); NaN rows in the
+    rewritten tables only give NaN in the rewritten model only: FAILED, and the message says NaN."""
+    source = THIRDPARTY / "keras3_masked_average_nan.onnx"
+    result = hps_surgeon.rewrite(source, tmp_path / "rw")
+    copy = tampered_copy(result.out_dir, tmp_path / "nan", lambda rows: rows * np.nan)
     proc = run("verify", source, copy / "model.onnx", "--config", copy / "hps_config.json")
     assert proc.returncode == 1
-    assert "hps-surgeon: verify FAILED: output 'click_probability' differs: max abs error" in proc.stderr
+    assert proc.stderr.startswith("hps-surgeon: verify FAILED: output 'dense' differs: NaN in the original only at "
+                                  "0 position(s), in the rewritten model only at ")
+    assert "(NaN in both at the same position counts as equal)" in proc.stderr
+    report = verify(source, copy / "model.onnx", copy / "hps_config.json")
+    (out,) = report.outputs
+    assert report.verdict == "failed" and out.nan_rewritten_only > 0 and out.nan_original_only == 0
 
 
-def test_verify_usage_errors_exit_2(dlrm, tmp_path):
+# --- user samples: --inputs (Polygraphy's JSON), --data-loader-script ------------------------------------
+
+def test_inputs_saved_by_polygraphy_run_drive_verify_and_coverage_judges_them(dlrm, tmp_path):
+    """Samples from `polygraphy run --save-inputs` with keys 0..19: tables of 20 rows are covered, the
+    1000-row table is not: INCONCLUSIVE (exit 3), and PASSED once the floor is lowered to 20."""
     source, out = dlrm
-    missing = run("verify", source, tmp_path / "nope.onnx", "--config", out / "hps_config.json")
-    assert missing.returncode == 2
-    assert missing.stderr.strip() == f"hps-surgeon: error: {tmp_path / 'nope.onnx'}: no such file"
+    samples = tmp_path / "inputs.json"
+    saved = subprocess.run(["polygraphy", "run", str(source), "--onnxrt", "--save-inputs", str(samples),
+                            "--input-shapes", "dense_features:[16,13]", "sparse_keys:[16,26]",
+                            "--val-range", "sparse_keys:[0,19]", "--iterations", "8"], capture_output=True, text=True)
+    assert saved.returncode == 0, saved.stdout[-2000:]
+    proc = run(*verify_args(out, "--inputs", samples))
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert proc.stderr.strip() == (
+        "hps-surgeon: verify INCONCLUSIVE: the outputs match, but table 'emb_l_0_weight' (node "
+        "hps_trt//emb_l.0/Gather) saw 20 distinct existing key(s) of 1000, below the floor of 64 (and 24 more "
+        "table(s)); drive it with more samples (--inputs, --data-loader-script, --iterations, --batch-sizes) or "
+        "lower --min-distinct-keys")
+    assert "keys sparse_keys" not in proc.stdout  # the user's samples: nothing traced
+    proc = run(*verify_args(out, "--inputs", samples, "--min-distinct-keys", "20"))
+    assert proc.returncode == 0, proc.stderr
+    assert f"PASSED: 8 feeds (--inputs {samples}; batch sizes 16)" in proc.stdout
+
+
+def test_data_loader_script_drives_verify(dlrm, tmp_path):
+    source, out = dlrm
+    nodes = json.loads((out / "report.json").read_text())["hps_trt_nodes"]
+    rows = [next(n["rows"] for n in nodes if n["node"] == f"hps_trt//emb_l.{i}/Gather") for i in range(26)]
+    script = tmp_path / "feeds.py"
+    script.write_text(textwrap.dedent(f"""
+        import numpy as np
+        ROWS = np.array({rows})
+
+        def make_feeds():
+            for i in range(12):
+                keys = (np.arange(64)[:, None] + 64 * i) % ROWS[None, :]
+                yield {{"dense_features": np.full((64, 13), 0.5, dtype=np.float32),
+                        "sparse_keys": keys.astype(np.int64)}}
+    """))
+    proc = run(*verify_args(out, "--data-loader-script", f"{script}:make_feeds"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"PASSED: 12 feeds (--data-loader-script {script}:make_feeds; batch sizes 64)" in proc.stdout
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "--inputs {path}: no such file; pass a JSON file written by `polygraphy run --save-inputs`"),
+    ("not json", "--inputs {path}: not Polygraphy input data ("),
+    ('{"a": 1}', "--inputs {path}: expected a list of feeds (input name -> array), got a mapping"),
+    ("[]", "--inputs {path}: holds no feeds"),
+])
+def test_unusable_inputs_file_is_one_line(dlrm, tmp_path, content, message):
+    _, out = dlrm
+    path = tmp_path / "inputs.json"
+    if content is not None:
+        path.write_text(content)
+    proc = run(*verify_args(out, "--inputs", path))
+    assert proc.returncode == 2
+    assert one_error_line(proc).startswith("hps-surgeon: error: " + message.format(path=path))
+
+
+@pytest.mark.parametrize("feed, message", [
+    ({"dense_features": np.zeros((2, 13), np.float32)},
+     "feed 0 lacks input 'sparse_keys' (the model takes dense_features, sparse_keys)"),
+    ({"dense_features": np.zeros((2, 13), np.float32), "sparse_keys": np.zeros((2, 26), np.float32)},
+     "feed 0: input 'sparse_keys' is float32, the model takes int64"),
+    ({"dense_features": np.zeros((2, 12), np.float32), "sparse_keys": np.zeros((2, 26), np.int64)},
+     "feed 0: input 'dense_features' has shape [2, 12], the model takes ['batch', 13]"),
+    ({"dense_features": np.zeros((2, 13), np.float32), "sparse_keys": np.full((2, 26), 5000, np.int64)},
+     "feed 0: the original model fails on it: node '/emb_l."),
+])
+def test_samples_that_do_not_fit_the_model_are_named(dlrm, tmp_path, feed, message):
+    from polygraphy.json import save_json
+
+    _, out = dlrm
+    path = tmp_path / "inputs.json"
+    save_json([feed], str(path))
+    proc = run(*verify_args(out, "--inputs", path))
+    assert proc.returncode == 2
+    assert one_error_line(proc).startswith(f"hps-surgeon: error: --inputs {path}: {message}")
+
+
+def test_data_loader_script_errors_are_one_line(dlrm, tmp_path):
+    _, out = dlrm
+    script = tmp_path / "broken.py"
+    script.write_text("def load_data():\n    raise RuntimeError('no traffic today')\n")
+    proc = run(*verify_args(out, "--data-loader-script", script))
+    assert proc.returncode == 2
+    assert one_error_line(proc) == (f"hps-surgeon: error: --data-loader-script {script}: load_data() failed: "
+                                    "RuntimeError: no traffic today")
+    proc = run(*verify_args(out, "--data-loader-script", tmp_path / "missing.py"))
+    assert proc.returncode == 2 and "no such file" in one_error_line(proc)
+
+
+# --- bad input: one line, exit 2, never a traceback --------------------------------------------------------
+
+def _bad_files(dlrm, tmp_path):
+    source, out = dlrm
+    model_bytes = (out / "model.onnx").read_bytes()
+    png = b"\x89PNG\r\n\x1a\n" + bytes(64)
+    files = {"empty": b"", "truncated": model_bytes[: len(model_bytes) // 2], "png": png,
+             "text": b"hello, this is not a model\n"}
+    paths = {}
+    for name, data in files.items():
+        paths[name] = tmp_path / f"{name}.onnx"
+        paths[name].write_bytes(data)
+    return paths
+
+
+@pytest.mark.parametrize("kind", ["empty", "truncated", "png", "text"])
+@pytest.mark.parametrize("which", ["original", "rewritten", "config"])
+def test_unreadable_files_are_one_line(dlrm, tmp_path, kind, which):
+    source, out = dlrm
+    bad = _bad_files(dlrm, tmp_path)[kind]
+    args = {"original": source, "rewritten": out / "model.onnx", "config": out / "hps_config.json"}
+    args[which] = bad
+    proc = run("verify", args["original"], args["rewritten"], "--config", args["config"])
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert str(bad) in one_error_line(proc)
+
+
+def test_unrelated_or_swapped_models_are_refused(dlrm, tmp_path):
+    source, out = dlrm
+    other = FIXTURES / "torch/embedding_int64_legacy.onnx"
+    proc = run("verify", other, out / "model.onnx", "--config", out / "hps_config.json")
+    assert proc.returncode == 2
+    assert one_error_line(proc) == (
+        f"hps-surgeon: error: {out / 'model.onnx'} is not a rewrite of {other}: its outputs (click_probability) "
+        "are not the original's (out); pass the model it was rewritten from")
+    proc = run("verify", out / "model.onnx", source, "--config", out / "hps_config.json")
+    assert proc.returncode == 2
+    assert one_error_line(proc) == (
+        f"hps-surgeon: error: {source}: has no HPS_TRT node (it looks like the original: pass rewrite's "
+        "model.onnx second); pass the model.onnx written by hps-surgeon rewrite as REWRITTEN")
+    proc = run("verify", source, out / "model.onnx", "--config", tmp_path / "nope.json")
+    assert proc.returncode == 2
+    assert one_error_line(proc) == f"hps-surgeon: error: {tmp_path / 'nope.json'}: no such file"
     assert run("verify", source, out / "model.onnx").returncode == 2  # --config is required
 
 
-def test_native_backend_without_library_is_a_clear_error(dlrm, monkeypatch):
-    source, out = dlrm
-    monkeypatch.setenv("HPS_SURGEON_PLUGIN_LIB", "/nonexistent/libhps_plugin.so")
-    proc = run("verify", source, out / "model.onnx", "--config", out / "hps_config.json", "--backend", "native")
+def test_an_attached_sparse_model_cannot_be_compared_and_says_why(tmp_path):
+    """--hugectr-sparse-model: the rewrite takes keys where the original took embeddings."""
+    source = FIXTURES / "hugectr/dlrm_sparse_input.onnx"
+    result = hps_surgeon.rewrite(source, tmp_path / "rw", hugectr_sparse_models=[
+        f"sparse_embedding1={FIXTURES / 'hugectr/sparse_embedding1_sparse_0.model'}:sum:2"])
+    proc = run("verify", source, result.model_path, "--config", result.config_path)
     assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert lines[-1].startswith("hps-surgeon: error: ") and "libhps_plugin.so" in lines[-1]
+    assert one_error_line(proc).startswith(
+        f"hps-surgeon: error: {result.model_path} takes input 'sparse_embedding1_keys', which dlrm_sparse_input.onnx "
+        "does not (a --hugectr-sparse-model rewrite replaces an embedding input with keys")
 
 
-def test_polygraphy_run_help_lists_hps():
+def test_a_model_that_is_not_valid_onnx_is_named_by_op_and_node(dlrm, tmp_path):
+    _, out = dlrm
+    source = THIRDPARTY / "keras3_hashing_tf_ops.onnx"
+    proc = run("verify", source, out / "model.onnx", "--config", out / "hps_config.json")
+    assert proc.returncode == 2
+    assert one_error_line(proc).startswith(
+        f"hps-surgeon: error: {source}: not a valid ONNX model: node 'functional_1/hashing_1/hash' is "
+        "StringToHashBucketFast, which ONNX does not define")
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--batch-sizes", "0"], "argument --batch-sizes: '0': each value must be at least 1"),
+    (["--iterations", "0"], "--iterations 0: must be at least 1"),
+    (["--max-keys-per-sample", "0"], "--max-keys-per-sample 0: must be at least 1"),
+])
+def test_bad_options_are_usage_errors(dlrm, option, message):
+    _, out = dlrm
+    proc = run(*verify_args(out, *option))
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_native_backend_without_library_is_one_line(dlrm, monkeypatch):
+    _, out = dlrm
+    monkeypatch.setenv("HPS_SURGEON_PLUGIN_LIB", "/nonexistent/libhps_plugin.so")
+    proc = run(*verify_args(out, "--backend", "native"))
+    assert proc.returncode == 2
+    assert "/nonexistent/libhps_plugin.so" in one_error_line(proc)
+
+
+# --- polygraphy run --hps ---------------------------------------------------------------------------
+
+def polygraphy_run(model, config, *more) -> subprocess.CompletedProcess:
+    return subprocess.run(["polygraphy", "run", str(model), "--hps", "--hps-config", str(config), *map(str, more)],
+                          capture_output=True, text=True)
+
+
+def test_polygraphy_run_help_lists_hps_options():
     proc = subprocess.run(["polygraphy", "run", "-h"], capture_output=True, text=True)
     assert proc.returncode == 0
-    assert "--hps-config" in proc.stdout and "--hps-original" in proc.stdout
+    for option in ("--hps-config", "--hps-original", "--hps-backend", "--hps-batch-sizes",
+                   "--hps-max-keys-per-sample", "--hps-min-distinct-keys"):
+        assert option in proc.stdout
 
 
-def test_polygraphy_run_hps_compares_with_the_original(dlrm):
+def test_polygraphy_run_hps_draws_keys_from_the_tables_and_passes(dlrm):
     source, out = dlrm
-    proc = subprocess.run(
-        ["polygraphy", "run", str(out / "model.onnx"), "--hps", "--hps-config", str(out / "hps_config.json"),
-         "--hps-original", str(source), "--input-shapes", "dense_features:[4,13]", "sparse_keys:[4,26]",
-         "--val-range", "sparse_keys:[0,19]", "--iterations", "2"], capture_output=True, text=True)
+    proc = polygraphy_run(out / "model.onnx", out / "hps_config.json", "--hps-original", source,
+                          "--hps-batch-sizes", "1,32")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "PASSED | simple | All outputs matched | Outputs: ['click_probability']" in proc.stdout
-    assert "Passed: 2/2 iterations" in proc.stdout
+    assert ("| keys at hps_trt//emb_l.1/Gather (table emb_l_1_weight): 20 distinct, 20 of 20 rows (100.0%), "
+            "0 not in the table") in proc.stdout
+    assert "dense_features [dtype=float32, shape=(32, 13)]" in proc.stdout
+
+
+def test_polygraphy_run_hps_takes_string_inputs(tmp_path):
+    source = THIRDPARTY / "tfrs_dcn_stringlookup.onnx"
+    result = hps_surgeon.rewrite(source, tmp_path / "rw")
+    proc = polygraphy_run(result.model_path, result.config_path, "--hps-original", source)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "PASSED | simple | All outputs matched" in proc.stdout
 
 
 def test_polygraphy_run_hps_fails_on_tampered_table(dlrm, tmp_path):
     source, out = dlrm
-    copy = tampered(out, tmp_path, "emb_l_3_weight", lambda v: -v)
-    proc = subprocess.run(
-        ["polygraphy", "run", str(copy / "model.onnx"), "--hps", "--hps-config", str(copy / "hps_config.json"),
-         "--hps-original", str(source), "--input-shapes", "dense_features:[4,13]", "sparse_keys:[4,26]",
-         "--val-range", "sparse_keys:[0,19]"], capture_output=True, text=True)
-    assert proc.returncode != 0
-    assert "FAILED" in proc.stdout + proc.stderr
+    copy = tampered_copy(out, tmp_path / "rw", lambda rows: -rows)
+    proc = polygraphy_run(copy / "model.onnx", copy / "hps_config.json", "--hps-original", source)
+    assert proc.returncode == 1
+    assert "FAILED | Output: 'click_probability'" in proc.stdout
+
+
+def test_polygraphy_run_hps_with_few_keys_is_inconclusive(dlrm):
+    """The user's --val-range keeps keys in 0..19: a 1000-row table saw at most 20 keys."""
+    source, out = dlrm
+    proc = polygraphy_run(out / "model.onnx", out / "hps_config.json", "--hps-original", source,
+                          "--input-shapes", "dense_features:[4,13]", "sparse_keys:[4,26]",
+                          "--val-range", "sparse_keys:[0,19]", "--iterations", "2")
+    assert proc.returncode == 1
+    assert "[!] INCONCLUSIVE: table 'emb_l_0_weight' saw " in proc.stderr
+    assert "below the floor of 64 (--hps-min-distinct-keys)" in proc.stderr
+    # Polygraphy compares each iteration as it streams; the run as a whole does not pass
+    assert "[E] FAILED | Runtime" in proc.stdout and "PASSED | Runtime" not in proc.stdout
+
+
+def test_polygraphy_run_gen_script_builds_the_hps_data_loader(dlrm):
+    source, out = dlrm
+    proc = polygraphy_run(out / "model.onnx", out / "hps_config.json", "--hps-original", source,
+                          "--hps-batch-sizes", "2,8", "--hps-max-keys-per-sample", "3", "--gen-script", "-")
+    assert proc.returncode == 0, proc.stderr
+    assert "from hps_surgeon.verify.polygraphy_ext import HpsDataLoader" in proc.stdout
+    assert (f"data_loader = HpsDataLoader('{out / 'model.onnx'}', '{out / 'hps_config.json'}', batch_sizes=(2, 8), "
+            "iterations=2, max_keys_per_sample=3, min_distinct_keys=64, seed=1)") in proc.stdout
+
+
+@pytest.mark.parametrize("more, message", [
+    ([], "hps-surgeon: error: --hps needs --hps-config hps_config.json (written by hps-surgeon rewrite)"),
+    (["--hps-config", "/nonexistent/hps_config.json"], "hps-surgeon: error: /nonexistent/hps_config.json: no such file"),
+    (["--hps-batch-sizes", "0"], "hps-surgeon: error: --hps-batch-sizes 0: expected positive integers such as 1,64"),
+])
+def test_polygraphy_run_hps_bad_input_is_one_line_exit_2(dlrm, more, message):
+    _, out = dlrm
+    if more and more[0] == "--hps-batch-sizes":
+        more = ["--hps-config", str(out / "hps_config.json"), *more]
+    proc = subprocess.run(["polygraphy", "run", str(out / "model.onnx"), "--hps", *more], capture_output=True,
+                          text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == message
+
+
+def test_polygraphy_run_hps_native_without_library_is_one_line(dlrm, monkeypatch):
+    _, out = dlrm
+    monkeypatch.setenv("HPS_SURGEON_PLUGIN_LIB", "/nonexistent/libhps_plugin.so")
+    proc = polygraphy_run(out / "model.onnx", out / "hps_config.json", "--hps-backend", "native")
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert one_error_line(proc).startswith("hps-surgeon: error: native HPS library not found (tried "
+                                           "/nonexistent/libhps_plugin.so)")
+

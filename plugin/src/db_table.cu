@@ -2,11 +2,13 @@
 #include "db_table.hpp"
 
 #include <algorithm>
+#include <type_traits>
 #include <chrono>
 #include <cstdio>
-#include <cstring>
 #include <string>
 #include <vector>
+
+#include <cub/device/device_radix_sort.cuh>
 
 #include "cuda_buffer.hpp"
 #include "db_kernels.cuh"
@@ -24,58 +26,52 @@ int grid_for(long long warps, int sm_count) {
     return static_cast<int>(std::max<long long>(1, std::min<long long>(blocks, static_cast<long long>(sm_count) * 16)));
 }
 
-// Distinct keys of a miss list and, per miss, the index of its key among them (open addressing).
-void distinct(const long long* keys, size_t m, std::vector<long long>* uniq, std::vector<long long>* src) {
-    size_t cap = 16;
-    while (cap < 2 * m) cap <<= 1;
-    std::vector<long long> slot_key(cap);
-    std::vector<int64_t> slot_idx(cap, -1);
-    uniq->clear();
-    src->resize(m);
-    for (size_t i = 0; i < m; ++i) {
-        size_t h = kernels::mix64(static_cast<unsigned long long>(keys[i])) & (cap - 1);
-        while (slot_idx[h] >= 0 && slot_key[h] != keys[i]) h = (h + 1) & (cap - 1);
-        if (slot_idx[h] < 0) {
-            slot_idx[h] = static_cast<int64_t>(uniq->size());
-            slot_key[h] = keys[i];
-            uniq->push_back(keys[i]);
+// A work buffer grown to the largest lookup seen (device or pinned host memory).
+template <typename T, bool kPinned>
+struct Grown {
+    std::unique_ptr<T[], std::conditional_t<kPinned, PinnedFree, DeviceFree>> buf;
+    size_t cap = 0;
+    T* at_least(size_t n, const char* what) {
+        if (n > cap) {
+            buf.reset();
+            if constexpr (kPinned) buf = pinned_buffer<T>(n, cudaHostAllocDefault, what);
+            else buf = device_buffer<T>(n, what);
+            cap = n;
         }
-        (*src)[i] = slot_idx[h];
+        return buf.get();
     }
-}
-
+};
 template <typename T>
-void grow_device(DeviceBuffer<T>& b, size_t& cap, size_t want, const char* what) {
-    if (want <= cap) return;
-    b = device_buffer<T>(want, what);
-    cap = want;
-}
-
+using DeviceWork = Grown<T, false>;
 template <typename T>
-void grow_pinned(PinnedBuffer<T>& b, size_t& cap, size_t want, const char* what) {
-    if (want <= cap) return;
-    b = pinned_buffer<T>(want, cudaHostAllocDefault, what);
-    cap = want;
-}
+using PinnedWork = Grown<T, true>;
+
+// Keys per kernel launch: miss-set slots and sort indices stay within 32 bits.
+constexpr int64_t kSlice = int64_t(1) << 30;
 
 }  // namespace
 
 struct DbState {
     DeviceBuffer<long long> keys;
     DeviceBuffer<float> vectors;
-    DeviceBuffer<unsigned> stamps;
-    DeviceBuffer<unsigned long long> counters;  // miss count, hits, evictions
-    unsigned long long sets = 1;
-    // Work buffers, grown to the largest lookup seen.
-    DeviceBuffer<long long> miss_keys, miss_pos, src, ukeys, order, begin;
-    DeviceBuffer<float> values;
-    size_t cap_miss = 0, cap_src = 0, cap_ukeys = 0, cap_order = 0, cap_begin = 0, cap_values = 0;
-    PinnedBuffer<long long> h_miss, h_long;
-    PinnedBuffer<float> h_values;
+    DeviceBuffer<unsigned> sketch;
+    unsigned long long sketch_width = 0;
+    DeviceBuffer<unsigned long long> counters;  // dbk::DbCounter
     PinnedBuffer<unsigned long long> h_counters;
-    size_t cap_h_miss = 0, cap_h_long = 0, cap_h_values = 0;
-    dbk::CacheView view() const { return {keys.get(), vectors.get(), stamps.get(), sets, dim}; }
+    unsigned long long sets = 1;
     int dim = 0;
+    // Work buffers of a lookup.
+    DeviceWork<long long> miss_pos, miss_keys, miss_index, distinct;
+    DeviceWork<unsigned long long> miss_slot;
+    DeviceWork<float> values;
+    DeviceWork<unsigned char> found;
+    DeviceWork<unsigned> set_keys, set_keys_sorted, order, order_sorted;
+    DeviceWork<char> sort_temp;
+    PinnedWork<long long> h_distinct;
+    PinnedWork<float> h_values;
+    PinnedWork<unsigned char> h_found;
+    dbk::CacheView view() const { return {keys.get(), vectors.get(), sets, dim}; }
+    dbk::Sketch sketch_view() const { return {sketch.get(), sketch_width - 1}; }
 };
 
 DbTable::DbTable(const TableSpec& spec, const storage::DbConfig& db, int device)
@@ -98,15 +94,20 @@ DbTable::DbTable(const TableSpec& spec, const storage::DbConfig& db, int device)
     auto s = std::make_unique<DbState>();
     s->dim = spec.emb_vec_size;
     s->sets = static_cast<unsigned long long>((slots_ + dbk::kWays - 1) / dbk::kWays);
+    if (s->sets >= 0xffffffffULL)
+        throw Error(HPS_ERR_CONFIG, spec.config_path + ": a GPU cache of " + std::to_string(slots_) +
+                                        " slots for table '" + spec.table_name + "' is too large; lower gpucacheper");
     slots_ = static_cast<int64_t>(s->sets) * dbk::kWays;
+    s->sketch_width = dbk::sketch_width(slots_);
     const std::string ctx = "GPU cache of table '" + spec.table_name + "' (" + tiers_->describe() + ")";
     s->keys = device_buffer<long long>(static_cast<size_t>(slots_), ctx);
-    s->stamps = device_buffer<unsigned>(static_cast<size_t>(slots_), ctx);
     s->vectors = device_buffer<float>(static_cast<size_t>(slots_) * spec.emb_vec_size, ctx);
-    s->counters = device_buffer<unsigned long long>(3, ctx);
-    s->h_counters = pinned_buffer<unsigned long long>(3, cudaHostAllocDefault, ctx);
-    dbk::clear_kernel<<<grid_for(slots_ / 32 + 1, sm_count_), kThreads>>>(s->keys.get(), s->stamps.get(),
-                                                                          static_cast<unsigned long long>(slots_));
+    s->sketch = device_buffer<unsigned>(s->sketch_width * dbk::kSketchRows, ctx + ", frequency sketch");
+    s->counters = device_buffer<unsigned long long>(dbk::kNumDbCounters, ctx);
+    s->h_counters = pinned_buffer<unsigned long long>(dbk::kNumDbCounters, cudaHostAllocDefault, ctx);
+    HPS_CUDA(cudaMemset(s->sketch.get(), 0, s->sketch_width * dbk::kSketchRows * sizeof(unsigned)), ctx);
+    dbk::clear_kernel<<<grid_for(slots_ / 32 + 1, sm_count_), kThreads>>>(s->keys.get(),
+                                                                          static_cast<unsigned long long>(slots_), nullptr);
     HPS_CUDA(cudaGetLastError(), ctx);
     HPS_CUDA(cudaDeviceSynchronize(), ctx);
     s_ = std::move(s);
@@ -154,104 +155,103 @@ void DbTable::lookup(const void* keys, int key_bits, int64_t n, float* out, cuda
     if (!keys || !out) throw Error(HPS_ERR_INVALID_ARGUMENT, "keys or out is NULL with n = " + std::to_string(n));
     std::lock_guard<std::mutex> lock(mutex_);
     DeviceGuard guard(device_);
+    for (int64_t off = 0; off < n; off += kSlice)
+        lookup_slice(static_cast<const char*>(keys) + off * (key_bits / 8), key_bits, std::min(kSlice, n - off),
+                     out + off * spec_.emb_vec_size, stream);
+}
+
+void DbTable::lookup_slice(const void* keys, int key_bits, int64_t n, float* out, cudaStream_t stream) const {
     DbState& s = *s_;
     const int dim = spec_.emb_vec_size;
     const size_t un = static_cast<size_t>(n);
-    if (un > s.cap_miss) {
-        s.miss_keys = device_buffer<long long>(un, "miss list");
-        s.miss_pos = device_buffer<long long>(un, "miss positions");
-        s.cap_miss = un;
-    }
     const unsigned epoch = ++epoch_;
+    unsigned long long* counters = s.counters.get();
+    unsigned long long* h = s.h_counters.get();
 
-    // 1. cache hits on the GPU, misses into a list.
-    HPS_CUDA(cudaMemsetAsync(s.counters.get(), 0, 3 * sizeof(unsigned long long), stream), "lookup");
+    // 1. cache hits on the GPU; the misses into the miss list and their distinct keys into a list.
+    unsigned long long cap = 1024;
+    while (cap < 2 * static_cast<unsigned long long>(n)) cap <<= 1;
+    const dbk::MissSet miss_set{s.miss_keys.at_least(cap, "miss set"), s.miss_index.at_least(cap + 1, "miss set"),
+                                cap - 1};
+    long long* miss_pos = s.miss_pos.at_least(un, "miss positions");
+    unsigned long long* miss_slot = s.miss_slot.at_least(un, "miss slots");
+    long long* distinct = s.distinct.at_least(un, "distinct missed keys");
+    HPS_CUDA(cudaMemsetAsync(counters, 0, dbk::kNumDbCounters * sizeof(unsigned long long), stream), "lookup");
+    dbk::clear_kernel<<<grid_for(static_cast<long long>(cap / 32 + 1), sm_count_), kThreads, 0, stream>>>(
+        miss_set.keys, cap, miss_set.index + cap);
+    HPS_CUDA(cudaGetLastError(), "miss set clear launch");
     const int grid = grid_for(n, sm_count_);
     if (key_bits == 64)
-        dbk::probe_kernel<long long><<<grid, kThreads, 0, stream>>>(s.view(), static_cast<const long long*>(keys), n,
-                                                                    key32_, epoch, out, s.miss_keys.get(), s.miss_pos.get(),
-                                                                    s.counters.get(), s.counters.get() + 1);
+        dbk::probe_kernel<long long><<<grid, kThreads, 0, stream>>>(s.view(), s.sketch_view(), miss_set,
+                                                                    static_cast<const long long*>(keys), n, key32_, epoch,
+                                                                    out, miss_pos, miss_slot, distinct, counters);
     else
-        dbk::probe_kernel<int><<<grid, kThreads, 0, stream>>>(s.view(), static_cast<const int*>(keys), n, key32_, epoch,
-                                                              out, s.miss_keys.get(), s.miss_pos.get(), s.counters.get(),
-                                                              s.counters.get() + 1);
+        dbk::probe_kernel<int><<<grid, kThreads, 0, stream>>>(s.view(), s.sketch_view(), miss_set,
+                                                              static_cast<const int*>(keys), n, key32_, epoch, out,
+                                                              miss_pos, miss_slot, distinct, counters);
     HPS_CUDA(cudaGetLastError(), "cache probe launch");
-    HPS_CUDA(cudaMemcpyAsync(s.h_counters.get(), s.counters.get(), 2 * sizeof(unsigned long long),
-                             cudaMemcpyDeviceToHost, stream), "lookup");
+    HPS_CUDA(cudaMemcpyAsync(h, counters, dbk::kNumDbCounters * sizeof(unsigned long long), cudaMemcpyDeviceToHost,
+                             stream), "lookup");
     HPS_CUDA(cudaStreamSynchronize(stream), "cache probe");
-    const size_t misses = static_cast<size_t>(s.h_counters[0]);
+    const long long misses = static_cast<long long>(h[dbk::kMisses]);
+    const size_t u = static_cast<size_t>(h[dbk::kDistinct]);
     lookups_ += static_cast<uint64_t>(n);
-    cache_hits_ += s.h_counters[1];
+    cache_hits_ += h[dbk::kHits];
     if (misses == 0) return;
 
-    // 2. distinct missed keys fetched from the tiers on host threads.
-    grow_pinned(s.h_miss, s.cap_h_miss, misses, "miss list (host)");
-    HPS_CUDA(cudaMemcpyAsync(s.h_miss.get(), s.miss_keys.get(), misses * 8, cudaMemcpyDeviceToHost, stream), "misses");
-    HPS_CUDA(cudaStreamSynchronize(stream), "misses");
-    std::vector<long long> uniq, src;
-    distinct(s.h_miss.get(), misses, &uniq, &src);
-    const size_t u = uniq.size();
-    grow_pinned(s.h_values, s.cap_h_values, u * dim, "fetched vectors (host)");
-    std::vector<uint8_t> found(u);
-    tiers_->fetch(u, reinterpret_cast<const int64_t*>(uniq.data()), s.h_values.get(), found.data());
-    uint64_t found_positions = 0;
-    for (size_t m = 0; m < misses; ++m) found_positions += found[static_cast<size_t>(src[m])];
-    tier_hits_ += found_positions;
-    not_found_ += misses - found_positions;
+    // 2. each distinct missed key fetched once from the tiers, on host threads.
+    long long* h_distinct = s.h_distinct.at_least(u, "distinct missed keys (host)");
+    float* h_values = s.h_values.at_least(u * dim, "fetched vectors (host)");
+    unsigned char* h_found = s.h_found.at_least(u, "found flags (host)");
+    HPS_CUDA(cudaMemcpyAsync(h_distinct, distinct, u * 8, cudaMemcpyDeviceToHost, stream), "missed keys");
+    HPS_CUDA(cudaStreamSynchronize(stream), "missed keys");
+    tiers_->fetch(u, reinterpret_cast<const int64_t*>(h_distinct), h_values, h_found);
 
-    // 3. vectors in with the copy engine, scattered to the output, admitted to the cache grouped by
-    // set (at most kWays keys per set: more could not stay anyway).
-    std::vector<long long> order, begin;
-    {
-        std::vector<std::pair<unsigned long long, long long>> by_set;
-        by_set.reserve(u);
-        for (size_t i = 0; i < u; ++i)
-            if (found[i]) by_set.emplace_back(dbk::set_of(uniq[i], s.sets), static_cast<long long>(i));
-        std::sort(by_set.begin(), by_set.end());
-        for (size_t i = 0; i < by_set.size();) {
-            size_t j = i;
-            while (j < by_set.size() && by_set[j].first == by_set[i].first) ++j;
-            begin.push_back(static_cast<long long>(order.size()));
-            for (size_t k = (j - i > static_cast<size_t>(dbk::kWays) ? j - dbk::kWays : i); k < j; ++k)
-                order.push_back(by_set[k].second);
-            i = j;
-        }
-        begin.push_back(static_cast<long long>(order.size()));
-    }
-    const size_t longs = misses + u + order.size() + begin.size();
-    grow_pinned(s.h_long, s.cap_h_long, longs, "index lists (host)");
-    long long* h = s.h_long.get();
-    std::memcpy(h, src.data(), misses * 8);
-    std::memcpy(h + misses, uniq.data(), u * 8);
-    std::memcpy(h + misses + u, order.data(), order.size() * 8);
-    std::memcpy(h + misses + u + order.size(), begin.data(), begin.size() * 8);
-    grow_device(s.src, s.cap_src, misses, "miss sources");
-    grow_device(s.ukeys, s.cap_ukeys, u, "distinct missed keys");
-    grow_device(s.order, s.cap_order, std::max<size_t>(order.size(), 1), "admission order");
-    grow_device(s.begin, s.cap_begin, begin.size(), "admission groups");
-    grow_device(s.values, s.cap_values, u * dim, "fetched vectors");
-    HPS_CUDA(cudaMemcpyAsync(s.values.get(), s.h_values.get(), u * dim * sizeof(float), cudaMemcpyHostToDevice, stream),
+    // 3. vectors in with the copy engine, scattered to the output, the found ones admitted.
+    float* values = s.values.at_least(u * dim, "fetched vectors");
+    unsigned char* found = s.found.at_least(u, "found flags");
+    HPS_CUDA(cudaMemcpyAsync(values, h_values, u * dim * sizeof(float), cudaMemcpyHostToDevice, stream),
              "fetched vectors to the GPU");
-    HPS_CUDA(cudaMemcpyAsync(s.src.get(), h, misses * 8, cudaMemcpyHostToDevice, stream), "miss sources");
-    HPS_CUDA(cudaMemcpyAsync(s.ukeys.get(), h + misses, u * 8, cudaMemcpyHostToDevice, stream), "missed keys");
-    if (!order.empty())
-        HPS_CUDA(cudaMemcpyAsync(s.order.get(), h + misses + u, order.size() * 8, cudaMemcpyHostToDevice, stream), "order");
-    HPS_CUDA(cudaMemcpyAsync(s.begin.get(), h + misses + u + order.size(), begin.size() * 8, cudaMemcpyHostToDevice,
-                             stream), "groups");
-    dbk::fill_kernel<<<grid_for(static_cast<long long>(misses), sm_count_), kThreads, 0, stream>>>(
-        s.values.get(), s.src.get(), s.miss_pos.get(), static_cast<long long>(misses), dim, out);
+    HPS_CUDA(cudaMemcpyAsync(found, h_found, u, cudaMemcpyHostToDevice, stream), "found flags");
+    dbk::fill_kernel<<<grid_for(misses, sm_count_), kThreads, 0, stream>>>(values, found, miss_set.index, miss_slot,
+                                                                           miss_pos, misses, dim, out, counters);
     HPS_CUDA(cudaGetLastError(), "fill launch");
-    const long long groups = static_cast<long long>(begin.size()) - 1;
-    if (groups > 0 && spec_.gpucache) {
-        dbk::admit_kernel<<<grid_for(groups, sm_count_), kThreads, 0, stream>>>(
-            s.view(), s.ukeys.get(), s.values.get(), s.order.get(), s.begin.get(), groups, epoch, s.counters.get() + 2);
-        HPS_CUDA(cudaGetLastError(), "admission launch");
-        insertions_ += order.size();
-    }
-    HPS_CUDA(cudaMemcpyAsync(s.h_counters.get() + 2, s.counters.get() + 2, 8, cudaMemcpyDeviceToHost, stream), "lookup");
-    // The staging buffers are reused by the next lookup, which may run on another stream.
+    if (spec_.gpucache) admit(u, stream);
+    HPS_CUDA(cudaMemcpyAsync(h, counters, dbk::kNumDbCounters * sizeof(unsigned long long), cudaMemcpyDeviceToHost,
+                             stream), "lookup");
+    // The work buffers are reused by the next lookup, which may run on another stream.
     HPS_CUDA(cudaStreamSynchronize(stream), "lookup (fill / admission)");
-    evictions_ += s.h_counters[2];
+    tier_hits_ += h[dbk::kFoundPositions];
+    not_found_ += static_cast<uint64_t>(misses) - h[dbk::kFoundPositions];
+    insertions_ += h[dbk::kInserted];
+    evictions_ += h[dbk::kEvicted];
+}
+
+// Offers the u fetched keys (s.distinct, s.values, s.found) to the cache, grouped by set.
+void DbTable::admit(size_t u, cudaStream_t stream) const {
+    DbState& s = *s_;
+    unsigned* set_keys = s.set_keys.at_least(u, "admission sets");
+    unsigned* order = s.order.at_least(u, "admission order");
+    unsigned* set_keys_sorted = s.set_keys_sorted.at_least(u, "admission sets");
+    unsigned* order_sorted = s.order_sorted.at_least(u, "admission order");
+    dbk::candidates_kernel<<<grid_for(static_cast<long long>(u / 32 + 1), sm_count_), kThreads, 0, stream>>>(
+        s.distinct.buf.get(), s.found.buf.get(), static_cast<long long>(u), s.sets, set_keys, order);
+    HPS_CUDA(cudaGetLastError(), "admission launch");
+    int end_bit = 1;
+    while (end_bit < 32 && (s.sets >> end_bit) != 0) ++end_bit;  // keys go up to `sets` (not found)
+    const int items = static_cast<int>(u);
+    size_t temp_bytes = 0;
+    HPS_CUDA(cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, set_keys, set_keys_sorted, order, order_sorted, items,
+                                             0, end_bit, stream),
+             "admission sort");
+    char* temp = s.sort_temp.at_least(std::max<size_t>(temp_bytes, 1), "admission sort");
+    HPS_CUDA(cub::DeviceRadixSort::SortPairs(temp, temp_bytes, set_keys, set_keys_sorted, order, order_sorted, items, 0,
+                                             end_bit, stream),
+             "admission sort");
+    dbk::admit_kernel<<<grid_for(static_cast<long long>(u), sm_count_), kThreads, 0, stream>>>(
+        s.view(), s.sketch_view(), s.distinct.buf.get(), s.values.buf.get(), set_keys_sorted, order_sorted,
+        static_cast<long long>(u), s.counters.get());
+    HPS_CUDA(cudaGetLastError(), "admission launch");
 }
 
 void DbTable::lookup_host(const void* keys, int key_bits, int64_t n, float* out) const {

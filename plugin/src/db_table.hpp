@@ -1,5 +1,5 @@
 // db_table.hpp: a table served from HugeCTR's database tiers with a GPU cache in front
-// (db_kernels.cuh for the cache, storage/tiers.hpp for the tiers).
+// (db_kernels.cuh for the cache, db_admission.cuh for what it keeps, storage/tiers.hpp for the tiers).
 //
 // Unlike GpuTable's resident and host-memory paths, a lookup here synchronises with the host
 // (the missed keys go to Redis / RocksDB, as in HugeCTR's HPS), and lookups of one table are
@@ -39,6 +39,8 @@ public:
     hps_tier_stats_t tier_stats() const override;
 
 private:
+    void lookup_slice(const void* keys, int key_bits, int64_t n, float* out, cudaStream_t stream) const;
+    void admit(size_t distinct, cudaStream_t stream) const;
     void refresher(storage::RefreshParams params);
 
     TableSpec spec_;

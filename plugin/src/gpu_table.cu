@@ -9,6 +9,7 @@
 #include "cuda_buffer.hpp"
 #include "index_build.cuh"
 #include "lookup_kernels.cuh"
+#include "staged_lookup.hpp"
 
 namespace hps {
 
@@ -165,13 +166,32 @@ GpuTable::GpuTable(const TableSpec& spec, int device) : spec_(spec), device_(dev
     p.counters = s->scalars.get();
     p.hand = s->scalars.get() + kNumCounters;
     p.epoch = reinterpret_cast<unsigned*>(s->scalars.get() + kNumCounters + 1);
+    if (!resident_ && rows_ > 0) {
+        staged_min_keys_ = copy_engine_min_keys();
+        if (staged_min_keys_ != INT64_MAX) staged_ = std::make_unique<StagedMissPath>(rows_, dim, s->host.get(), ctx);
+    }
     s_ = std::move(s);
 }
 
 GpuTable::~GpuTable() {
     DeviceGuard guard(device_, std::nothrow);
+    staged_.reset();
     s_.reset();
 }
+
+namespace {
+
+// A stream being captured into a CUDA graph cannot wait for the host (the copy-engine path does).
+bool capturing(cudaStream_t stream) {
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(stream, &status) != cudaSuccess) {
+        (void)cudaGetLastError();  // an implicit capture elsewhere: not an error of ours
+        return true;
+    }
+    return status != cudaStreamCaptureStatusNone;
+}
+
+}  // namespace
 
 void GpuTable::lookup(const void* keys, int key_bits, int64_t n, float* out, cudaStream_t stream) const {
     check_keys_and_out(keys, key_bits, n, out);
@@ -191,6 +211,10 @@ void GpuTable::lookup(const void* keys, int key_bits, int64_t n, float* out, cud
         const long long m = static_cast<long long>(std::min(kSlice, n - off));
         const void* k = static_cast<const char*>(keys) + off * (key_bits / 8);
         float* o = out + off * spec_.emb_vec_size;
+        if (staged_ && m >= staged_min_keys_ && !capturing(stream)) {
+            staged_->lookup(p, vec4, key_bits, k, m, o, sm_count_, stream);
+            continue;
+        }
         kernels::launch_lookup(p, resident_, vec4, key_bits, k, m, o, sm_count_, stream);
         HPS_CUDA(cudaGetLastError(), "lookup kernel launch");
     }

@@ -25,6 +25,7 @@
 namespace hps {
 
 struct DeviceState;  // the table's device memory, defined in gpu_table.cu
+class StagedMissPath;
 
 class GpuTable final : public Table {
 public:
@@ -34,7 +35,9 @@ public:
     GpuTable(const GpuTable&) = delete;
     GpuTable& operator=(const GpuTable&) = delete;
 
-    // Asynchronous on stream; no host synchronisation, no allocation (graph-capturable).
+    // Asynchronous on stream; no host synchronisation, no allocation (graph-capturable), except on
+    // hierarchical tables for batches of at least copy_engine_min_keys() keys outside graph capture,
+    // which take the copy-engine miss path (staged_lookup.hpp) and return when the lookup is done.
     void lookup(const void* keys, int key_bits, int64_t n, float* out, cudaStream_t stream) const override;
     // Host buffers in and out; synchronous.
     void lookup_host(const void* keys, int key_bits, int64_t n, float* out) const override;
@@ -52,6 +55,8 @@ private:
     bool resident_ = true;
     int sm_count_ = 1;
     std::unique_ptr<DeviceState> s_;
+    int64_t staged_min_keys_ = INT64_MAX;
+    std::unique_ptr<StagedMissPath> staged_;  // hierarchical tables whose threshold is not "never"
 };
 
 }  // namespace hps

@@ -21,24 +21,32 @@ private:
     hps_status code_;
 };
 
-// What hps_config.json says about one table of one model.
+// What hps_config.json says about one table of one model. Fields absent from the config take
+// HugeCTR's defaults (HugeCTR/src/hps/inference_utils.cpp:513-632).
 struct TableSpec {
     std::string config_path;   // as given
     std::string model_name;
     int32_t table_id = 0;
-    std::string table_name;    // embedding_table_names[table_id], or "table<id>" if absent
-    std::string sparse_dir;    // resolved against the config file's folder
+    std::string table_name;    // embedding_table_names[table_id], or HugeCTR's "sparse_embedding<id>"
+    std::string sparse_dir;    // absolute as written, else resolved against the config file's folder
     int32_t emb_vec_size = 0;
-    float default_value = 0.0f;
+    float default_value = 0.0f;  // 0.0 past the end of a short default_value_for_each_table, as HugeCTR
     bool gpucache = true;
-    double gpucacheper = 1.0;  // fraction of rows the GPU cache holds
+    double gpucacheper = 0.2;  // fraction of rows the GPU cache holds (1 or more: the whole table)
     std::vector<int32_t> deployed_devices;
-    int64_t max_batch_size = 0;
+    int64_t max_batch_size = 64;
+    int64_t max_keys_per_sample = 0;  // maxnum_catfeature_query_per_table_per_sample[table_id]
 };
 
-// Parses config_path and selects (model_name, table_id). Throws Error(HPS_ERR_CONFIG) with the
-// file, the JSON path of the offending field, and what to do.
+// Parses config_path as HugeCTR's parser does (what it requires, defaults and refuses: README "HPS
+// config fields") and selects (model_name, table_id). Throws Error(HPS_ERR_CONFIG) with the file,
+// the JSON path of the offending field, HugeCTR's reason where it has one, and what to do.
 TableSpec parse_config(const std::string& config_path, const std::string& model_name, int32_t table_id);
+
+// Where the parser's warnings go (sections we accept but do not serve, such as volatile_db): each
+// distinct message once per process. Default: stderr. The TensorRT glue may route them to its logger.
+using WarningSink = void (*)(const std::string& message);
+void set_warning_sink(WarningSink sink);
 
 // Sizes of a sparse-model folder, checked for consistency with emb_vec_size (HPS_ERR_TABLE_FILE).
 struct TableFiles {

@@ -94,6 +94,96 @@ __device__ __forceinline__ float4 splat<float4>(float v) { return make_float4(v,
 template <>
 __device__ __forceinline__ float splat<float>(float v) { return v; }
 
+// Frequency sample of one lookup of a found row (see the policy at the top of the file); i: the
+// lookup's position in the batch.
+__device__ __forceinline__ void sample_frequency(const Params& p, int row, long long i, unsigned epoch) {
+    const unsigned f = ld_volatile(p.freq + row);
+    bool count = f < kExactCountBelow;
+    if (!count) {
+        const unsigned long long h = mix64(static_cast<unsigned long long>(i) ^
+                                           (static_cast<unsigned long long>(epoch) << 40) ^
+                                           (static_cast<unsigned long long>(row) << 1));
+        count = (h & kSampleMask) == 0 && f < kFreqCap;
+    }
+    if (count) atomicAdd(p.freq + row, 1u);
+}
+
+// Where a lookup of `row` (-1: absent key) is served from: src >= 0, the cache slot holding it
+// (o1: the slot's owner word as read, to be compared again after the copy: a sequence lock);
+// -1, the default value; <= -2, host row -(src + 2).
+__device__ __forceinline__ int row_source(const Params& p, int row, unsigned long long& o1) {
+    int src = row >= 0 ? -(row + 2) : -1;
+    if (row >= 0 && p.slots > 0) {
+        const int s = ld_volatile(p.row_slot + row);
+        if (s >= 0) {
+            o1 = ld_volatile(p.owner + s);
+            if (static_cast<int>(static_cast<unsigned>(o1)) == row) src = s;
+        }
+    }
+    return src;
+}
+
+// Admission (see the policy at the top of the file), called by a whole warp: each lane with
+// `offer` set offers `row` to the cache; lane k's vector is at rows + k * p.vec (the output rows it
+// was just copied to, or a staging buffer).
+template <typename VecT>
+__device__ __forceinline__ void offer_rows(const Params& p, bool offer, int row, const VecT* rows, int lane,
+                                           unsigned long long& c_ins, unsigned long long& c_evict) {
+    constexpr unsigned FULL = 0xffffffffu;
+    const int V = p.vec;
+    bool want = offer && p.slots > 0;
+    if (want) want = ld_volatile(p.row_slot + row) == -1 && atomicCAS(p.row_slot + row, -1, kPending) == -1;
+    const unsigned wm = __ballot_sync(FULL, want);
+    if (!wm) return;
+    const int leader = __ffs(wm) - 1;
+    unsigned long long base = 0;
+    if (lane == leader) base = atomicAdd(p.hand, static_cast<unsigned long long>(__popc(wm)) * kProbes);
+    base = __shfl_sync(FULL, base, leader);
+    long long slot = -1;
+    unsigned long long gen = 0;
+    if (want) {
+        const unsigned rank = __popc(wm & ((1u << lane) - 1u));
+        const unsigned f = ld_volatile(p.freq + row);
+        for (int t = 0; t < kProbes && slot < 0; ++t) {
+            const long long c =
+                static_cast<long long>((base + rank * kProbes + t) % static_cast<unsigned long long>(p.slots));
+            const unsigned long long o = ld_volatile(p.owner + c);
+            const int orow = static_cast<int>(static_cast<unsigned>(o));
+            if (orow == kLockedRow) continue;
+            if (orow >= 0 && !(f > ld_volatile(p.freq + orow))) continue;
+            const unsigned long long locked = (o & 0xffffffff00000000ULL) | static_cast<unsigned>(kLockedRow);
+            if (atomicCAS(p.owner + c, o, locked) == o) {
+                slot = c;
+                gen = o >> 32;
+                if (orow >= 0) {
+                    // Readers that still map orow to this slot fail the owner check.
+                    atomicCAS(p.row_slot + orow, static_cast<int>(c), -1);
+                    ++c_evict;
+                }
+            }
+        }
+        if (slot < 0) atomicExch(p.row_slot + row, -1);
+    }
+    unsigned cm = __ballot_sync(FULL, slot >= 0);
+    if (!cm) return;
+    __threadfence();  // locks visible before the vector bytes change
+    __syncwarp();     // this warp's stores of the vectors visible to the copying lanes
+    VecT* cache_w = reinterpret_cast<VecT*>(p.cache);
+    while (cm) {
+        const int k = __ffs(cm) - 1;
+        cm &= cm - 1;
+        const long long sl = __shfl_sync(FULL, slot, k);
+        for (int c = lane; c < V; c += 32)
+            __stcg(cache_w + sl * V + c, __ldcg(rows + static_cast<long long>(k) * V + c));
+    }
+    __threadfence();  // vector bytes visible before the slot is published
+    if (slot >= 0) {
+        atomicExch(p.owner + slot, ((gen + 1ULL) << 32) | static_cast<unsigned>(row));
+        atomicExch(p.row_slot + row, static_cast<int>(slot));
+        ++c_ins;
+    }
+}
+
 // Block-wide sums of the per-lookup counters, flushed to the table's counters once per block.
 __device__ __forceinline__ void zero_block_counts(unsigned long long* block_counts) {
     if (threadIdx.x < kNumCounters) block_counts[threadIdx.x] = 0;
@@ -249,16 +339,8 @@ __global__ void __launch_bounds__(kBlock, HPS_HIER_MIN_BLOCKS)
         const long long key = key_next;
         load_chunk_key<32>(keys, n, w, chunk + w.stride, lane, key_next);
         const int row = lane < cnt ? probe(p.entries, p.mask, p.sentinel_row, key) : -1;
-        // src >= 0: cache slot; -1: default value; <= -2: host row -(src + 2).
-        int src = row >= 0 ? -(row + 2) : -1;
         unsigned long long o1 = 0;
-        if (row >= 0 && p.slots > 0) {
-            const int s = ld_volatile(p.row_slot + row);
-            if (s >= 0) {
-                o1 = ld_volatile(p.owner + s);
-                if (static_cast<int>(static_cast<unsigned>(o1)) == row) src = s;
-            }
-        }
+        int src = row_source(p, row, o1);
         __threadfence();  // owner word read (o1) before the vector reads
         const long long out_base = (chunk << 5) * V;
         warp_copy_rows<HPS_HIER_UNROLL, true, VecT>(
@@ -289,74 +371,13 @@ __global__ void __launch_bounds__(kBlock, HPS_HIER_MIN_BLOCKS)
                 if (torn) src = -(row + 2);
             }
         }
-        // Frequency sample (see the policy at the top of the file).
-        if (row >= 0 && p.slots > 0) {
-            const unsigned f = ld_volatile(p.freq + row);
-            bool count = f < kExactCountBelow;
-            if (!count) {
-                const unsigned long long h =
-                    mix64(static_cast<unsigned long long>(i) ^ (static_cast<unsigned long long>(epoch) << 40) ^
-                          (static_cast<unsigned long long>(row) << 1));
-                count = (h & kSampleMask) == 0 && f < kFreqCap;
-            }
-            if (count) atomicAdd(p.freq + row, 1u);
-        }
+        if (row >= 0 && p.slots > 0) sample_frequency(p, row, i, epoch);
         if (src >= 0) ++c_cache;
         else if (src <= -2) ++c_host;
         else if (lane < cnt) ++c_absent;
 
         // Admission of the rows just served from the host tier.
-        bool want = src <= -2 && p.slots > 0;
-        if (want) want = ld_volatile(p.row_slot + row) == -1 && atomicCAS(p.row_slot + row, -1, kPending) == -1;
-        const unsigned wm = __ballot_sync(FULL, want);
-        if (!wm) continue;
-        const int leader = __ffs(wm) - 1;
-        unsigned long long base = 0;
-        if (lane == leader) base = atomicAdd(p.hand, static_cast<unsigned long long>(__popc(wm)) * kProbes);
-        base = __shfl_sync(FULL, base, leader);
-        long long slot = -1;
-        unsigned long long gen = 0;
-        if (want) {
-            const unsigned rank = __popc(wm & ((1u << lane) - 1u));
-            const unsigned f = ld_volatile(p.freq + row);
-            for (int t = 0; t < kProbes && slot < 0; ++t) {
-                const long long c =
-                    static_cast<long long>((base + rank * kProbes + t) % static_cast<unsigned long long>(p.slots));
-                const unsigned long long o = ld_volatile(p.owner + c);
-                const int orow = static_cast<int>(static_cast<unsigned>(o));
-                if (orow == kLockedRow) continue;
-                if (orow >= 0 && !(f > ld_volatile(p.freq + orow))) continue;
-                const unsigned long long locked = (o & 0xffffffff00000000ULL) | static_cast<unsigned>(kLockedRow);
-                if (atomicCAS(p.owner + c, o, locked) == o) {
-                    slot = c;
-                    gen = o >> 32;
-                    if (orow >= 0) {
-                        // Readers that still map orow to this slot fail the owner check.
-                        atomicCAS(p.row_slot + orow, static_cast<int>(c), -1);
-                        ++c_evict;
-                    }
-                }
-            }
-            if (slot < 0) atomicExch(p.row_slot + row, -1);
-        }
-        unsigned cm = __ballot_sync(FULL, slot >= 0);
-        if (!cm) continue;
-        __threadfence();  // locks visible before the vector bytes change
-        __syncwarp();     // this warp's output stores visible to the copying lanes
-        VecT* cache_w = reinterpret_cast<VecT*>(p.cache);
-        while (cm) {
-            const int k = __ffs(cm) - 1;
-            cm &= cm - 1;
-            const long long sl = __shfl_sync(FULL, slot, k);
-            for (int c = lane; c < V; c += 32)
-                __stcg(cache_w + sl * V + c, __ldcg(out_v + out_base + static_cast<long long>(k) * V + c));
-        }
-        __threadfence();  // vector bytes visible before the slot is published
-        if (slot >= 0) {
-            atomicExch(p.owner + slot, ((gen + 1ULL) << 32) | static_cast<unsigned>(row));
-            atomicExch(p.row_slot + row, static_cast<int>(slot));
-            ++c_ins;
-        }
+        offer_rows<VecT>(p, src <= -2, row, out_v + out_base, lane, c_ins, c_evict);
     }
 
     const unsigned long long w_cache = warp_sum(c_cache), w_host = warp_sum(c_host), w_absent = warp_sum(c_absent);

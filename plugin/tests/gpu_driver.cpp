@@ -116,9 +116,11 @@ int main(int argc, char** argv) {
         .write(reinterpret_cast<char*>(vecs.data()), static_cast<long long>(vecs.size()) * 4);
     std::ofstream(dir + "/hps.json") << R"({"supportlonglong": true, "models": [
       {"model": "res", "sparse_files": ["t0"], "embedding_vecsize_per_table": [)" << dim
-                                      << R"(], "default_value_for_each_table": [-7.0], "gpucacheper": 1.0},
+                                      << R"(], "default_value_for_each_table": [-7.0], "gpucacheper": 1.0,
+       "deployed_device_list": [0], "maxnum_catfeature_query_per_table_per_sample": [1]},
       {"model": "hier", "sparse_files": ["t0"], "embedding_vecsize_per_table": [)" << dim
-                                      << R"(], "default_value_for_each_table": [-7.0], "gpucacheper": 0.1}]})";
+                                      << R"(], "default_value_for_each_table": [-7.0], "gpucacheper": 0.1,
+       "deployed_device_list": [0], "maxnum_catfeature_query_per_table_per_sample": [1]}]})";
 
     int failures = 0;
     for (const int n : {3000, 60000}) failures += look_up_batches(dir, rows, dim, vecs, n);

@@ -86,8 +86,9 @@ Table write_table(const std::string& dir) {
     std::ofstream(dir + "/t0/key", std::ios::binary).write(reinterpret_cast<char*>(t.keys.data()), kRows * 8);
     std::ofstream(dir + "/t0/emb_vector", std::ios::binary)
         .write(reinterpret_cast<char*>(t.vecs.data()), kRows * kDim * 4);
-    std::ofstream(t.config) << R"({"models": [{"model": "dlrm", "sparse_files": ["t0", "missing"],
-        "embedding_vecsize_per_table": [8, 8], "default_value_for_each_table": [-1.0, 0.0], "gpucacheper": 0.5}]})";
+    std::ofstream(t.config) << R"({"supportlonglong": true, "models": [{"model": "dlrm", "sparse_files": ["t0", "missing"],
+        "embedding_vecsize_per_table": [8, 8], "default_value_for_each_table": [-1.0, 0.0], "gpucacheper": 0.5,
+        "deployed_device_list": [0], "maxnum_catfeature_query_per_table_per_sample": [1, 1]}]})";
     return t;
 }
 

@@ -13,15 +13,16 @@ from typing import Any
 import onnx
 
 from . import export, staging
-from .attach import SparseModelInput, parse_sparse_model, plan_attached
+from .attach import SparseModelInput, is_embedding_input, parse_sparse_model, plan_attached, with_own_keys
+from .errors import SurgeonError
 from .graph import all_tensors, dtype_name
 from .hps import config as hps_config
 from .hps.contract import CONFIG_NAME, DEFAULT_DOMAIN, MODEL_NAME, REPORT_NAME
-from .load import LoadedModel, load_proto, read_model
+from .load import LoadedModel, foreign_ops, load_proto, read_model
 from .match import MatchResult, NearMiss, find_matches
 from .plan import (Options, Plan, apply_plan_file, default_model_name, plan_rewrites, read_plan_file, resolve,
                    write_plan_file)
-from .rewrite import rewrite_model
+from .rewrite import removed_table_inputs, rewrite_model
 from .spec import PatternSpec, load_patterns
 
 ModelLike = str | os.PathLike | onnx.ModelProto
@@ -90,16 +91,20 @@ def rewrite(model: ModelLike, out_dir: str | os.PathLike, *, model_name: str | N
             key_dtype: str = "int32", max_batch_size: int = 1024, max_keys_per_sample: int | None = None,
             gpucache_ratio: float = 1.0, domain: str = DEFAULT_DOMAIN, nul_strings: bool = True,
             ps_config_file: str | None = None, default_value: float = 0.0, min_table_rows: int = 0,
-            force: bool = False, quiet: bool = True, patterns: str | os.PathLike | None = None,
+            relative_paths: bool = False, force: bool = False, quiet: bool = True, patterns: str | os.PathLike | None = None,
             hugectr_sparse_models: Sequence[str | SparseModelInput] = (), dry_run: bool = False,
             plan_file: str | os.PathLike | None = None, plan_out: str | os.PathLike | None = None) -> RewriteResult:
     """Rewrite every embedding lookup into an HPS_TRT node and write the deployable folder.
 
     `out_dir` receives model.onnx (+ model.onnx.data when large), hps_config.json, tables/<name>/
     {key, emb_vector} and report.json, all at once: on any error nothing is left behind.
-    `ps_config_file` defaults to the absolute path of `out_dir/hps_config.json`.
-    `hugectr_sparse_models` ("INPUT=FOLDER[:combiner][:nnz]") attach lookups to embedding outputs that
-    are graph inputs (HugeCTR models converted with convert_embedding=False).
+    `ps_config_file` defaults to the absolute path of `out_dir/hps_config.json`; sparse_files are
+    absolute too (HugeCTR opens them relative to its working directory), or relative to the config
+    with `relative_paths` (a relocatable folder; our plugin reads both).
+    `hugectr_sparse_models` ("NAME=FOLDER[:combiner][:nnz]") attach lookups to embedding outputs that
+    are graph inputs (HugeCTR models converted with convert_embedding=False), or make the table of
+    embedding NAME (convert_embedding=True) store exactly the folder's keys instead of every key of
+    hugectr2onnx's shared key map.
     `min_table_rows` keeps tables with fewer rows inside the model.
     `plan_out` writes the plan as an editable YAML file; `plan_file` applies such a file (tables dropped,
     renamed, given another key dtype) and refuses one that no longer fits the model.
@@ -115,16 +120,18 @@ def rewrite(model: ModelLike, out_dir: str | os.PathLike, *, model_name: str | N
             model_name=model_name or default_model_name(loaded.path), key_dtype=key_dtype,
             max_batch_size=max_batch_size, max_keys_per_sample=max_keys_per_sample, gpucache_ratio=gpucache_ratio,
             domain=domain, nul_strings=nul_strings, default_value=default_value, min_table_rows=min_table_rows,
-            ps_config_file=ps_config_file or str((out_dir / CONFIG_NAME).absolute())).check()
+            relative_paths=relative_paths,
+            ps_config_file=ps_config_file or os.path.abspath(out_dir / CONFIG_NAME)).check()
         edits = read_plan_file(Path(plan_file)) if plan_file is not None else None
-        attached = tuple(plan_attached(loaded, parse_sparse_model(s) if isinstance(s, str) else s, options)
-                         for s in hugectr_sparse_models)
+        folders = [parse_sparse_model(s) if isinstance(s, str) else s for s in hugectr_sparse_models]
+        attached = tuple(plan_attached(loaded, s, options) for s in folders if is_embedding_input(loaded, s))
         plan = plan_rewrites(loaded, _match(loaded, load_patterns(patterns), options), options, attached)
+        plan = with_own_keys(loaded, plan, [s for s in folders if not is_embedding_input(loaded, s)])
         if edits is not None:
             plan = apply_plan_file(plan, edits, Path(plan_file))
         if plan_out is not None:
             write_plan_file(plan, Path(plan_out))
-        report = export.report(loaded.path, plan)
+        report = export.report(loaded.path, plan, removed_table_inputs(loaded.proto, plan))
         if not plan.lookups or dry_run:
             return RewriteResult(written=False, out_dir=out_dir, plan=plan, report=report)
         _write(loaded, plan, report, out_dir, force, quiet)
@@ -136,9 +143,12 @@ def _write(loaded: LoadedModel, plan: Plan, report: dict[str, Any], out_dir: Pat
     with staging.staged_output(out_dir, force) as stage:
         model_path = export.write_model(rewritten, loaded, stage)
         export.write_tables(loaded, plan, stage, quiet=quiet)
+        # Checked with paths relative to the staging folder, then pointed at where the folder will be.
         staging.write_json(stage / CONFIG_NAME, hps_config.build(plan))
         staging.write_json(stage / REPORT_NAME, report)
         export.check_written(model_path, stage / CONFIG_NAME, plan.options.domain)
+        if not plan.options.relative_paths:
+            staging.write_json(stage / CONFIG_NAME, hps_config.build(plan, Path(os.path.abspath(out_dir))))
 
 
 @contextlib.contextmanager
@@ -157,8 +167,14 @@ def _no_gc_pauses():
 
 def _load(model: ModelLike) -> LoadedModel:
     if isinstance(model, onnx.ModelProto):
-        return load_proto(model, Path.cwd() / "<in-memory>.onnx")
-    return read_model(model)
+        loaded = load_proto(model, Path.cwd() / "<in-memory>.onnx")
+    else:
+        loaded = read_model(model)
+    unknown = foreign_ops(loaded.proto)
+    if unknown:
+        raise SurgeonError(f"{loaded.path}: {unknown[0]}" + (f" ({len(unknown) - 1} more such node(s))"
+                                                             if len(unknown) > 1 else ""))
+    return loaded
 
 
 def _match(loaded: LoadedModel, specs: list[PatternSpec], options: Options) -> MatchResult:

@@ -26,10 +26,11 @@ class PathRefused(SurgeonError):
         super().__init__(f"{file}: {field}: {problem}")
 
 
-def inside(file: Path, field: str, value: object, root: Path | None = None) -> Path:
+def inside(file: Path, field: str, value: object, root: Path | None = None, hint: str = "") -> Path:
     """The real path of `value` (relative to `file`'s folder, or absolute), if it lies inside `root`.
 
-    `root` defaults to the folder of `file`. The path itself need not exist.
+    `root` defaults to the folder of `file`. The path itself need not exist. `hint` ends the message
+    of a path that leads outside.
     """
     folder = Path(os.path.abspath(file)).parent
     root_real = Path(os.path.realpath(root if root is not None else folder))
@@ -42,7 +43,7 @@ def inside(file: Path, field: str, value: object, root: Path | None = None) -> P
         raise PathRefused(file, field, f"{shown(value)} is the folder {root_real} itself; name a file inside it")
     if not real.is_relative_to(root_real):
         raise PathRefused(file, field, f"{shown(value)} leads outside {root_real} (to {real}); refusing to read "
-                                       f"it — keep what {file.name} names inside its folder")
+                                       f"it — keep what {file.name} names inside its folder{hint}")
     try:
         os.stat(real)
     except (FileNotFoundError, NotADirectoryError):

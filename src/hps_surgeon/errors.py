@@ -9,8 +9,10 @@ EXIT_OK = 0
 EXIT_FINDINGS = 1
 #: bad input or usage: the message says what to fix.
 EXIT_INPUT = 2
+#: verify: the outputs match, but too few distinct keys reached a table to call that a proof.
+EXIT_INCONCLUSIVE = 3
 #: a bug in hps-surgeon: an exception no check anticipated (the CLI's last-resort handler).
-EXIT_BUG = 3
+EXIT_BUG = 4
 #: set to make the CLI re-raise unexpected exceptions with their traceback instead of one line.
 DEBUG_ENV = "HPS_SURGEON_DEBUG"
 
@@ -29,10 +31,10 @@ class Problem:
     path: str
     where: str  #: node name, or a key path in the config
     message: str  #: what is wrong — what to do
-    severity: str = "error"  #: "error" or "warning"
+    severity: str = "error"  #: "error"; "warning" (works here, may not elsewhere); "note" (a difference to know)
 
     def __str__(self) -> str:
-        prefix = "warning: " if self.severity == "warning" else ""
+        prefix = "" if self.severity == "error" else f"{self.severity}: "
         return f"{self.path}:{self.where}: {prefix}{self.message}"
 
 

@@ -30,9 +30,15 @@ from .staging import copy_range, fsync
 INLINE_LIMIT = 64 << 20
 
 
-def report(source: Path, plan: Plan) -> dict[str, Any]:
-    """report.json: the plan (`Plan.to_dict`) and where its output lives."""
-    return {"source_model": str(source), "model": MODEL_NAME, "config": CONFIG_NAME, **plan.to_dict()}
+def report(source: Path, plan: Plan, removed_inputs: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """report.json: the plan (`Plan.to_dict`), where its output lives, and the graph inputs it removed
+    (tables listed as inputs by exports with keep_initializers_as_inputs=True; every other input stays)."""
+    data = {"source_model": str(source), "model": MODEL_NAME, "config": CONFIG_NAME, **plan.to_dict(),
+            "removed_graph_inputs": list(removed_inputs)}
+    if removed_inputs:
+        data["notes"] = [*data["notes"], f"graph input(s) {', '.join(removed_inputs)} removed: they were tables, "
+                                         "now served by HPS; every other graph input is kept"]
+    return data
 
 
 def write_tables(loaded: LoadedModel, plan: Plan, folder: Path, quiet: bool = True) -> None:

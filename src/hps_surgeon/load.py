@@ -230,6 +230,29 @@ def _parse(path: Path) -> onnx.ModelProto:
     return proto
 
 
+#: the domains ONNX itself defines; an op there without a schema is not ONNX
+_ONNX_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training")
+
+
+def foreign_ops(proto: onnx.ModelProto) -> list[str]:
+    """Why the model is not valid ONNX, one message per node whose op ONNX does not define.
+
+    Converters keep what they cannot convert: tf2onnx leaves TensorFlow ops (LookupTableFindV2 for
+    Keras IntegerLookup, StringToHashBucketFast for Hashing) in the default domain, where onnx and
+    onnxruntime reject the model; finding lookups around them would only lead to later, stranger errors.
+    """
+    problems = []
+    for graph in (proto.graph, *subgraphs(proto.graph)):
+        for node in graph.node:
+            if node.domain in _ONNX_DOMAINS and not onnx.defs.has(node.op_type, node.domain):
+                problems.append(
+                    f"not a valid ONNX model: node '{node.name}' is {node.op_type}, which ONNX does not define "
+                    f"(domain '{node.domain or 'ai.onnx'}'); converters leave such ops when they cannot convert them "
+                    "(tf2onnx keeps TensorFlow ops). Export the model without it (do that step outside the model) "
+                    "and try again")
+    return problems
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__

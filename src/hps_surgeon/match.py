@@ -266,7 +266,18 @@ def _is_candidate(spec: PatternSpec, node: gs.Node) -> bool:
         tensor = tensor.inputs[0].inputs[0]
     dtype = dtype_name(tensor)
     return (tensor.shape is not None and len(tensor.shape) == rank
-            and (not dtypes or dtype is None or dtype in dtypes))
+            and (not dtypes or dtype is None or dtype in dtypes) and _could_be_table(tensor))
+
+
+def _could_be_table(tensor: gs.Tensor) -> bool:
+    """Whether a lookup's data could be a table: fixed rows, or values that do not depend on the inputs.
+
+    Gathers over rows already looked up (tf's embedding_lookup_sparse re-expands its unique rows)
+    or over a Concat of them have a row count that follows the data; reporting them as lookups
+    that could not be rewritten reads as missed lookups.
+    """
+    rows = tensor.shape[0] if tensor.shape else None
+    return is_constant(tensor) or not tensor.inputs or isinstance(rows, int) or not _varies_with_inputs(tensor)
 
 
 def _varies_with_inputs(tensor: gs.Tensor) -> bool:

@@ -24,7 +24,7 @@ import yaml
 from .errors import SurgeonError
 from .graph import all_tensors, dtype_name
 from .hps.contract import DEFAULT_DOMAIN, KEY_DTYPES, NAME_SYNTAX, TABLES_DIR
-from .hps.tables import mapped_keys
+from .hps.tables import mapped_keys, own_key_counts
 from .load import LoadedModel
 from .match import Match, MatchResult, NearMiss
 
@@ -47,12 +47,17 @@ class Options:
     ps_config_file: str = ""  #: path written into each node; default: the output's hps_config.json
     default_value: float = 0.0
     min_table_rows: int = 0  #: tables with fewer rows stay inside the model
+    relative_paths: bool = False  #: sparse_files relative to the config (relocatable; HugeCTR wants absolute)
 
     def as_match_options(self) -> dict[str, Any]:
         return {"key_dtype": self.key_dtype}
 
     def check(self) -> Options:
-        """Self, when every number is in range; else SurgeonError naming the option."""
+        """Self, when every number and name is valid; else SurgeonError naming the option."""
+        if not NAME_SYNTAX.fullmatch(self.model_name):
+            raise SurgeonError(f"--model-name '{self.model_name}': HugeCTR's HPS aborts on model names outside "
+                               "[a-zA-Z0-9_-]{1,120} (hier_parameter_server.cpp:34-36); use letters, digits, '_' "
+                               "and '-', at most 120")
         if self.max_batch_size < 1:
             raise SurgeonError(f"--max-batch-size {self.max_batch_size}: must be at least 1")
         if self.max_keys_per_sample is not None and self.max_keys_per_sample < 1:
@@ -85,7 +90,9 @@ class TablePlan:
     other_readers: tuple[str, ...] = ()
     key_map: str | None = None  #: constant mapping keys to rows of `tensor` (HugeCTR's hash), folded into keys
     default_value: float = 0.0  #: default_value_for_each_table entry
-    source_folder: str | None = None  #: a HugeCTR sparse-model folder copied as it is (no tensor in the model)
+    source_folder: str | None = None  #: a HugeCTR sparse-model folder copied as it is
+    #: with `key_map`: how many stored keys (fewest, most) belong to other tables sharing the map
+    other_tables_keys: tuple[int, int] | None = None
 
     @property
     def folder(self) -> str:
@@ -250,13 +257,13 @@ def plan_rewrites(loaded: LoadedModel, found: MatchResult, options: Options,
     for match in resolved.matches:
         table_order.setdefault((match.table, match.key_map), []).append(match)
     names = table_names([table for table, _ in table_order])
-    tables, lookups = [], []
+    tables = []
     for table_id, ((tensor_name, key_map), users) in enumerate(table_order.items()):
         table = _plan_table(loaded, tensors, tensor_name, table_id, names[table_id], users, replaced, options)
-        if key_map is not None:
-            table = _with_key_map(loaded, table, key_map)
-        tables.append(table)
-        lookups.extend(_plan_lookup(tensors, m, table, options) for m in users)
+        tables.append(_with_key_map(loaded, table, key_map) if key_map is not None else table)
+    tables = _with_other_tables_keys(loaded, tables)
+    lookups = [_plan_lookup(tensors, m, table, options) for table, users in zip(tables, table_order.values())
+               for m in users]
     for table, lookup in attached:  # tables from HugeCTR sparse-model folders (see attach.py)
         table_id = len(tables)
         tables.append(replace(table, table_id=table_id, name=table_names([*[t.name for t in tables], table.name])[-1]))
@@ -295,6 +302,21 @@ def _with_key_map(loaded: LoadedModel, table: TablePlan, key_map: str) -> TableP
     keys = mapped_keys(loaded.sources[key_map].read_all(), table.rows)
     default = float(loaded.sources[table.tensor].read_rows(0, 1).flat[0])
     return replace(table, rows=int(keys.size), key_map=key_map, default_value=default)
+
+
+def _with_other_tables_keys(loaded: LoadedModel, tables: list[TablePlan]) -> list[TablePlan]:
+    """Tables read through one shared HugeCTR key map, each told how many of its keys are other tables'."""
+    by_map: dict[str, list[TablePlan]] = {}
+    for table in tables:
+        if table.key_map and not table.source_folder:
+            by_map.setdefault(table.key_map, []).append(table)
+    counted: dict[int, tuple[int, int]] = {}
+    for key_map, group in by_map.items():
+        own = own_key_counts(loaded.sources[key_map].read_all(),
+                             {t.table_id: loaded.sources[t.tensor].shape[0] for t in group})
+        for t in group:
+            counted[t.table_id] = (t.rows - own[t.table_id][1], t.rows - own[t.table_id][0]) if own else (0, t.rows)
+    return [replace(t, other_tables_keys=counted[t.table_id]) if t.table_id in counted else t for t in tables]
 
 
 def _plan_table(loaded: LoadedModel, tensors: dict[str, gs.Tensor], tensor_name: str, table_id: int, name: str,
@@ -351,13 +373,21 @@ def _plan_lookup(tensors: dict[str, gs.Tensor], match: Match, table: TablePlan, 
 def lookup_notes(table: TablePlan, keys: str, source_key_dtype: str, key_shape: tuple[Any, ...],
                  hoist: str | None, out_shape: tuple[int, ...] | None, out_dtype: str) -> list[str]:
     """What a reader of the report should know about one lookup's rewrite."""
-    if table.key_map:
+    if table.key_map and table.source_folder:
+        notes = [f"HugeCTR key map '{table.key_map}' replaced by the table's own {table.rows} keys, copied with their "
+                 f"vectors from {table.source_folder}: other tables' keys, which the shared map sends to rows of "
+                 f"this table in ONNX, return the default value ({table.default_value}) as in HugeCTR's HPS"]
+    elif table.key_map:
         notes = [f"HugeCTR key map '{table.key_map}' folded into the table: {table.rows} keys stored with the row "
                  f"the map gives them; keys it maps to 0 read row 0 in ONNX and the table's default value "
                  f"({table.default_value}) in HPS, the same numbers; keys outside the map fail in ONNX"]
+        notes += _other_tables_note(table)
     else:
         notes = [f"keys outside [0, {table.rows - 1}] return the table's default value "
                  f"({table.default_value}) instead of ONNX Gather's error or negative-index wrap-around"]
+    if table.key_dtype == "int64":
+        notes.append("int64 keys make the config's supportlonglong true, which HugeCTR's HPS_TRT plugin refuses "
+                     "(plugin/lookup_manager.cpp:133); hps-surgeon's plugin takes them — --key-dtype int32 for HugeCTR")
     if source_key_dtype != table.key_dtype:
         notes.append(f"keys cast from {source_key_dtype} to {table.key_dtype}" +
                      (" (keys beyond int32 wrap; HugeCTR's HPS_TRT takes int32 only)"
@@ -375,6 +405,21 @@ def lookup_notes(table: TablePlan, keys: str, source_key_dtype: str, key_shape: 
     if table.kept_in_model:
         notes.append(f"table '{table.tensor}' is kept in the model: still read by {', '.join(table.other_readers)}")
     return notes
+
+
+def _other_tables_note(table: TablePlan) -> list[str]:
+    low, high = table.other_tables_keys or (0, 0)
+    fix = (f"pass --hugectr-sparse-model {table.tensor.removesuffix('_embedding_table')}=FOLDER (the HugeCTR sparse "
+           "model it was converted from) to store exactly the table's own keys")
+    if high == 0:
+        return []
+    if (low, high) == (0, table.rows):
+        return [f"the key map is shared: which of the {table.rows} keys are this table's own cannot be told from it; "
+                f"{fix}"]
+    count = f"{low}" if low == high else f"between {low} and {high}"
+    return [f"the key map is shared by the model's HugeCTR embeddings (hugectr2onnx numbers each table's keys 1..n "
+            f"in one map): {count} of the {table.rows} keys stored belong to other tables; they are kept since ONNX "
+            f"reads this table's rows for them; {fix}"]
 
 
 def _shape(tensor: gs.Tensor) -> tuple[Any, ...] | None:

@@ -41,6 +41,7 @@ def rewrite_model(loaded: LoadedModel, plan: Plan) -> onnx.ModelProto:
             inserted[name] = lookup
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     model = gs.export_onnx(graph, do_type_check=True)
+    _keep_initializer_inputs(loaded.proto, model)
     _copy_model_metadata(loaded.proto, model)
     if plan.options.domain and plan.lookups:
         _import_domain(model, plan.options.domain)
@@ -208,6 +209,32 @@ def _stamp_provenance(graph: onnx.GraphProto, inserted: dict[str, LookupPlan]) -
                                (PROVENANCE_LOOKUP, lookup.node)):
                 entry = node.metadata_props.add()
                 entry.key, entry.value = key, value
+
+
+def _keep_initializer_inputs(source: onnx.ModelProto, model: onnx.ModelProto) -> None:
+    """Put back the graph inputs that have an initializer, unless the initializer went (a table now in HPS).
+
+    Exports with keep_initializers_as_inputs=True list every weight as a graph input as well;
+    onnx-graphsurgeon's import drops such inputs, and with them the names users may feed.
+    """
+    initializers = {t.name for t in model.graph.initializer}
+    present = {value.name: value for value in model.graph.input}
+    inputs = []
+    for value in source.graph.input:
+        if value.name in present:
+            inputs.append(present.pop(value.name))
+        elif value.name in initializers:
+            inputs.append(onnx.ValueInfoProto())
+            inputs[-1].CopyFrom(value)
+    inputs.extend(present.values())  # inputs the rewrite created (keys of a HugeCTR sparse model)
+    del model.graph.input[:]
+    model.graph.input.extend(inputs)
+
+
+def removed_table_inputs(source: onnx.ModelProto, plan: Plan) -> list[str]:
+    """Graph inputs of the source that are tables the rewrite takes out of the model."""
+    gone = {t.tensor for t in plan.tables if not t.kept_in_model}
+    return [value.name for value in source.graph.input if value.name in gone]
 
 
 def _copy_model_metadata(source: onnx.ModelProto, target: onnx.ModelProto) -> None:

@@ -51,9 +51,10 @@ class RandomTable:
         self.dim, self.default, self.rng, self.hi = dim, default, rng, hi
         self._order = np.argsort(self.keys)
         self._sorted = self.keys[self._order]
-        write_table(root / "tables" / "t0", self.keys, self.vectors)
+        self.folder = root / "tables" / "t0"
+        write_table(self.folder, self.keys, self.vectors)
         self.config = write_config(root / "hps_config.json", {
-            f"r{ratio}": {"sparse": "tables/t0", "dim": dim, "default": default, "ratio": ratio}
+            f"r{ratio}".replace(".", "_"): {"sparse": "tables/t0", "dim": dim, "default": default, "ratio": ratio}
             for ratio in (1.0, 0.2, 0.01, 0.0)})
 
     def draw(self, n: int, absent_fraction: float = 0.0, zipf: float | None = None) -> np.ndarray:

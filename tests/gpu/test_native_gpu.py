@@ -16,7 +16,7 @@ from hps_gpu_helpers import RandomTable, write_config, write_table
 
 pytestmark = pytest.mark.gpu
 
-RATIOS = ["r1.0", "r0.2", "r0.01"]
+RATIOS = ["r1_0", "r0_2", "r0_01"]
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_lookup_int32_keys_scalar_path(table32, torch_cuda, gpu_lib, model, key_
             np.testing.assert_array_equal(got, t.reference(keys))
 
 
-@pytest.mark.parametrize("model", ["r1.0", "r0.2"])
+@pytest.mark.parametrize("model", ["r1_0", "r0_2"])
 def test_n_zero_one_and_millions(table64, torch_cuda, gpu_lib, model):
     torch, t = torch_cuda, table64
     with gpu_lib.HpsTable.open(t.config, model, 0) as table:
@@ -80,7 +80,7 @@ def test_n_zero_one_and_millions(table64, torch_cuda, gpu_lib, model):
         assert table.lookup_host(np.empty(0, dtype=np.int64)).shape == (0, 32)
 
 
-@pytest.mark.parametrize("model", ["r1.0", "r0.01"])
+@pytest.mark.parametrize("model", ["r1_0", "r0_01"])
 def test_lookup_host_matches(table64, gpu_lib, model):
     t = table64
     with gpu_lib.HpsTable.open(t.config, model, 0) as table:
@@ -92,14 +92,14 @@ def test_lookup_host_matches(table64, gpu_lib, model):
 
 def test_gpucache_off_serves_everything_from_host(table64, torch_cuda, gpu_lib):
     t = table64
-    with gpu_lib.HpsTable.open(t.config, "r0.0", 0) as table:
+    with gpu_lib.HpsTable.open(t.config, "r0_0", 0) as table:
         assert table.cache_slots == 0 and not table.resident
         keys = t.draw(20_000, absent_fraction=0.1)
         np.testing.assert_array_equal(_lookup_cuda(torch_cuda, table, t, keys), t.reference(keys))
         assert table.stats().cache_hits == 0
 
 
-@pytest.mark.parametrize("model", ["r1.0", "r0.2", "r0.01"])
+@pytest.mark.parametrize("model", ["r1_0", "r0_2", "r0_01"])
 def test_eight_streams_eight_threads_identical(table64, torch_cuda, gpu_lib, model):
     """8 threads, each on its own stream, hammer one shared table; all results exact."""
     torch, t = torch_cuda, table64
@@ -139,8 +139,8 @@ def test_eight_streams_eight_threads_identical(table64, torch_cuda, gpu_lib, mod
 
 def test_table_shared_between_handles(table64, torch_cuda, gpu_lib):
     t = table64
-    a = gpu_lib.HpsTable.open(t.config, "r1.0", 0)
-    b = gpu_lib.HpsTable.open(t.config, "r1.0", 0)
+    a = gpu_lib.HpsTable.open(t.config, "r1_0", 0)
+    b = gpu_lib.HpsTable.open(t.config, "r1_0", 0)
     before = a.stats().lookups
     b.lookup_host(t.draw(1234))
     assert a.stats().lookups == before + 1234  # one table, one set of counters
@@ -152,7 +152,7 @@ def test_table_shared_between_handles(table64, torch_cuda, gpu_lib):
         b.stats()
 
 
-@pytest.mark.parametrize("model", ["r1.0", "r0.2"])
+@pytest.mark.parametrize("model", ["r1_0", "r0_2"])
 def test_cuda_graph_capture_and_replay(table64, torch_cuda, gpu_lib, model):
     """One kernel, no host synchronisation, no allocation: capturable, also with the host tier."""
     torch, t = torch_cuda, table64
@@ -179,7 +179,7 @@ def test_cupy_and_dlpack_inputs(table64, torch_cuda, gpu_lib):
     torch, t = torch_cuda, table64
     keys = t.draw(5000, absent_fraction=0.2)
     ref = t.reference(keys)
-    with gpu_lib.HpsTable.open(t.config, "r0.2", 0) as table:
+    with gpu_lib.HpsTable.open(t.config, "r0_2", 0) as table:
 
         class DLPackOnly:  # no __cuda_array_interface__: forces the DLPack path
             def __init__(self, x):
@@ -204,7 +204,7 @@ def test_cupy_and_dlpack_inputs(table64, torch_cuda, gpu_lib):
 
 def test_argument_errors(table64, torch_cuda, gpu_lib, tmp_path):
     torch, t = torch_cuda, table64
-    with gpu_lib.HpsTable.open(t.config, "r1.0", 0) as table:
+    with gpu_lib.HpsTable.open(t.config, "r1_0", 0) as table:
         with pytest.raises(gpu_lib.NativeError, match="int32 or int64"):
             table.lookup(torch.zeros(4, dtype=torch.float32, device="cuda"))
         with pytest.raises(gpu_lib.NativeError, match="int32 or int64"):
@@ -232,7 +232,7 @@ def test_argument_errors(table64, torch_cuda, gpu_lib, tmp_path):
 def test_hierarchical_cache_learns_hot_keys(table64, torch_cuda, gpu_lib):
     """After warm-up on Zipf keys the 20% cache serves most lookups (policy sanity check)."""
     torch, t = torch_cuda, table64
-    with gpu_lib.HpsTable.open(t.config, "r0.2", 0) as table:
+    with gpu_lib.HpsTable.open(t.config, "r0_2", 0) as table:
         for _ in range(30):
             table.lookup(torch.from_numpy(t.draw(100_000, zipf=1.2)).cuda())
         torch.cuda.synchronize()

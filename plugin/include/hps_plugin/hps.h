@@ -88,8 +88,11 @@ HPS_API hps_status hps_open(const char* config_path, const char* model_name, int
                             int32_t device, hps_table** out_handle);
 
 /* Looks up n keys (int32 or int64 per key_bits = 32/64, device memory) into out (device memory,
- * n * dim float32, row-major), asynchronously on stream (0 = legacy default stream). It never
- * synchronises with the host and allocates nothing, so it can be captured in a CUDA graph.
+ * n * dim float32, row-major), asynchronously on stream (0 = legacy default stream). For tables
+ * in GPU and host memory it never synchronises with the host and allocates nothing, so it can be
+ * captured in a CUDA graph; two exceptions return only when the lookup is done: tables served from
+ * Redis / RocksDB (volatile_db / persistent_db), and host-memory tables for batches of at least
+ * $HPS_COPY_ENGINE_MIN_KEYS keys (read at hps_open; default never) outside graph capture.
  * Safe to call concurrently from several threads and streams on the same or different handles. */
 HPS_API hps_status hps_lookup(hps_table* handle, const void* keys, int32_t key_bits, int64_t n,
                               float* out, void* stream);

@@ -48,6 +48,12 @@ public:
     // Throws hps::Error(HPS_ERR_DATABASE) when a write fails (a publish must not go on silently).
     virtual size_t insert(const std::string& tag, size_t n, const int64_t* keys, const char* values,
                           uint32_t value_size) = 0;
+    // insert() for loading a whole table (publish): backends with a faster bulk path override it
+    // (RocksDB: sorted SST files ingested, HugeCTR's load_dump_sst). Same result as insert().
+    virtual size_t insert_bulk(const std::string& tag, size_t n, const int64_t* keys, const char* values,
+                               uint32_t value_size) {
+        return insert(tag, n, keys, values, value_size);
+    }
     virtual size_t evict(const std::string& tag, size_t n, const int64_t* keys) = 0;
     // Drops the whole table; returns the number of entries it had (approximate for RocksDB).
     virtual size_t evict_table(const std::string& tag) = 0;

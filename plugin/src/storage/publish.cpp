@@ -84,7 +84,7 @@ PublishResult publish_rows(Backend& db, const std::string& tag, const std::strin
         Chunk chunk = next.get();
         if (r0 + step < end) next = std::async(std::launch::async, read_chunk, r0 + step);
         result.new_keys += static_cast<int64_t>(
-            db.insert(tag, chunk.keys.size(), chunk.keys.data(), chunk.values.data(), value_size));
+            db.insert_bulk(tag, chunk.keys.size(), chunk.keys.data(), chunk.values.data(), value_size));
         result.rows += static_cast<int64_t>(chunk.keys.size());
         if (progress && !progress(result.rows, end - first_row)) {
             if (next.valid()) next.wait();

@@ -26,6 +26,9 @@
 namespace hps::storage {
 namespace {
 
+// A fetch splits a partition into pieces of at least this many keys (one pipeline each).
+constexpr size_t kMinPieceKeys = 4096;
+
 // Keys of one partition, as indices into the caller's arrays, plus their encoded bytes.
 struct PartKeys {
     std::vector<size_t> index;
@@ -112,16 +115,28 @@ public:
         const size_t parts = params_.num_partitions;
         const auto split = split_by_partition(n, keys, width_, parts);
         const size_t kw = static_cast<size_t>(width_);
-        ThreadPool::shared().parallel_for(parts, [&](size_t part) {
-            const PartKeys& pk = split[part];
-            if (pk.index.empty()) return;
-            const std::string hkey = redis_hash_key(tag, part, 'v');
+        // Each partition's keys in pieces, one pipeline (and connection) per piece, so that all host
+        // threads parse replies even when there are fewer partitions than threads.
+        struct Piece {
+            size_t part, begin, end;
+        };
+        std::vector<Piece> pieces;
+        const size_t threads = ThreadPool::shared().size();
+        for (size_t part = 0; part < parts; ++part) {
+            const size_t count = split[part].index.size();
+            const size_t want = std::min((threads + parts - 1) / parts, (count + kMinPieceKeys - 1) / kMinPieceKeys);
+            for (size_t k = 0; k < want; ++k) pieces.push_back({part, count * k / want, count * (k + 1) / want});
+        }
+        ThreadPool::shared().parallel_for(pieces.size(), [&](size_t task) {
+            const Piece piece = pieces[task];
+            const PartKeys& pk = split[piece.part];
+            const std::string hkey = redis_hash_key(tag, piece.part, 'v');
             std::vector<Command> cmds;
-            for (size_t b = 0; b < pk.index.size(); b += params_.max_batch_size) {
+            for (size_t b = piece.begin; b < piece.end; b += params_.max_batch_size) {
                 Command c;
                 c.add("HMGET", 5);
                 c.add(hkey);
-                for (size_t i = b; i < std::min(pk.index.size(), b + params_.max_batch_size); ++i)
+                for (size_t i = b; i < std::min(piece.end, b + params_.max_batch_size); ++i)
                     c.add(pk.bytes.data() + i * kw, kw);
                 cmds.push_back(std::move(c));
             }
@@ -129,12 +144,12 @@ public:
             try {
                 replies = cluster_->exec(key_slot(hkey), cmds);
             } catch (const NodeUnavailable&) {
-                for (size_t i : pk.index) status[i] = kUnavailable;
+                for (size_t j = piece.begin; j < piece.end; ++j) status[pk.index[j]] = kUnavailable;
                 return;
             }
-            size_t at = 0;
+            size_t at = piece.begin;
             for (const Reply& r : replies) {
-                const size_t count = std::min(pk.index.size() - at, params_.max_batch_size);
+                const size_t count = std::min(piece.end - at, params_.max_batch_size);
                 for (size_t j = 0; j < count; ++j) {
                     const size_t i = pk.index[at + j];
                     const redisReply* e =
@@ -152,7 +167,8 @@ public:
                 }
                 at += count;
             }
-            if (params_.overflow_policy != OverflowPolicy::EvictRandom) touch(tag, part, pk, status);
+            if (params_.overflow_policy != OverflowPolicy::EvictRandom)
+                touch(tag, piece.part, pk, piece.begin, piece.end, status);
         });
         FetchCounts counts;
         for (size_t i = 0; i < n; ++i) {
@@ -378,10 +394,11 @@ private:
         return replies;
     }
 
-    void touch(const std::string& tag, size_t part, const PartKeys& pk, const uint8_t* status) {
+    // Access metadata of the keys pk[begin, end) that were found.
+    void touch(const std::string& tag, size_t part, const PartKeys& pk, size_t begin, size_t end, const uint8_t* status) {
         auto keys = std::make_shared<std::vector<char>>();
         const size_t kw = static_cast<size_t>(width_);
-        for (size_t j = 0; j < pk.index.size(); ++j)
+        for (size_t j = begin; j < end; ++j)
             if (status[pk.index[j]] == kFound) keys->insert(keys->end(), pk.bytes.begin() + j * kw, pk.bytes.begin() + (j + 1) * kw);
         if (keys->empty()) return;
         const OverflowPolicy policy = params_.overflow_policy;
@@ -408,13 +425,18 @@ private:
     }
 
     // HugeCTR's resolve_overflow_ (redis_backend.cpp:791-961): prune the partition to
-    // overflow_margin x overflow_resolution_target entries, by the configured policy.
+    // overflow_margin x overflow_resolution_target entries (rounded, database_backend.hpp:309-314),
+    // deleting max_batch_size victims at a time, in the policy's order. One deliberate difference:
+    // evict_random lists the keys of the value hash; HugeCTR lists the metadata hash (line 813),
+    // which evict_random never writes, so its random eviction never evicts anything.
     void resolve_overflow(const std::string& tag, size_t part, size_t part_size) {
         const std::string hkey = redis_hash_key(tag, part, 'v');
         const std::string mkey = redis_hash_key(tag, part, 't');
-        const size_t target = static_cast<size_t>(static_cast<double>(params_.overflow_margin) * params_.overflow_resolution_target);
+        const size_t target =
+            static_cast<size_t>(static_cast<double>(params_.overflow_margin) * params_.overflow_resolution_target + 0.5);
         const size_t kw = static_cast<size_t>(width_);
         std::vector<std::string> victims;  // key bytes, in eviction order
+        std::vector<long long> victim_meta;  // their access counts (evict_least_used)
         if (params_.overflow_policy == OverflowPolicy::EvictRandom) {
             Command c;
             c.add("HKEYS", 5), c.add(hkey);
@@ -439,9 +461,10 @@ private:
                 metas.emplace_back(m, std::string(r[0]->element[i]->str, r[0]->element[i]->len));
             }
             std::sort(metas.begin(), metas.end());
-            for (auto& m : metas) victims.push_back(std::move(m.second));
+            for (auto& m : metas) victims.push_back(std::move(m.second)), victim_meta.push_back(m.first);
         }
-        for (size_t b = 0; b < victims.size() && part_size > target; b += params_.max_batch_size) {
+        size_t b = 0;
+        for (; b < victims.size() && part_size > target; b += params_.max_batch_size) {
             Command dm, dv, hl;
             dm.add("HDEL", 4), dm.add(mkey);
             dv.add("HDEL", 4), dv.add(hkey);
@@ -452,6 +475,18 @@ private:
             hl.add("HLEN", 4), hl.add(hkey);
             const auto r = exec_checked(hkey, {dm, dv, hl});
             part_size = static_cast<size_t>(std::max(0LL, r.back()->integer));
+        }
+        // LFU decay (redis_backend.cpp:898-913): the survivors' counts are all set to half of the
+        // smallest surviving count, so old popularity does not shield keys forever.
+        if (params_.overflow_policy == OverflowPolicy::EvictLeastUsed && b < victims.size()) {
+            const std::string decayed = std::to_string(victim_meta[b] / 2);
+            for (size_t s = b; s < victims.size(); s += params_.max_batch_size) {
+                Command set;
+                set.add("HSET", 4), set.add(mkey);
+                for (size_t i = s; i < std::min(victims.size(), s + params_.max_batch_size); ++i)
+                    if (victims[i].size() == kw) set.add(victims[i]), set.add(decayed);
+                if (set.argv.size() > 2) exec_checked(mkey, {set});
+            }
         }
     }
 

@@ -9,10 +9,12 @@
 #include <filesystem>
 #include <map>
 #include <mutex>
+#include <thread>
 #include <sys/stat.h>
 
 #include <rocksdb/db.h>
 #include <rocksdb/options.h>
+#include <rocksdb/sst_file_writer.h>
 #include <rocksdb/write_batch.h>
 
 #include "backend.hpp"
@@ -93,9 +95,11 @@ public:
             return c;
         }
         const size_t kw = static_cast<size_t>(width_);
-        const size_t batch = params_.max_batch_size;
+        // MultiGet per chunk, chunks in parallel (RocksDB reads are thread-safe): at most
+        // max_batch_size keys, and small enough for every pool thread to get one.
+        const size_t per_thread = (n + ThreadPool::shared().size() - 1) / ThreadPool::shared().size();
+        const size_t batch = std::max<size_t>(1, std::min(params_.max_batch_size, std::max<size_t>(per_thread, 1024)));
         const size_t chunks = (n + batch - 1) / batch;
-        // MultiGet per max_batch_size chunk, chunks in parallel (RocksDB reads are thread-safe).
         ThreadPool::shared().parallel_for(chunks, [&](size_t chunk) {
             const size_t b = chunk * batch, e = std::min(n, b + batch);
             std::vector<char> kbytes((e - b) * kw);
@@ -148,6 +152,42 @@ public:
         }
         check(db_->FlushWAL(true), tag);  // as HugeCTR after each insert (rocksdb_backend.cpp:229)
         return n;  // RocksDB cannot tell new keys from overwritten ones cheaply (HugeCTR counts the same)
+    }
+
+    // Publishing a table: the chunk sorted by key bytes, written as one SST file with the column
+    // family's options and ingested (moved) into the database, as HugeCTR's load_dump_sst
+    // (rocksdb_backend.cpp:455-459): no WAL, no memtable, no flush; a key written twice in the chunk
+    // keeps its last value, as consecutive Puts would. Reaches durable state on return.
+    size_t insert_bulk(const std::string& tag, size_t n, const int64_t* keys, const char* values,
+                       uint32_t value_size) override {
+        if (n == 0) return 0;
+        rocksdb::ColumnFamilyHandle* cf = handle(tag, true);
+        const size_t kw = static_cast<size_t>(width_);
+        // memcmp order of the stored (little-endian) key bytes = numeric order of the byte-swapped key.
+        std::vector<std::pair<uint64_t, size_t>> order(n);
+        for (size_t i = 0; i < n; ++i) {
+            const uint64_t k = width_ == KeyWidth::k64 ? static_cast<uint64_t>(keys[i])
+                                                       : static_cast<uint64_t>(static_cast<uint32_t>(keys[i]));
+            order[i] = {width_ == KeyWidth::k64 ? __builtin_bswap64(k) : __builtin_bswap32(static_cast<uint32_t>(k)), i};
+        }
+        std::sort(order.begin(), order.end());
+        const std::string file =
+            params_.path + "/hps_publish." + tag + "." + std::to_string(++ingest_files_) + ".sst.tmp";
+        rocksdb::SstFileWriter writer(rocksdb::EnvOptions(), rocksdb::Options(db_->GetDBOptions(), cf_options_), cf);
+        check(writer.Open(file), tag + " (" + file + ")");
+        char kbuf[8];
+        for (size_t j = 0; j < n; ++j) {
+            if (j + 1 < n && order[j + 1].first == order[j].first) continue;  // the later duplicate wins
+            const size_t i = order[j].second;
+            encode_key(keys[i], width_, kbuf);
+            check(writer.Put(rocksdb::Slice(kbuf, kw), rocksdb::Slice(values + i * value_size, value_size)), tag);
+        }
+        check(writer.Finish(), tag + " (" + file + ")");
+        rocksdb::IngestExternalFileOptions ingest;
+        ingest.move_files = true;
+        check(db_->IngestExternalFile(cf, {file}, ingest), tag + " (ingesting " + file + ")");
+        wait_for_level0(cf);
+        return n;
     }
 
     size_t evict(const std::string& tag, size_t n, const int64_t* keys) override {
@@ -226,6 +266,16 @@ private:
         return h;
     }
 
+    // Chunks of random keys overlap each other, so each ingested file lands in level 0, where every
+    // lookup probes all files. Like a writer under RocksDB's write stall, wait while level 0 holds as
+    // many files as the column family's slowdown trigger, so background compaction keeps up.
+    void wait_for_level0(rocksdb::ColumnFamilyHandle* cf) {
+        const uint64_t limit = static_cast<uint64_t>(std::max(cf_options_.level0_slowdown_writes_trigger, 4));
+        uint64_t files = 0;
+        while (db_->GetIntProperty(cf, "rocksdb.num-files-at-level0", &files) && files >= limit)
+            std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+
     void check(const rocksdb::Status& s, const std::string& tag) const {
         if (!s.ok()) throw hps::Error(HPS_ERR_DATABASE, "RocksDB at " + params_.path + ", table " + tag + ": " + s.ToString());
     }
@@ -253,6 +303,7 @@ private:
     std::unique_ptr<rocksdb::DB> db_;
     std::mutex mutex_;
     std::map<std::string, rocksdb::ColumnFamilyHandle*> handles_;
+    std::atomic<uint64_t> ingest_files_{0};  // names the SST files being written (tables may publish in parallel)
 };
 
 }  // namespace

@@ -2,8 +2,9 @@
 no logic of its own (the library does the work).
 
 Exit codes: 0 success; 1 findings (verify mismatch, check problems, an engine the builder refused);
-2 bad input or usage; 3 a bug (an unexpected exception, reported as one line; HPS_SURGEON_DEBUG=1
-shows its traceback).
+2 bad input or usage; 3 verify INCONCLUSIVE (too few distinct keys reached a table); 4 a bug (an
+unexpected exception, reported as one line; HPS_SURGEON_DEBUG=1 shows its traceback). publish also
+exits 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def parser() -> argparse.ArgumentParser:
         description="Rewrite the embedding lookups of ONNX recommendation models into HPS_TRT nodes for "
                     "NVIDIA's Hierarchical Parameter Server, export the tables, verify and deploy the result.",
         epilog="exit codes: 0 success; 1 verify found a mismatch, check found a problem or the builder refused the "
-               "model; 2 bad input or usage; 3 a bug in hps-surgeon (please report it)")
+               "model; 2 bad input or usage; 3 verify INCONCLUSIVE (too few distinct keys reached a table); "
+               "4 a bug in hps-surgeon (please report it)")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.add_parser(commands).set_defaults(run=command.run)

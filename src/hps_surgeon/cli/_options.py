@@ -23,6 +23,17 @@ def add_quiet(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def positive_ints(text: str) -> tuple[int, ...]:
+    """`1,64` -> (1, 64): a comma-separated list of positive integers (argparse type)."""
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of integers") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"'{text}': each value must be at least 1")
+    return values
+
+
 def add_batch(p: argparse.ArgumentParser) -> None:
     """The batch range of the engine's optimization profile (deploy.repository.batch_range)."""
     p.add_argument("--min-batch", type=int, default=1, help="smallest batch of the engine's profile (default 1)")

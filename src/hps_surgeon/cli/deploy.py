@@ -20,7 +20,8 @@ def add_parser(commands) -> argparse.ArgumentParser:
     _options.add_batch(p)
     p.add_argument("--fp16", action="store_true", help="let TensorRT use FP16 kernels")
     p.add_argument("--instances", type=int, default=1, help="model instances per GPU (default 1)")
-    p.add_argument("--gpus", help="comma-separated GPU ids for the instances and HPS (default: Triton's choice)")
+    p.add_argument("--gpus", help="comma-separated GPU ids for Triton's instances and the HPS config's deployed_device_list "
+                        "(default: the config's deployed_device_list)")
     p.add_argument("--deploy-root", default="/models",
                    help="where --repo is mounted inside the serving container (default /models)")
     p.add_argument("--plugin-lib", default=DEFAULT_PLUGIN_LIB,

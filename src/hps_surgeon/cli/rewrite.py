@@ -29,10 +29,14 @@ def add_parser(commands) -> argparse.ArgumentParser:
                    help=f"ONNX domain of HPS_TRT nodes (default {DEFAULT_DOMAIN}; '' = HugeCTR's default domain)")
     p.add_argument("--no-nul-strings", dest="nul_strings", action="store_false",
                    help="do not end string attributes with NUL (HugeCTR's samples do)")
+    p.add_argument("--relative-paths", action="store_true",
+                   help="write sparse_files relative to hps_config.json (a relocatable folder; our plugin reads them, "
+                        "HugeCTR's HPS would look in its working directory); default: absolute paths")
     p.add_argument("--ps-config-file", help="path written into the nodes (default: OUT/hps_config.json, absolute)")
-    p.add_argument("--hugectr-sparse-model", action="append", default=[], metavar="INPUT=FOLDER[:combiner][:nnz]",
-                   help="attach an HPS_TRT lookup producing embedding input INPUT from HugeCTR sparse-model "
-                        "FOLDER (models converted with convert_embedding=False); repeatable")
+    p.add_argument("--hugectr-sparse-model", action="append", default=[], metavar="NAME=FOLDER[:combiner][:nnz]",
+                   help="HugeCTR sparse-model FOLDER of embedding NAME: attach an HPS_TRT lookup producing input NAME "
+                        "(convert_embedding=False), or store exactly the folder's keys for the table of NAME instead "
+                        "of every key of hugectr2onnx's shared key map (convert_embedding=True); repeatable")
     p.add_argument("--plan-out", metavar="PLAN.yaml",
                    help="write the plan as an editable file (drop, rename tables, set key dtypes); with --dry-run "
                         "nothing else is written")
@@ -51,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         args.model, args.out, model_name=args.model_name, key_dtype=args.key_dtype,
         max_batch_size=args.max_batch_size, max_keys_per_sample=args.max_keys_per_sample,
         gpucache_ratio=args.gpucache_ratio, domain=args.domain, nul_strings=args.nul_strings,
-        ps_config_file=args.ps_config_file, min_table_rows=args.min_table_rows, force=args.force,
+        ps_config_file=args.ps_config_file, relative_paths=args.relative_paths, min_table_rows=args.min_table_rows, force=args.force,
         quiet=args.quiet or args.json, patterns=args.patterns, hugectr_sparse_models=args.hugectr_sparse_model,
         dry_run=args.dry_run, plan_file=args.plan, plan_out=args.plan_out)
     report = result.report

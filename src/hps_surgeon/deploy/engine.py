@@ -14,7 +14,6 @@ build-time method a builder calls at verbose level; those lines are counted in `
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import shutil
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 import onnx
 
 from ..errors import Problem, SurgeonError
+from ..hps import config as hps_config
 from ..hps import validate
 from ..hps.contract import MODEL_NAME
 from ..staging import make_stage
@@ -138,8 +138,12 @@ def build_engine(rewrite_dir: str | os.PathLike, out: str | os.PathLike, options
 def check_engine(model_path: Path, config_path: Path, options: EngineOptions = EngineOptions()) -> list[Problem]:
     """`check --engine`: parse and build `model_path` with the profile `deploy` would give it; its problems."""
     model = onnx.load_model(str(model_path), load_external_data=False)
-    config = json.loads(Path(config_path).read_text())
-    folder = repository.RewriteFolder(model_path.parent, model, config, repository.used_entries(model, config))
+    config, _ = hps_config.load(Path(config_path))  # HugeCTR's defaults filled in
+    if config is None:
+        return []  # an unusable config: `check` reports why through validate
+    # only for the batch range: nothing is copied, so its external-data files are not listed
+    folder = repository.RewriteFolder(model_path.parent, model, config, repository.used_entries(model, config),
+                                      external={})
     try:
         batch = repository.batch_range(repository.DeployOptions(), folder)
         prof = triton.profile(triton.model_io(model, str(model_path))[0], batch, str(model_path))

@@ -117,13 +117,14 @@ def deploy(rewrite_dir: str | os.PathLike, repo: str | os.PathLike,
     if options.build_engine:
         _check_engine_build(repo, root, deployed_config, options.fp16)
     tables = _table_folders(source)
+    gpus = serving_gpus(options, source)
     files = {
-        "config.pbtxt": triton.config_pbtxt(name, inputs, outputs, options.instances, options.gpus),
+        "config.pbtxt": triton.config_pbtxt(name, inputs, outputs, options.instances, gpus),
         "build_engine.sh": triton.build_engine_sh(name, deployed_config, options.plugin_lib, prof, options.fp16),
         "perf_data.json": json.dumps(triton.perf_data(
             inputs, batch.opt, keyspace.rewritten_key_ranges(source.model, source.path / CONFIG_NAME))),
     }
-    deployed = _deployed_hps_config(source, tables, posixpath.join(root, name, "hps"), options.gpus)
+    deployed = _deployed_hps_config(source, tables, posixpath.join(root, name, "hps"), gpus)
     model = _deployed_model(source, deployed_config)
     with _staged(repo, name) as stage:
         folder = stage / name
@@ -191,7 +192,7 @@ def read_rewrite(path: Path) -> RewriteFolder:
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise SurgeonError(f"rewrite folder fails validation: {problems[0]}{more}")
-    config = json.loads(config_path.read_text())
+    config, _ = hps_config.load(config_path)  # valid (checked above), with HugeCTR's defaults filled in
     return RewriteFolder(path=path, model=model, config=config, entries=used_entries(model, config),
                          external=_external_files(model, model_path))
 
@@ -199,7 +200,7 @@ def read_rewrite(path: Path) -> RewriteFolder:
 def used_entries(model: onnx.ModelProto, config: dict) -> tuple[dict, ...]:
     """The config's `models` entries that the model's HPS_TRT nodes name."""
     used = {field_text(onnx.helper.get_node_attr_value(n, "model_name")) for n in validate.hps_nodes(model)}
-    return tuple(m for m in config["models"] if m["model"] in used)
+    return tuple(m for m in config["models"] if m.get("model", "") in used)
 
 
 def _external_files(model: onnx.ModelProto, model_path: Path) -> dict[str, Path]:
@@ -311,6 +312,15 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).lstrip(".") or "table"
 
 
+def serving_gpus(options: DeployOptions, source: RewriteFolder) -> tuple[int, ...]:
+    """The GPUs Triton's instances run on, which must be the config's deployed_device_list: HugeCTR
+    skips lookups on any other GPU and returns success (plugin/lookup_manager.cpp:168-172).
+    --gpus decides both; without it, the deployed_device_list of the models the nodes use."""
+    if options.gpus:
+        return options.gpus
+    return tuple(sorted({d for entry in source.entries for d in entry["deployed_device_list"]}))
+
+
 def _deployed_hps_config(source: RewriteFolder, tables: dict, hps_dir: str, gpus: tuple[int, ...]) -> dict:
     # HugeCTR opens sparse_files relative to the server's working directory, not to the config:
     # absolute paths under --deploy-root are the ones valid inside the container.
@@ -321,9 +331,7 @@ def _deployed_hps_config(source: RewriteFolder, tables: dict, hps_dir: str, gpus
         for file in entry["sparse_files"]:
             if not confine.inside_posix(hps_dir, file):  # by construction; the rule deploy promises
                 raise SurgeonError(f"deployed sparse_files entry {file} is outside {hps_dir}; please report this")
-        if gpus:
-            # Every GPU that runs an instance needs the HPS cache of the tables on it.
-            entry["deployed_device_list"] = list(gpus)
+        entry["deployed_device_list"] = list(gpus)
     return config
 
 

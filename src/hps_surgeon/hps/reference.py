@@ -6,13 +6,12 @@ in every component (HugeCTR HPS semantics, unlike ONNX Gather, which fails or wr
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import SurgeonError
+from ..errors import SurgeonError, errors
 from . import config as hps_config
 from .tables import table_files
 
@@ -30,11 +29,10 @@ class ReferenceLookup:
 
     def __init__(self, config_path: str | Path):
         self.config_path = Path(config_path)
-        try:
-            self.config = json.loads(self.config_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise SurgeonError(f"{self.config_path}: cannot read HPS config ({exc}); pass the hps_config.json "
-                               "that rewrite wrote") from None
+        config, problems = hps_config.load(self.config_path)
+        if config is None:
+            raise SurgeonError(f"HPS config cannot be used: {errors(problems)[0]}")
+        self.config = config
         self._tables: dict[tuple[str, int], _Table] = {}
 
     def lookup(self, model_name: str, table_id: int, keys: np.ndarray) -> np.ndarray:
@@ -68,5 +66,4 @@ class ReferenceLookup:
         keys = np.fromfile(key_file, dtype="<i8")
         vectors = np.memmap(vector_file, dtype="<f4", mode="r").reshape(-1, dim)
         order = np.argsort(keys, kind="stable")
-        default = float(model.get("default_value_for_each_table", [0.0] * len(files))[table_id])
-        return _Table(keys[order], order, vectors, default)
+        return _Table(keys[order], order, vectors, hps_config.table_default(model, table_id))

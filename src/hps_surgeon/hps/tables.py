@@ -28,6 +28,10 @@ _CHUNK_BYTES = 64 << 20
 _INT32_MAX = 2**31 - 1
 #: what `check` reads of each emb_vector to warn about NaN/Inf: its first rows, this many bytes
 NAN_SAMPLE_BYTES = 64 << 10
+#: keys HugeCTR's GPU cache reserves as its empty-slot marker, numeric_limits<key>::max()
+#: (HugeCTR/include/hps/embedding_cache.hpp:83): uint32 0xFFFFFFFF (int32 keys, so key -1; stored
+#: keys are cast to uint32, HugeCTR/src/hps/modelloader.cpp:120) and INT64_MAX (int64 keys).
+HUGECTR_EMPTY_KEYS = {TensorProto.INT32: -1, TensorProto.INT64: 2**63 - 1}
 
 Progress = Callable[[int], Any]
 
@@ -35,6 +39,36 @@ Progress = Callable[[int], Any]
 def mapped_keys(key_map: np.ndarray, rows: int) -> np.ndarray:
     """Keys a HugeCTR-style map sends to a real row: 0 means missing, rows past the table do not exist."""
     return np.flatnonzero((key_map > 0) & (key_map < rows)).astype(np.int64)
+
+
+def own_key_counts(key_map: np.ndarray, rows: dict[int, int]) -> dict[int, tuple[int, int]] | None:
+    """How many keys of a shared HugeCTR key map each table owns, as (fewest, most) possible.
+
+    hugectr2onnx fills one map for all embeddings, numbering each table's keys 1..n in file order
+    (HugeCTR's onnx_converter/hugectr2onnx/hugectr_loader.py:154, :226-237), so index i is taken by
+    every table with n >= i: the drops of that count give the multiset of n, and each table's n must
+    fit its rows (`rows`: table id -> rows of the ONNX table, row 0 being the default). None when the
+    map is not in that layout or shared with tables not listed.
+    """
+    used = key_map[key_map > 0]
+    per_index = np.bincount(used, minlength=2)[1:] if used.size else np.zeros(0, np.int64)
+    if per_index.size == 0 or np.any(np.diff(per_index) > 0) or per_index[0] != len(rows):
+        return None
+    drops = -np.diff(np.append(per_index, 0))
+    sizes = sorted(int(n) for n, times in zip(range(1, per_index.size + 1), drops) for _ in range(int(times)))
+    possible: dict[int, list[int]] = {}
+    for table, table_rows in rows.items():
+        others = sorted(r for t, r in rows.items() if t != table)
+        possible[table] = [n for i, n in enumerate(sizes) if i == sizes.index(n) and n < table_rows and
+                           _fits(sizes[:i] + sizes[i + 1:], others)]
+    if any(not p for p in possible.values()):
+        return None
+    return {t: (min(p), max(p)) for t, p in possible.items()}
+
+
+def _fits(sizes: list[int], rows: list[int]) -> bool:
+    """Sorted key counts fit sorted tables one to one (each n below its table's rows)."""
+    return all(n < r for n, r in zip(sizes, rows))
 
 
 def write_row_table(source: TensorSource, rows: int, dim: int, folder: Path, progress: Progress) -> None:
@@ -91,6 +125,7 @@ class KeySummary:
     unique: bool
     low: int
     high: int
+    reserved: frozenset[int] = frozenset()  #: which of HUGECTR_EMPTY_KEYS' keys the file holds
 
 
 _KEY_CHUNK = 8 << 20  #: keys per read: 64 MiB, so memory stays flat whatever the table size
@@ -112,8 +147,10 @@ def _key_summary(path: str, _inode: int, size: int, _mtime_ns: int, _ctime_ns: i
     if keys.size == 0:
         return KeySummary(True, 0, 0)
     increasing, previous, low, high = True, None, None, None
+    reserved: set[int] = set()
     for start in range(0, keys.size, _KEY_CHUNK):
         chunk = np.asarray(keys[start:start + _KEY_CHUNK])
+        reserved.update(int(k) for k in HUGECTR_EMPTY_KEYS.values() if np.any(chunk == k))
         increasing = increasing and bool(np.all(chunk[1:] > chunk[:-1])) and (
             previous is None or chunk[0] > previous)
         previous = chunk[-1]
@@ -121,7 +158,7 @@ def _key_summary(path: str, _inode: int, size: int, _mtime_ns: int, _ctime_ns: i
         high = chunk.max() if high is None else max(high, chunk.max())
     # Strictly increasing keys (what rewrite writes) are unique; sort only when they are not.
     unique = increasing or np.unique(np.asarray(keys)).size == keys.size
-    return KeySummary(unique, int(low), int(high))
+    return KeySummary(unique, int(low), int(high), frozenset(reserved))
 
 
 def table_files(config_path: Path, folder: Path, field: str) -> tuple[Path, Path]:
@@ -134,7 +171,8 @@ def table_files(config_path: Path, folder: Path, field: str) -> tuple[Path, Path
 
 def check_table_files(config_path: Path, folder: Path, table_id: int, dim: int, key_type, bad) -> None:
     """Report through `bad(message[, severity])` what is wrong with a table folder: where its files lead,
-    sizes, duplicate keys, int32 reach; a warning for NaN/Inf in its first NAN_SAMPLE_BYTES of vectors."""
+    sizes, duplicate keys, int32 reach, keys HugeCTR would refuse or mishandle; a warning for NaN/Inf in
+    its first NAN_SAMPLE_BYTES of vectors."""
     if not (folder / KEY_FILE).is_file() or not (folder / VECTOR_FILE).is_file():
         return  # reported against the config, which names the folder
     try:
@@ -150,6 +188,9 @@ def check_table_files(config_path: Path, folder: Path, table_id: int, dim: int, 
     if vector_bytes != rows * dim * 4:
         bad(f"table {table_id}: {vector_file} has {vector_bytes} bytes, expected {rows} rows x {dim} x 4 = "
             f"{rows * dim * 4} — the file is truncated or emb_vec_size is wrong; re-export the table")
+    if rows == 0:
+        bad(f"table {table_id}: {key_file} is empty: HugeCTR's HPS refuses it (\"embeddings key file is empty\", "
+            "modelloader.cpp:143-145); our plugin returns the default value for every key", severity="warning")
     keys = key_summary(key_file)
     if not keys.unique:
         bad(f"table {table_id}: {key_file} holds duplicate keys — each key must appear once")
@@ -162,3 +203,8 @@ def check_table_files(config_path: Path, folder: Path, table_id: int, dim: int, 
         bad(f"table {table_id}: {vector_file} holds NaN or infinite values in its first {sample.size // dim} rows "
             f"(check reads only the first {NAN_SAMPLE_BYTES >> 10} KiB of each table) — lookups of those keys "
             "return them; re-export the table", severity="warning")
+    empty = HUGECTR_EMPTY_KEYS.get(key_type[0]) if key_type is not None else None
+    if empty in keys.reserved:
+        bad(f"table {table_id}: {key_file} stores key {empty}, which HugeCTR's GPU cache reserves as its empty-slot "
+            "marker (include/hps/embedding_cache.hpp:83; its gpu_cache/ReadMe.md: never a real key); our plugin "
+            "serves it — give the row another key for HugeCTR", severity="warning")

@@ -6,10 +6,9 @@ output before moving it into place; `verify` and `check` validate what they are 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
-
-import math
 
 import onnx
 from onnx import AttributeProto, TensorProto
@@ -18,7 +17,7 @@ from .. import confine
 from ..errors import Problem
 from ..load import read_proto
 from . import config as hps_config
-from .contract import ATTRIBUTES, HPS_OP, field_text
+from .contract import ATTRIBUTES, HPS_OP, NAME_SYNTAX, field_text
 from .tables import check_table_files
 
 _KEY_DTYPES = {TensorProto.INT32: "int32", TensorProto.INT64: "int64"}
@@ -84,6 +83,9 @@ def _check_node(path: str, where: str, node: onnx.NodeProto, types: dict[str, An
     key_type, out_type = types.get(node.input[0]), types.get(node.output[0])
     n = _check_keys(node, key_type, bad)
     _check_output(out_type, dim, n, bad)
+    if not NAME_SYNTAX.fullmatch(model_name):
+        bad(f"attribute model_name '{model_name}' is not a valid HugeCTR model name: HugeCTR's HPS aborts unless names "
+            "match [a-zA-Z0-9_-]{1,120} (hier_parameter_server.cpp:34-36) — rewrite with a valid --model-name")
     if config is None:
         return problems
     if Path(config_file).name != config_path.name:
@@ -92,16 +94,14 @@ def _check_node(path: str, where: str, node: onnx.NodeProto, types: dict[str, An
     entry = hps_config.model_entry(config, model_name)
     if entry is None:
         bad(f"model_name '{model_name}' is not in {config_path.name} (it has: "
-            f"{', '.join(m['model'] for m in config['models'])}) — fix model_name or the config")
+            f"{', '.join(repr(m['model']) for m in config['models'])}) — fix model_name or the config")
         return problems
     tables_count = len(entry["sparse_files"])
     if not 0 <= table_id < tables_count:
         bad(f"table_id {table_id} is out of range: model '{model_name}' has {tables_count} table(s) — "
             f"use 0..{tables_count - 1}")
         return problems
-    if any(len(entry[field]) <= table_id for field in hps_config.PER_TABLE_FIELDS):
-        return problems  # a per-table list too short for this table: reported against the config
-    default = entry["default_value_for_each_table"][table_id]
+    default = hps_config.table_default(entry, table_id)
     if not math.isfinite(default):
         bad(f"default_value_for_each_table[{table_id}] is {default} in {config_path.name}: every key missing from "
             "the table returns it — make it a finite number", severity="warning")
@@ -113,6 +113,7 @@ def _check_node(path: str, where: str, node: onnx.NodeProto, types: dict[str, An
     if n is not None and max_n < n:
         bad(f"reads {n} keys per sample but maxnum_catfeature_query_per_table_per_sample[{table_id}] is "
             f"{max_n} — raise it to at least {n}")
+    _check_hugectr_limits(key_type, config, entry, table_id, bad)
     try:
         folder = hps_config.table_folder(config_path, entry, table_id)
     except confine.PathRefused:
@@ -127,6 +128,24 @@ def _decodes(value: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
+
+
+def _check_hugectr_limits(key_type, config: dict, entry: dict, table_id: int, bad) -> None:
+    """Warnings for lookups HugeCTR's plugin would skip, returning success with the output unwritten."""
+    if key_type is None:
+        return
+    dtype, shape = key_type
+    if dtype in _KEY_DTYPES and (dtype == TensorProto.INT64) != config["supportlonglong"]:
+        bad(f"keys are {_KEY_DTYPES[dtype]} but supportlonglong is {str(config['supportlonglong']).lower()}: HugeCTR's "
+            "plugin skips such lookups (\"Input tensor dtype should be consistent with HPS configuration\", "
+            "plugin/lookup_manager.cpp:212); ours serves them", severity="warning")
+    if shape is None or len(shape) != 2 or not all(isinstance(d, int) for d in shape):
+        return
+    limit = entry["max_batch_size"] * entry["maxnum_catfeature_query_per_table_per_sample"][table_id]
+    if shape[0] * shape[1] > limit:
+        bad(f"looks up {shape[0]} x {shape[1]} keys, more than max_batch_size {entry['max_batch_size']} x "
+            f"maxnum_catfeature_query_per_table_per_sample[{table_id}] = {limit}: HugeCTR's plugin skips such lookups "
+            "(plugin/lookup_manager.cpp:197-204); ours serves them — raise max_batch_size", severity="warning")
 
 
 def _check_keys(node: onnx.NodeProto, key_type, bad) -> int | None:

@@ -1,9 +1,10 @@
 """Verification: prove with Polygraphy that a rewritten model computes what the original computes.
 
 `compare` runs both models through Polygraphy's `Comparator` (onnxruntime on the original,
-`runner.HpsRunner` on the rewrite) on inputs whose keys `keyspace` draws from the exported tables;
-`polygraphy_ext` puts `HpsRunner` into `polygraphy run`. Polygraphy is imported only when a
-verification runs.
+`runner.HpsRunner` on the rewrite) on feeds from `feeds`: the user's samples, or generated with keys
+that `keyspace` traced back from the exported tables to input columns; `coverage` counts the keys
+that really reached each table. `polygraphy_ext` puts `HpsRunner` into `polygraphy run`. Polygraphy
+is imported only when a verification runs.
 """
 
 from .compare import OutputError, VerifyReport, verify

@@ -2,131 +2,366 @@
 
 Two runners go through Polygraphy's `Comparator`: its onnxruntime runner on the original model,
 and `HpsRunner` on the rewritten model (HPS_TRT nodes served by a lookup backend, the rest by
-onnxruntime). Inputs come from Polygraphy's `DataLoader`, with key inputs redrawn column by column
-from the keys that really exist in the exported tables (`keyspace`), at batch 1 and batch B.
+onnxruntime). The feeds are the user's samples (`--inputs`, `--data-loader-script`) or generated
+(`feeds`: Polygraphy's `DataLoader`, with every traced key column drawn from keys that exist in the
+tables). The verdict needs both: outputs equal within tolerance (NaN where both have NaN counts as
+equal, NaN in one only as a mismatch), and enough distinct keys reaching every table (`coverage`).
 """
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
 
 from ..errors import SurgeonError, errors
+from ..hps import config as hps_config
 from ..hps import validate
-from ..load import read_proto
-from . import keyspace
+from ..hps.contract import HPS_OP
+from ..load import foreign_ops, read_proto
+from . import coverage as coverage_mod
+from . import feeds as feeds_mod
+from .coverage import MIN_DISTINCT_KEYS, NodeCoverage, TableCoverage
+from .keyspace import ColumnKeys
+from .split import BACKENDS, SplitRunner, lookup_backend
 
-#: who serves HPS_TRT lookups: the CPU reference, or the CUDA plugin library (hps.native)
-BACKENDS = ("reference", "native")
+PASSED, FAILED, INCONCLUSIVE = "passed", "failed", "inconclusive"
+DEFAULT_BATCH_SIZES = (1, 64)
+
 
 @dataclass(frozen=True)
 class OutputError:
+    """The largest differences seen on one output over every feed."""
+
     name: str
     max_abs: float
     max_rel: float
+    nan_original_only: int = 0  #: positions where only the original's output is NaN
+    nan_rewritten_only: int = 0  #: positions where only the rewritten model's output is NaN
+    shape_mismatch: bool = False
+
+    @property
+    def nan_mismatches(self) -> int:
+        return self.nan_original_only + self.nan_rewritten_only
 
 
 @dataclass(frozen=True)
 class VerifyReport:
-    passed: bool
-    iterations: int  #: feeds compared (iterations x batch sizes)
-    batch_sizes: tuple[int, ...]
+    verdict: str  #: passed, failed (outputs differ) or inconclusive (too few keys reached a table)
+    iterations: int  #: feeds compared
+    batch_sizes: tuple[int, ...]  #: batch sizes the feeds had
     outputs: tuple[OutputError, ...]
-    key_ranges: tuple[keyspace.KeyRange, ...]
+    coverage: tuple[NodeCoverage, ...]  #: keys that reached each HPS_TRT node
+    tables: tuple[TableCoverage, ...]  #: keys that reached each table, against the floor
+    columns: tuple[ColumnKeys, ...]  #: key columns traced (generated feeds only)
+    untraced: tuple[str, ...]  #: HPS_TRT nodes key tracing could not reach (generated feeds only)
+    inputs: str  #: where the feeds came from: generated, --inputs FILE, --data-loader-script S
+    notes: tuple[str, ...]  #: batch sizes dropped and why, and the like
     atol: float
     rtol: float
+    failure: str = ""  #: why the rewritten model failed to run, when it did
+    shapes: dict[str, list[list[int]]] = field(default_factory=dict)  #: the shapes each input was fed at
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == PASSED
 
     @property
     def worst(self) -> OutputError | None:
-        return max(self.outputs, key=lambda o: o.max_abs, default=None)
+        return max(self.outputs, key=lambda o: (o.shape_mismatch, o.nan_mismatches > 0, o.max_abs), default=None)
+
+    @property
+    def short_tables(self) -> tuple[TableCoverage, ...]:
+        return tuple(t for t in self.tables if not t.enough)
+
+    def to_dict(self) -> dict:
+        return {
+            "verdict": self.verdict, "feeds": self.iterations, "batch_sizes": list(self.batch_sizes),
+            "inputs": self.inputs, "atol": self.atol, "rtol": self.rtol, "failure": self.failure,
+            "outputs": [vars(o) | {"nan_mismatches": o.nan_mismatches} for o in self.outputs],
+            "coverage": [c.to_dict() for c in self.coverage], "tables": [t.to_dict() for t in self.tables],
+            "key_columns": [c.to_dict() for c in self.columns], "untraced_nodes": list(self.untraced),
+            "notes": list(self.notes), "shapes": self.shapes,
+        }
 
 
 def verify(original: str | Path, rewritten: str | Path, config: str | Path, *, backend: str = "reference",
-           iterations: int = 3, batch_size: int = 8, atol: float = 1e-6, rtol: float = 1e-5,
-           seed: int = 1) -> VerifyReport:
-    """Compare the two models on the same inputs; raise SurgeonError on unusable input."""
+           iterations: int = 2, batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES,
+           max_keys_per_sample: int | None = None, inputs: str | Path | None = None,
+           data_loader_script: str | None = None, min_distinct_keys: int = MIN_DISTINCT_KEYS,
+           atol: float = 1e-6, rtol: float = 1e-5, seed: int = 1, verbose: bool = False) -> VerifyReport:
+    """Compare the two models on the same feeds and measure the keys each table saw.
+
+    Raises SurgeonError (one line) on unusable input: a file that is missing or not the model it
+    should be, samples that do not fit the model, an original that runs at none of the batch sizes.
+    """
     original, rewritten, config = Path(original), Path(rewritten), Path(config)
+    _check_options(iterations, batch_sizes, min_distinct_keys, inputs, data_loader_script, backend)
+    source, target = _read_pair(original, rewritten, config)
+    from polygraphy.logger import G_LOGGER
+
+    G_LOGGER.colors = False  # also silences the "'colored' module is not installed" warning
+    with G_LOGGER.verbosity(G_LOGGER.INFO if verbose else G_LOGGER.CRITICAL + 1):
+        return _verify(source, target, original, rewritten, config, backend=backend, iterations=iterations,
+                       batch_sizes=tuple(batch_sizes), max_keys_per_sample=max_keys_per_sample, inputs=inputs,
+                       data_loader_script=data_loader_script, min_distinct_keys=min_distinct_keys, atol=atol,
+                       rtol=rtol, seed=seed)
+
+
+@dataclass(frozen=True)
+class _Feeds:
+    """The feeds a comparison runs on, and what is known of them."""
+
+    feeds: list
+    batch_sizes: tuple[int, ...]
+    source: str  #: generated, --inputs FILE, --data-loader-script S
+    notes: tuple[str, ...] = ()
+    columns: tuple[ColumnKeys, ...] = ()
+    untraced: tuple[str, ...] = ()
+
+
+def _verify(source: onnx.ModelProto, target: onnx.ModelProto, original: Path, rewritten: Path, config: Path, *,
+            backend: str, iterations: int, batch_sizes: tuple[int, ...], max_keys_per_sample: int | None,
+            inputs, data_loader_script, min_distinct_keys: int, atol: float, rtol: float, seed: int) -> VerifyReport:
+    from polygraphy.comparator import Comparator
+
+    specs = feeds_mod.InputSpecs.of(source, config, max_keys_per_sample)
+    lookup_backend(config, backend)  # a missing plugin library fails here, before anything runs
+    session = _original_session(original)
+    split = SplitRunner(rewritten, None)  # the path: external data resolves next to it
+    tables = feeds_mod.node_tables(split, config)
+    if inputs is not None or data_loader_script is not None:
+        fed = _user_feeds(session, specs, inputs, data_loader_script)
+    else:
+        floors = {node: coverage_mod.floor(keys.size, min_distinct_keys) for node, keys in tables.items()}
+        generated = feeds_mod.generate(target, config, specs, batch_sizes, iterations, seed, floors, split)
+        fed = _runnable(session, original, generated, specs.batched)
+    results, seen, failure = _run(session, original, rewritten, config, backend, fed.feeds)
+    node_coverage, table_coverage = coverage_mod.measure(split.nodes, seen, tables, config, min_distinct_keys)
+    outputs, verdict = (), FAILED
+    if not failure:
+        with np.errstate(invalid="ignore", over="ignore"):  # inf - inf in Polygraphy's statistics
+            matched = bool(Comparator.compare_accuracy(results, compare_func=nan_aware(atol, rtol)))
+        outputs = output_errors(results[0][1], results[1][1])
+        verdict = FAILED if not matched else PASSED if all(t.enough for t in table_coverage) else INCONCLUSIVE
+    return VerifyReport(verdict, len(fed.feeds), fed.batch_sizes, outputs, node_coverage, table_coverage, fed.columns,
+                        fed.untraced, fed.source, fed.notes, atol, rtol, failure, _shapes(fed.feeds))
+
+
+def _user_feeds(session, specs: feeds_mod.InputSpecs, inputs, data_loader_script) -> _Feeds:
+    """The user's samples, each of which the original must run on."""
+    where = f"--inputs {inputs}" if inputs is not None else f"--data-loader-script {data_loader_script}"
+    feeds = (feeds_mod.load_inputs(inputs, specs) if inputs is not None
+             else feeds_mod.load_script(data_loader_script, specs))
+    for index, feed in enumerate(feeds):
+        problem = _runs(session, feed)
+        if problem:
+            raise SurgeonError(f"{where}: feed {index}: the original model fails on it: {problem}")
+    return _Feeds(feeds, tuple(dict.fromkeys(feeds_mod.feed_batch(f) for f in feeds)), where)
+
+
+def _runnable(session, original: Path, generated: feeds_mod.GeneratedFeeds, batched: bool) -> _Feeds:
+    """The generated feeds at the batch sizes the original runs at (the others dropped, with a note)."""
+    feeds, used, failures, notes = [], [], [], []
+    for batch, batch_feeds in generated.by_batch.items():
+        problem = _runs(session, batch_feeds[0])
+        if problem:
+            failures.append(f"batch {batch}: {problem}")
+            notes.append(f"batch size {batch} skipped: the original model fails at it ({problem})")
+            continue
+        feeds += batch_feeds
+        used.append(feeds_mod.feed_batch(batch_feeds[0]))
+    if not feeds:
+        raise SurgeonError(f"{original}: the original model fails on the generated inputs at every batch size "
+                           f"tried ({'; '.join(failures)}); pass --batch-sizes it runs at, or real samples "
+                           "with --inputs FILE or --data-loader-script SCRIPT")
+    if not batched:
+        notes.append("every input has static dims: one feed shape, whatever --batch-sizes asks for")
+    return _Feeds(feeds, tuple(used), "generated", tuple(notes), generated.space.columns, generated.space.untraced)
+
+
+def _run(session, original: Path, rewritten: Path, config: Path, backend: str, feeds: list):
+    """Both runners through Polygraphy's Comparator, one after the other, so a failure names its model.
+
+    Returns the results, the keys each HPS_TRT node received, and why the rewritten model failed ("" if not).
+    """
+    from polygraphy.comparator import Comparator, RunResults
+
+    from .runner import HpsRunner, OriginalRunner
+
+    results = RunResults()
+    try:
+        results.extend(Comparator.run([OriginalRunner(session, name="onnxrt-original")], data_loader=feeds))
+    except Exception as exc:
+        raise SurgeonError(f"{original}: the original model fails on a feed: {_first_line(exc)}") from None
+    hps = HpsRunner(rewritten, config, backend, name=f"hps-{backend}")
+    try:
+        results.extend(Comparator.run([hps], data_loader=feeds))
+    except SurgeonError:
+        raise
+    except Exception as exc:
+        return results, hps.seen, f"the rewritten model fails where the original runs: {_first_line(exc)}"
+    return results, hps.seen, ""
+
+
+def _shapes(feeds: list[dict[str, np.ndarray]]) -> dict[str, list[list[int]]]:
+    shapes: dict[str, list[list[int]]] = {}
+    for feed in feeds:
+        for name, value in feed.items():
+            shape = list(np.shape(value))
+            if shape not in shapes.setdefault(name, []):
+                shapes[name].append(shape)
+    return shapes
+
+
+def _check_options(iterations, batch_sizes, min_distinct_keys, inputs, data_loader_script, backend) -> None:
+    if iterations < 1:
+        raise SurgeonError(f"--iterations {iterations}: must be at least 1")
+    if not batch_sizes or any(b < 1 for b in batch_sizes):
+        raise SurgeonError(f"--batch-sizes {','.join(map(str, batch_sizes))}: each must be at least 1")
+    if min_distinct_keys < 0:
+        raise SurgeonError(f"--min-distinct-keys {min_distinct_keys}: must be at least 0")
+    if inputs is not None and data_loader_script is not None:
+        raise SurgeonError("--inputs and --data-loader-script: pass one of them, not both")
+    if backend not in BACKENDS:
+        raise SurgeonError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
+
+
+def _read_pair(original: Path, rewritten: Path, config: Path) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """Both models parsed, the rewritten one validated against the config, and the pair checked to belong together."""
     for path in (original, rewritten, config):
         if not path.is_file():
             raise SurgeonError(f"{path}: no such file")
-    if iterations < 1 or batch_size < 1:
-        raise SurgeonError("--iterations and --batch-size must be at least 1")
-    problems = errors(validate.validate(rewritten, config))
+    unreadable = hps_config.parse(config)[1]
+    if unreadable is not None:
+        raise SurgeonError(str(unreadable))
+    source, target = read_proto(original), read_proto(rewritten)
+    unknown = foreign_ops(source)
+    if unknown:
+        raise SurgeonError(f"{original}: {unknown[0]}")
+    if not any(n.op_type == HPS_OP for n in target.graph.node):
+        hint = " (it looks like the original: pass rewrite's model.onnx second)" if any(
+            n.op_type == HPS_OP for n in source.graph.node) else ""
+        raise SurgeonError(f"{rewritten}: has no {HPS_OP} node{hint}; pass the model.onnx written by "
+                           "hps-surgeon rewrite as REWRITTEN")
+    problems = errors(validate.validate(rewritten, config, model=target))
     if problems:
         raise SurgeonError(f"{problems[0]} (and {len(problems) - 1} more)" if len(problems) > 1 else str(problems[0]))
-    _check_pair(read_proto(original), original, read_proto(rewritten), rewritten)
-    # Polygraphy and onnxruntime sessions are imported only when a verification runs.
-    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
-    from polygraphy.comparator import Comparator, SimpleCompareFunc
-
-    from .runner import HpsRunner
-
-    ranges = keyspace.rewritten_key_ranges(onnx.load_model(str(rewritten), load_external_data=False), config)
-    feeds = make_feeds(original, ranges, iterations, (1, batch_size), seed)
-    runners = [OnnxrtRunner(SessionFromOnnx(str(original)), name="onnxrt-original"),
-               HpsRunner(rewritten, config, backend, name=f"hps-{backend}")]
-    results = Comparator.run(runners, data_loader=feeds)
-    compare = SimpleCompareFunc(atol=atol, rtol=rtol, infinities_compare_equal=True)
-    accuracy = Comparator.compare_accuracy(results, compare_func=compare)
-    outputs = _output_errors(results, runners)
-    return VerifyReport(passed=bool(accuracy), iterations=len(feeds), batch_sizes=(1, batch_size),
-                        outputs=outputs, key_ranges=tuple(ranges), atol=atol, rtol=rtol)
+    _check_related(source, target, original, rewritten)
+    return source, target
 
 
-def _check_pair(original: onnx.ModelProto, original_path: Path, rewritten: onnx.ModelProto,
-                rewritten_path: Path) -> None:
-    """Both models are safe to load (read_proto) and take the same inputs, so one feed runs both."""
-    names = {value.name for value in original.graph.input}
-    missing = [value.name for value in rewritten.graph.input if value.name not in names]
-    if missing:
-        raise SurgeonError(f"{original_path}: has no input '{missing[0]}', which {rewritten_path} takes; pass the "
-                           "model that was rewritten as ORIGINAL")
+def _check_related(source: onnx.ModelProto, target: onnx.ModelProto, original: Path, rewritten: Path) -> None:
+    def io(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
+        initializers = {t.name for t in model.graph.initializer}
+        return ([i.name for i in model.graph.input if i.name not in initializers],
+                [o.name for o in model.graph.output])
+
+    (inputs_a, outputs_a), (inputs_b, outputs_b) = io(source), io(target)
+    if outputs_a != outputs_b:
+        raise SurgeonError(f"{rewritten} is not a rewrite of {original}: its outputs ({', '.join(outputs_b)}) are "
+                           f"not the original's ({', '.join(outputs_a)}); pass the model it was rewritten from")
+    if sorted(inputs_a) != sorted(inputs_b):
+        extra = sorted(set(inputs_b) - set(inputs_a))
+        what = (f"takes input '{extra[0]}', which {original.name} does not (a --hugectr-sparse-model rewrite "
+                "replaces an embedding input with keys: compare it with SplitRunner on your own embeddings)"
+                if extra else f"lacks input '{sorted(set(inputs_a) - set(inputs_b))[0]}' of the original")
+        raise SurgeonError(f"{rewritten} {what}; verify compares models that take the same inputs")
 
 
-def make_feeds(model_path: Path, ranges: list[keyspace.KeyRange], iterations: int, batch_sizes: tuple[int, ...],
-               seed: int) -> list[OrderedDict]:
-    """Feeds from Polygraphy's DataLoader, with key inputs redrawn from their valid ranges."""
-    from polygraphy.common import TensorMetadata
-    from polygraphy.comparator import DataLoader
+def _original_session(original: Path):
+    import onnxruntime as ort
 
-    model = onnx.load_model(str(model_path), load_external_data=False)
-    rng = np.random.default_rng(seed)
-    ranges_of = keyspace.by_input(ranges)
-    feeds = []
-    for batch in batch_sizes:
-        meta = TensorMetadata()
-        for value in model.graph.input:
-            tensor_type = value.type.tensor_type
-            shape = [d.dim_value if d.HasField("dim_value") else (batch if i == 0 else 1)
-                     for i, d in enumerate(tensor_type.shape.dim)]
-            meta.add(value.name, dtype=onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type), shape=shape)
-        loader = DataLoader(seed=seed + batch, iterations=iterations, input_metadata=meta)
-        for index in range(iterations):
-            feed = OrderedDict(loader[index])
-            for name, input_ranges in ranges_of.items():
-                feed[name] = keyspace.draw_keys(feed[name].shape, feed[name].dtype, input_ranges, rng)
-            feeds.append(feed)
-    return feeds
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # failures come back as exceptions; no second copy on stderr
+    try:
+        return ort.InferenceSession(str(original), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise SurgeonError(f"{original}: onnxruntime cannot load the original model: {_first_line(exc)}") from None
 
 
-def _output_errors(results, runners) -> tuple[OutputError, ...]:
-    first, second = (results[r.name] for r in runners)
+def _runs(session, feed: dict[str, np.ndarray]) -> str:
+    """Empty when the original runs on `feed`, else onnxruntime's reason in one line."""
+    try:
+        session.run(None, dict(feed))
+    except Exception as exc:
+        return _first_line(exc)
+    return ""
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception in one line; onnxruntime's run failures as `node 'N' (Op): reason`."""
+    text = str(exc).strip()
+    # onnxruntime prefixes "[ONNXRuntimeError] : 1 : FAIL : "; the rest is the reason
+    text = text.split(" : ", 3)[-1] if text.startswith("[ONNXRuntimeError]") else text
+    failed = _ORT_NODE_FAILURE.search(text)
+    if failed:
+        reason = _ORT_SOURCE_LOCATION.sub("", failed.group(3)).strip()
+        text = f"node '{failed.group(2)}' ({failed.group(1)}): {reason}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+_ORT_NODE_FAILURE = re.compile(r"running (\w+) node\. Name:'([^']*)' Status Message: (.*)", re.S)
+#: onnxruntime's "/onnxruntime_src/...concatbase.h:120 <C++ signature> " before the reason
+_ORT_SOURCE_LOCATION = re.compile(r"/\S+\.(?:h|cc|cpp):\d+ .*?\)(?: const)?(?: \[with [^\]]*\])? ")
+
+
+# --- comparison -----------------------------------------------------------------------------------
+
+def nan_aware(atol: float, rtol: float):
+    """Polygraphy's simple comparison, with NaN in the same position of both outputs counted as equal.
+
+    Polygraphy's absolute difference of NaN and NaN is NaN, which fails any tolerance; NaN in one
+    output only must still fail, so only positions NaN in both are set to 0 before comparing.
+    """
+    from polygraphy.comparator import SimpleCompareFunc
+    from polygraphy.comparator.struct import IterationResult
+
+    simple = SimpleCompareFunc(atol=atol, rtol=rtol, infinities_compare_equal=True)
+
+    def masked(result, other) -> IterationResult:
+        outputs = OrderedDict()
+        for name, value in result.items():
+            value = np.asarray(value)
+            twin = np.asarray(other[name]) if name in other else None
+            if twin is not None and twin.shape == value.shape and np.issubdtype(value.dtype, np.floating):
+                both = np.isnan(value) & np.isnan(twin.astype(np.float64))
+                if both.any():
+                    value = np.where(both, 0, value).astype(value.dtype)
+            outputs[name] = value
+        return IterationResult(outputs=outputs, runtime=result.runtime, runner_name=result.runner_name)
+
+    def compare(first, second):
+        return simple(masked(first, second), masked(second, first))
+
+    return compare
+
+
+def output_errors(expected_runs, actual_runs) -> tuple[OutputError, ...]:
+    """Per output, the largest absolute and relative differences over every feed (the NaN rule above)."""
     worst: dict[str, OutputError] = {}
-    for a, b in zip(first, second):
+    for a, b in zip(expected_runs, actual_runs):
         for name, expected in a.items():
-            expected, actual = np.asarray(expected, dtype=np.float64), np.asarray(b[name], dtype=np.float64)
-            if expected.shape != actual.shape:
-                worst[name] = OutputError(name, float("inf"), float("inf"))
-                continue
-            same = (expected == actual) | (np.isnan(expected) & np.isnan(actual))  # equal infinities too
-            with np.errstate(invalid="ignore"):
-                diff = np.where(same, 0.0, np.abs(expected - actual))
-            max_abs = float(diff.max()) if diff.size else 0.0
-            max_rel = float((diff / np.maximum(np.abs(expected), 1e-30)).max()) if diff.size else 0.0
+            expected, actual = np.asarray(expected), np.asarray(b[name])
             old = worst.get(name, OutputError(name, 0.0, 0.0))
-            worst[name] = OutputError(name, max(old.max_abs, max_abs), max(old.max_rel, max_rel))
+            if expected.shape != actual.shape:
+                worst[name] = OutputError(name, float("inf"), float("inf"), old.nan_original_only,
+                                          old.nan_rewritten_only, shape_mismatch=True)
+                continue
+            expected, actual = expected.astype(np.float64), actual.astype(np.float64)
+            nan_a, nan_b = np.isnan(expected), np.isnan(actual)
+            same = (expected == actual) | (nan_a & nan_b)  # equal infinities too
+            comparable = ~(nan_a | nan_b)
+            with np.errstate(invalid="ignore"):
+                diff = np.where(same | ~comparable, 0.0, np.abs(expected - actual))
+            max_abs = float(diff.max()) if diff.size else 0.0
+            max_rel = float((diff / np.maximum(np.abs(np.nan_to_num(expected)), 1e-30)).max()) if diff.size else 0.0
+            worst[name] = OutputError(name, max(old.max_abs, max_abs), max(old.max_rel, max_rel),
+                                      old.nan_original_only + int((nan_a & ~nan_b).sum()),
+                                      old.nan_rewritten_only + int((nan_b & ~nan_a).sum()), old.shape_mismatch)
     return tuple(worst.values())
