@@ -147,7 +147,9 @@ def test_missing_external_data_file(tmp_path):
     (model.parent / "ext.onnx.data").unlink()
     proc = run_cli("rewrite", model, "--out", tmp_path / "out")
     assert proc.returncode == 2
-    assert "tensor 'table' needs external data file 'ext.onnx.data', which is missing" in error_line(proc)
+    assert error_line(proc) == (f"hps-surgeon: error: {model}: initializer 'table': external_data location: "
+                                f"'ext.onnx.data' does not exist (looked for {model.parent / 'ext.onnx.data'}); "
+                                "copy it there or fix the path")
     assert not (tmp_path / "out").exists()
 
 
@@ -161,7 +163,9 @@ def test_external_data_outside_model_folder_is_refused(tmp_path):
     onnx.save_model(model, str(model_path))
     proc = run_cli("scan", model_path)
     assert proc.returncode == 2
-    assert "tensor 'table' has external data at '../secret.bin', outside the model's folder" in error_line(proc)
+    assert error_line(proc) == (f"hps-surgeon: error: {model_path}: initializer 'table': external_data location: "
+                                f"'../secret.bin' leads outside {model_path.parent} (to {tmp_path / 'secret.bin'}); "
+                                "refusing to read it — keep what ext.onnx names inside its folder")
 
 
 def test_truncated_external_data(tmp_path):
@@ -170,7 +174,8 @@ def test_truncated_external_data(tmp_path):
     data.write_bytes(data.read_bytes()[:100])
     proc = run_cli("scan", model)
     assert proc.returncode == 2
-    assert "external data file 'ext.onnx.data' is truncated: tensor 'table' needs bytes 0..3200" in error_line(proc)
+    assert error_line(proc) == (f"hps-surgeon: error: {model}: external data file 'ext.onnx.data' is truncated: "
+                                "initializer 'table' needs bytes 0..3200, the file has 100; restore the data file")
 
 
 def test_unsupported_table_dtype(tmp_path):
@@ -322,3 +327,22 @@ def test_rewrite_of_a_rewritten_model_finds_nothing(tmp_path):
     first = hps_surgeon.rewrite(FIXTURES / "torch/dlrm_small_legacy.onnx", tmp_path / "a")
     second = hps_surgeon.rewrite(first.model_path, tmp_path / "b")
     assert not second.written and not (tmp_path / "b").exists()
+
+
+def test_an_exception_no_check_anticipated_is_one_line_and_exit_4(one_lookup, cli, monkeypatch):
+    """The CLI's last resort (not a fix): a bug is one line and exit 4, not a traceback in a pre-commit
+    hook's output; exit 3 stays verify's INCONCLUSIVE. HPS_SURGEON_DEBUG=1 re-raises it."""
+    from hps_surgeon.cli import scan as scan_command
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a state no check anticipated\nsecond line")
+
+    monkeypatch.setattr(scan_command, "scan", broken)
+    with pytest.raises(RuntimeError):
+        cli("scan", one_lookup)  # the `cli` fixture sets HPS_SURGEON_DEBUG=1
+    monkeypatch.delenv("HPS_SURGEON_DEBUG")
+    result = cli("scan", one_lookup)
+    assert (result.code, result.out) == (4, "")
+    assert result.error_line == ("hps-surgeon: error: internal error (RuntimeError: a state no check anticipated "
+                                 "second line); this is a bug in hps-surgeon — please report it with the command "
+                                 "and input (set HPS_SURGEON_DEBUG=1 for the traceback)")

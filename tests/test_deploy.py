@@ -23,7 +23,7 @@ from onnx import TensorProto
 
 import hps_surgeon
 from hps_surgeon.deploy import repository as deploy, triton
-from hps_surgeon.errors import errors
+from hps_surgeon.errors import SurgeonError, errors
 from hps_surgeon.hps import validate
 
 from support import FIXTURES, copy_rewrite, lookup_model
@@ -413,7 +413,8 @@ def test_failure_while_writing_leaves_nothing(dlrm_rw, tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(deploy, "_link_or_copy", broken)
-    with pytest.raises(OSError):
+    with pytest.raises(SurgeonError, match=f"--repo {tmp_path / 'repo'}: cannot write the repository: No space left "
+                                           "on device; nothing was changed"):
         deploy.deploy(dlrm_rw, tmp_path / "repo", deploy.DeployOptions())
     assert not (tmp_path / "repo").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -17,7 +17,7 @@ from hps_surgeon.errors import errors
 from hps_surgeon.hps import config as hps_config
 from hps_surgeon.hps.config_fields import markdown_table
 
-from support import FIXTURES, ROOT
+from support import FIXTURES, ROOT, copy_rewrite
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +28,10 @@ def rewritten(tmp_path_factory) -> Path:
 
 
 def edited(rewritten: Path, tmp_path: Path, change) -> Path:
-    """The rewrite's config (absolute sparse_files, so the tables stay where they are), changed."""
-    config = json.loads((rewritten / "hps_config.json").read_text())
+    """The config of a copy of the rewrite (its tables must lie in the config's folder: confine.py), changed."""
+    path = copy_rewrite(rewritten, tmp_path / "rw") / "hps_config.json"
+    config = json.loads(path.read_text())
     change(config)
-    path = tmp_path / "hps_config.json"
     path.write_text(json.dumps(config))
     return path
 

@@ -15,7 +15,7 @@ with or without value_info, tables inline or in external data. Properties checke
   at batch 1 and 3, on keys below the row count of every table they reach;
 - rewriting the rewritten model finds nothing, writes nothing, and `scan` of it finds no lookup.
 
-Profiles: "ci" (default, 50 examples) and "thorough" (500), picked with HYPOTHESIS_PROFILE. The bugs
+Profiles: "ci" (default, 200 examples) and "thorough" (500), picked with HYPOTHESIS_PROFILE. The bugs
 the strategy found (shared glue, bfloat16 tables, external shape constants) are regression tests at
 the end of this file.
 """
@@ -42,7 +42,7 @@ from hps_surgeon.hps.reference import ReferenceLookup
 from support import run_onnxruntime
 
 _COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-settings.register_profile("ci", max_examples=50, **_COMMON)
+settings.register_profile("ci", max_examples=200, **_COMMON)
 settings.register_profile("thorough", max_examples=500, **_COMMON)
 PROFILE = settings.get_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 

@@ -112,7 +112,7 @@ def rewrite(model: ModelLike, out_dir: str | os.PathLike, *, model_name: str | N
     report.json would hold.
     Raises SurgeonError with a one-line message on bad input.
     """
-    out_dir = Path(out_dir)
+    out_dir = staging.output_folder(out_dir)
     with _no_gc_pauses():
         loaded = _load(model)
         staging.check_spares(out_dir, loaded.path)

@@ -1,4 +1,5 @@
-"""`hps-surgeon check`: the pre-commit gate. Reads graphs only, never table data.
+"""`hps-surgeon check`: the pre-commit gate. Reads graphs, file sizes, key files and the first
+64 KiB of each table's vectors (README "Security"); never external data.
 
 With an `EngineOptions` (`--engine`), each rewritten model that passes is also parsed and built by
 the installed NVIDIA builder with our plugin (TensorRT-RTX needs no GPU); its problems join the rest.
@@ -42,6 +43,10 @@ def _check_one(path: Path, config: str | None, require_rewritten: bool, max_tabl
         proto = read_proto(path)
         lookups = scan(path).lookups if require_rewritten else None
         config_path = Path(config) if config else _config_beside(path)
+        if config_path is not None and config_path.exists() and not config_path.is_file():
+            # a FIFO would block the hook forever, a folder cannot be read
+            return [Problem(str(config_path), "(file)", "not a regular file — pass the hps_config.json that "
+                                                         "rewrite wrote")]
         problems = validate.validate(path, config_path, model=proto)
     except SurgeonError as exc:
         return [Problem(str(path), "(file)", str(exc).removeprefix(f"{path}: "))]

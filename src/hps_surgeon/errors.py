@@ -11,6 +11,10 @@ EXIT_FINDINGS = 1
 EXIT_INPUT = 2
 #: verify: the outputs match, but too few distinct keys reached a table to call that a proof.
 EXIT_INCONCLUSIVE = 3
+#: a bug in hps-surgeon: an exception no check anticipated (the CLI's last-resort handler).
+EXIT_BUG = 4
+#: set to make the CLI re-raise unexpected exceptions with their traceback instead of one line.
+DEBUG_ENV = "HPS_SURGEON_DEBUG"
 
 
 class SurgeonError(Exception):

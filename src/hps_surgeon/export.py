@@ -17,6 +17,7 @@ import onnx
 from onnx import TensorProto
 from tqdm import tqdm
 
+from . import wellformed
 from .errors import SurgeonError, errors
 from .hps import tables as table_files
 from .hps import validate
@@ -59,15 +60,14 @@ def write_tables(loaded: LoadedModel, plan: Plan, folder: Path, quiet: bool = Tr
 def write_model(model: onnx.ModelProto, loaded: LoadedModel, folder: Path) -> Path:
     """Write `model.onnx`; external tensors still in use move to `model.onnx.data` (or inline if small)."""
     external = [t for t in _all_tensors(model.graph) if t.data_location == TensorProto.EXTERNAL]
-    sizes = {id(t): _external_length(t, loaded) for t in external}
-    inline = sum(sizes.values()) < INLINE_LIMIT
+    # the references still point at the source model's files: resolved under the confinement rule
+    ranges = {id(t): wellformed.external_range(t, loaded.path, f"tensor '{t.name}'") for t in external}
+    inline = sum(r.length for r in ranges.values()) < INLINE_LIMIT
     data_path = folder / f"{MODEL_NAME}.data"
     with contextlib.ExitStack() as stack:
         data = None if inline or not external else stack.enter_context(open(data_path, "wb"))
         for tensor in external:
-            info = _external_info(tensor)
-            src = (loaded.base_dir / info["location"]).resolve()
-            offset, length = int(info.get("offset", 0)), sizes[id(tensor)]
+            src, offset, length = ranges[id(tensor)].file, ranges[id(tensor)].offset, ranges[id(tensor)].length
             if data is None:
                 with open(src, "rb") as f:
                     tensor.raw_data = os.pread(f.fileno(), length, offset)
@@ -106,7 +106,7 @@ def _check_onnx(path: Path, domain: str) -> None:
         onnx.save_model(proto, str(target))
     try:
         onnx.checker.check_model(str(target), full_check=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError) as exc:
         raise SurgeonError(f"{path}: rewritten model fails onnx.checker ({str(exc).splitlines()[0]}); "
                            "nothing was written. Please report this with the source model.") from None
     finally:
@@ -119,17 +119,6 @@ def _all_tensors(graph: onnx.GraphProto) -> Iterator[TensorProto]:
         yield from scope.initializer
         for node in scope.node:
             yield from (attr.t for attr in node.attribute if attr.type == onnx.AttributeProto.TENSOR)
-
-
-def _external_info(tensor: TensorProto) -> dict[str, str]:
-    return {entry.key: entry.value for entry in tensor.external_data}
-
-
-def _external_length(tensor: TensorProto, loaded: LoadedModel) -> int:
-    info = _external_info(tensor)
-    if "length" in info:
-        return int(info["length"])
-    return (loaded.base_dir / info["location"]).stat().st_size - int(info.get("offset", 0))
 
 
 def _set_external(tensor: TensorProto, location: str, offset: int, length: int) -> None:

@@ -32,13 +32,21 @@ def all_tensors(graph: gs.Graph) -> dict[str, gs.Tensor]:
 
 
 def is_constant(tensor: gs.Tensor) -> bool:
-    return isinstance(tensor, gs.Constant) or bool(tensor.inputs and tensor.inputs[0].op == "Constant")
+    return isinstance(tensor, gs.Constant) or _constant_node_value(tensor) is not None
+
+
+def _constant_node_value(tensor: gs.Tensor) -> gs.Constant | None:
+    """The tensor a Constant node gives `tensor` through its `value` attribute (not value_float & co.)."""
+    if tensor.inputs and tensor.inputs[0].op == "Constant":
+        value = tensor.inputs[0].attrs.get("value")
+        return value if isinstance(value, gs.Constant) else None
+    return None
 
 
 def dtype_name(tensor: gs.Tensor) -> str | None:
     dtype = tensor.dtype
-    if dtype is None and tensor.inputs and tensor.inputs[0].op == "Constant":
-        dtype = tensor.inputs[0].attrs["value"].dtype
+    if dtype is None and _constant_node_value(tensor) is not None:
+        dtype = _constant_node_value(tensor).dtype
     if dtype is None:
         return None
     if isinstance(dtype, int):
@@ -50,9 +58,8 @@ def dtype_name(tensor: gs.Tensor) -> str | None:
 def constant_values(tensor: gs.Tensor) -> np.ndarray | None:
     if isinstance(tensor, gs.Constant):
         return tensor.values
-    if tensor.inputs and tensor.inputs[0].op == "Constant":
-        return tensor.inputs[0].attrs["value"].values
-    return None
+    value = _constant_node_value(tensor)
+    return value.values if value is not None else None
 
 
 def attribute_value(node: gs.Node, name: str):

@@ -1,12 +1,14 @@
 """Stage 1: read an ONNX model without reading its external data.
 
 Initializers stored in external data files stay on disk; a `TensorSource` says where their bytes
-are so that `export` can stream them later. Locations that leave the model's folder are refused.
+are so that `export` can stream them later. Before anything uses the model, `wellformed` checks
+it (text fields, tensor sizes, external-data references under the confinement rule, cycles).
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
 from onnx import TensorProto
 
+from . import wellformed
 from .errors import SurgeonError
 
 # dtypes a table may have on disk, with the numpy type of their stored bytes. bfloat16 has no
@@ -102,6 +105,7 @@ class LoadedModel:
     proto: onnx.ModelProto
     graph: gs.Graph
     sources: dict[str, TensorSource]  #: main-graph initializers and Constant-node outputs by tensor name
+    notes: tuple[str, ...] = ()  #: what loading changed (nodes renamed to be told apart)
 
     @property
     def base_dir(self) -> Path:
@@ -115,8 +119,8 @@ class LoadedModel:
 def read_model(path: str | os.PathLike) -> LoadedModel:
     """Parse `path`, check every external-data reference, and import the graph.
 
-    Raises SurgeonError for a missing or unparsable file, an external-data location outside the
-    model's folder, or an external-data file that is missing or shorter than it should be.
+    Raises SurgeonError for a missing or unparsable file, or a model `wellformed` refuses (an
+    external-data location outside the model's folder, a tensor whose dims disagree with its data...).
     """
     path = Path(path)
     return load_proto(_parse(path), path)
@@ -129,25 +133,22 @@ def read_proto(path: str | os.PathLike) -> onnx.ModelProto:
     """
     path = Path(path)
     proto = _parse(path)
-    _sources(proto, path)
+    wellformed.check_model(proto, path)
     return proto
 
 
 def load_proto(proto: onnx.ModelProto, path: Path) -> LoadedModel:
     """Like `read_model` for a model already in memory; external data resolves next to `path`."""
+    wellformed.check_model(proto, path)
     sources = _sources(proto, path)
     proto = _with_inferred_shapes(proto)
     _inline_small_external(proto.graph, sources)
-    _name_unnamed_nodes(proto.graph)
-    return LoadedModel(path=path, proto=proto, graph=gs.import_onnx(proto), sources=sources)
+    notes = _name_nodes_uniquely(proto.graph)
+    return LoadedModel(path=path, proto=proto, graph=gs.import_onnx(proto), sources=sources, notes=notes)
 
 
 def _sources(proto: onnx.ModelProto, path: Path) -> dict[str, TensorSource]:
-    sources = {tensor.name: _source_of(tensor, path) for tensor in _main_graph_constants(proto.graph)}
-    for graph in subgraphs(proto.graph):  # external refs in Loop/If bodies must be safe too
-        for tensor in graph.initializer:
-            _source_of(tensor, path)
-    return sources
+    return {tensor.name: _source_of(tensor, path) for tensor in _main_graph_constants(proto.graph)}
 
 
 #: external tensors up to this size (shape vectors, axes, offsets) are read at load time: patterns
@@ -165,16 +166,36 @@ def _inline_small_external(graph: onnx.GraphProto, sources: dict[str, TensorSour
             tensor.data_location = TensorProto.DEFAULT
 
 
-def _name_unnamed_nodes(graph: onnx.GraphProto) -> None:
-    # Plans, reports and error messages refer to nodes by name; ONNX allows nodes without one.
-    taken = {node.name for node in graph.node}
-    for index, node in enumerate(graph.node):
-        if not node.name:
-            name = f"{node.op_type}_{index}"
-            while name in taken:
-                name += "_"
-            node.name = name
-            taken.add(name)
+def _name_nodes_uniquely(graph: onnx.GraphProto) -> tuple[str, ...]:
+    """Give every node a name of its own; notes on the renamed ones.
+
+    Plans, reports and error messages refer to nodes by name, and ONNX allows nodes without one or
+    nodes sharing one: two lookups named alike would otherwise be taken for one (and only one of
+    them rewritten). The first node keeps a shared name; later ones get `_<index>` appended.
+    """
+    nodes = [node for scope in (graph, *subgraphs(graph)) for node in scope.node]
+    names = [node.name for node in nodes]
+    taken = set(names)
+    seen: set[str] = set()
+    renamed: list[str] = []
+    for index, original in enumerate(names):
+        if original and original not in seen:
+            seen.add(original)
+            continue
+        node = nodes[index]
+        name = f"{original or node.op_type}_{index}"
+        while name in taken:
+            name += "_"
+        node.name = name
+        taken.add(name)
+        seen.add(name)
+        if original:
+            renamed.append(f"'{original}' -> '{name}'")
+    if not renamed:
+        return ()
+    shown = ", ".join(renamed[:3]) + (f" and {len(renamed) - 3} more" if len(renamed) > 3 else "")
+    return (f"{len(renamed)} node(s) shared a name with an earlier node and were renamed so that each is told "
+            f"apart: {shown}",)
 
 
 def _with_inferred_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -187,10 +208,18 @@ def _with_inferred_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _parse(path: Path) -> onnx.ModelProto:
-    if not path.is_file():
-        raise SurgeonError(f"{path}: no such file; pass the path of an .onnx model")
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise SurgeonError(f"{path}: no such file; pass the path of an .onnx model") from None
+    except OSError as exc:
+        raise SurgeonError(f"{path}: cannot read the model ({exc.strerror}); pass the path of an .onnx model") from None
+    if not stat.S_ISREG(mode):
+        raise SurgeonError(f"{path}: not a regular file; pass the path of an .onnx model")
     try:
         proto = onnx.load_model(str(path), load_external_data=False)
+    except OSError as exc:
+        raise SurgeonError(f"{path}: cannot read the model ({exc.strerror}); check the file's permissions") from None
     except (DecodeError, RuntimeWarning, ValueError) as exc:
         raise SurgeonError(f"{path}: not a readable ONNX model ({_first_line(exc)}); "
                            "check that the file is complete and really is .onnx") from None
@@ -255,19 +284,6 @@ def _source_of(tensor: TensorProto, model_path: Path) -> TensorSource:
     shape = tuple(int(d) for d in tensor.dims)
     if tensor.data_location != TensorProto.EXTERNAL:
         return TensorSource(tensor.name, tensor.data_type, shape, proto=tensor)
-    info = {entry.key: entry.value for entry in tensor.external_data}
-    base = model_path.parent.resolve()
-    location = info.get("location", "")
-    file = (base / location).resolve()
-    if not location or not file.is_relative_to(base):
-        raise SurgeonError(f"{model_path}: tensor '{tensor.name}' has external data at '{location}', outside the "
-                           f"model's folder {base}; refusing to read it. Move the data file next to the model.")
-    if not file.is_file():
-        raise SurgeonError(f"{model_path}: tensor '{tensor.name}' needs external data file '{location}', which "
-                           f"is missing from {base}; copy it next to the model.")
-    offset = int(info.get("offset", 0))
-    length = int(info["length"]) if "length" in info else file.stat().st_size - offset
-    if offset + length > file.stat().st_size:
-        raise SurgeonError(f"{model_path}: external data file '{location}' is truncated: tensor '{tensor.name}' "
-                           f"needs bytes {offset}..{offset + length}, the file has {file.stat().st_size}.")
-    return TensorSource(tensor.name, tensor.data_type, shape, file=file, offset=offset, length=length)
+    found = wellformed.external_range(tensor, model_path, f"tensor '{tensor.name}'")
+    return TensorSource(tensor.name, tensor.data_type, shape, file=found.file, offset=found.offset,
+                        length=found.length)

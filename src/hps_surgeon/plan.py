@@ -270,10 +270,14 @@ def plan_rewrites(loaded: LoadedModel, found: MatchResult, options: Options,
         lookups.append(replace(lookup, table_id=table_id))
     lookups.sort(key=lambda lp: lp.node)
     plan = Plan(options=options, tables=tuple(tables), lookups=tuple(lookups),
-                not_rewritten=resolved.near_misses, notes=_global_notes(options) if lookups else ())
-    small = {t.identity: f"table '{t.tensor}' has {t.rows} rows, fewer than --min-table-rows {options.min_table_rows}: "
-             "kept inside the model" for t in plan.tables if t.rows < options.min_table_rows}
-    return drop_tables(plan, small)
+                not_rewritten=resolved.near_misses,
+                notes=(*loaded.notes, *_global_notes(options)) if lookups else ())
+    kept = {t.identity: f"table '{t.tensor}' has {t.rows} rows, fewer than --min-table-rows {options.min_table_rows}: "
+            "kept inside the model" for t in plan.tables if t.rows < options.min_table_rows}
+    # embedding_vecsize_per_table must be >= 1, and a table without rows has nothing for HPS to serve
+    kept.update({t.identity: f"table '{t.tensor}' has shape [{t.rows}, {t.dim}]; an HPS table needs at least one row "
+                 "and emb_vec_size >= 1: kept inside the model" for t in plan.tables if t.rows < 1 or t.dim < 1})
+    return drop_tables(plan, kept)
 
 
 def drop_tables(plan: Plan, reasons: dict[tuple, str]) -> Plan:

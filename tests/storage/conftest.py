@@ -6,7 +6,6 @@ Every cluster is started by the tests and torn down after them, also when a test
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ import pytest
 from hps_surgeon import api
 from hps_surgeon.storage import _native
 from redis_servers import Cluster, start_cluster
+from support import copy_rewrite
 
 REPO = Path(__file__).resolve().parents[2]
 DLRM = REPO / "fixtures" / "torch" / "dlrm_small_legacy.onnx"
@@ -64,10 +64,9 @@ def dlrm_rewrite(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def rewrite_copy(dlrm_rewrite, tmp_path) -> Path:
-    """A private copy of the DLRM rewrite (publish edits hps_config.json)."""
-    target = tmp_path / "dlrm"
-    shutil.copytree(dlrm_rewrite, target)
-    return target
+    """A private copy of the DLRM rewrite (publish edits hps_config.json), its sparse_files pointing at its own
+    tables (publish confines them to the config's folder)."""
+    return copy_rewrite(dlrm_rewrite, tmp_path / "dlrm")
 
 
 def set_model_name(rewrite_dir: Path, name: str) -> None:

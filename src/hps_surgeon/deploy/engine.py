@@ -141,7 +141,9 @@ def check_engine(model_path: Path, config_path: Path, options: EngineOptions = E
     config, _ = hps_config.load(Path(config_path))  # HugeCTR's defaults filled in
     if config is None:
         return []  # an unusable config: `check` reports why through validate
-    folder = repository.RewriteFolder(model_path.parent, model, config, repository.used_entries(model, config))
+    # only for the batch range: nothing is copied, so its external-data files are not listed
+    folder = repository.RewriteFolder(model_path.parent, model, config, repository.used_entries(model, config),
+                                      external={})
     try:
         batch = repository.batch_range(repository.DeployOptions(), folder)
         prof = triton.profile(triton.model_io(model, str(model_path))[0], batch, str(model_path))

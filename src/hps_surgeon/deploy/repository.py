@@ -8,8 +8,11 @@
         NAME/1/                            where the engine goes (--build-engine: NAME/1/model.plan)
         NAME/hps/{hps_config.json, model.onnx, tables/}   paths valid under --deploy-root
 
-Everything is read, checked and generated first; then written into a folder beside MODEL_REPO and
-moved into place, so an error leaves MODEL_REPO as it was.
+Everything is read, checked and generated first; then written into a staging folder inside
+MODEL_REPO and moved into place, so an error leaves MODEL_REPO as it was, and nothing is ever
+created outside it. Every file copied from REWRITE_DIR is found under the confinement rule
+(`confine`: real paths inside the folder of the file that names them), and every path written
+into the deployed config lies under --deploy-root.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import os
 import posixpath
 import re
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,12 +32,14 @@ from typing import TYPE_CHECKING
 import onnx
 from onnx import AttributeProto, TensorProto
 
+from .. import confine, wellformed
 from ..errors import SurgeonError, errors
 from ..hps import config as hps_config
 from ..hps import validate
-from ..hps.contract import CONFIG_NAME, MODEL_NAME, field_text
-from ..hps.tables import KEY_FILE, VECTOR_FILE
-from ..staging import make_stage
+from ..hps.contract import CONFIG_NAME, MODEL_NAME, TABLES_DIR, field_text
+from ..hps.tables import KEY_FILE, VECTOR_FILE, table_files
+from ..load import read_proto
+from ..staging import output_folder
 from ..verify import keyspace
 from . import triton
 
@@ -43,6 +49,8 @@ if TYPE_CHECKING:
 #: Where HugeCTR's HPS containers install the plugin (HPS_TRT creator, version "1").
 DEFAULT_PLUGIN_LIB = "/usr/local/hps_trt/lib/libhps_plugin.so"
 _TRITON_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+#: file names are at most 255 bytes; the staging folder is ".NAME.deploy-" + 8 characters
+_NAME_LIMIT = 255 - 22
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,7 @@ class RewriteFolder:
     model: onnx.ModelProto  #: without external data
     config: dict
     entries: tuple[dict, ...]  #: the config's models used by the HPS_TRT nodes
+    external: dict[str, Path]  #: external-data files of the model: path relative to `path` -> real path
 
     @property
     def max_batch_size(self) -> int:
@@ -102,8 +111,8 @@ def deploy(rewrite_dir: str | os.PathLike, repo: str | os.PathLike,
     prof = triton.profile(inputs, batch, where)
     if options.instances < 1:
         raise SurgeonError(f"--instances {options.instances}: must be at least 1")
-    repo = Path(repo)
-    _check_repo(repo, name, options.force)
+    repo = output_folder(repo, "--repo")
+    _check_repo(repo, name, options.force, source.path)
     deployed_config = posixpath.join(root, name, "hps", CONFIG_NAME)
     if options.build_engine:
         _check_engine_build(repo, root, deployed_config, options.fp16)
@@ -116,7 +125,7 @@ def deploy(rewrite_dir: str | os.PathLike, repo: str | os.PathLike,
             inputs, batch.opt, keyspace.rewritten_key_ranges(source.model, source.path / CONFIG_NAME))),
     }
     deployed = _deployed_hps_config(source, tables, posixpath.join(root, name, "hps"), gpus)
-    model = _deployed_model(source.model, deployed_config)
+    model = _deployed_model(source, deployed_config)
     with _staged(repo, name) as stage:
         folder = stage / name
         (folder / "1").mkdir(parents=True)
@@ -157,29 +166,35 @@ def _check_engine_build(repo: Path, root: str, deployed_config: str, fp16: bool)
 # --- reading and checking the rewrite folder -----------------------------------------------------
 
 def read_rewrite(path: Path) -> RewriteFolder:
-    """The rewrite folder's model and config, checked with `validate` (tables included)."""
+    """The rewrite folder's model and config, checked with `wellformed` and `validate` (tables included)."""
     fix = "run hps-surgeon rewrite MODEL --out DIR first and pass DIR"
-    if not path.is_dir():
-        raise SurgeonError(f"{path}: no such rewrite folder — {fix}")
     model_path, config_path = path / MODEL_NAME, path / CONFIG_NAME
-    for needed in (model_path, config_path):
-        if not needed.is_file():
-            raise SurgeonError(f"{needed}: missing from the rewrite folder — {fix}")
     try:
-        model = onnx.load_model(str(model_path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError, OSError or its own errors for a bad file
-        raise SurgeonError(f"{model_path}: not a readable ONNX model ({str(exc).splitlines()[0]}) — {fix}") from None
+        if not path.is_dir():
+            raise SurgeonError(f"{path}: no such rewrite folder — {fix}")
+        for needed in (model_path, config_path):
+            if not needed.is_file():
+                what = "not a regular file in" if needed.exists() else "missing from"
+                raise SurgeonError(f"{needed}: {what} the rewrite folder — {fix}")
+            real = Path(os.path.realpath(needed))
+            if not real.is_relative_to(Path(os.path.realpath(path))):
+                # deploy writes what the folder holds into the repository: nothing from elsewhere
+                raise SurgeonError(f"{needed}: a symbolic link out of the rewrite folder (to {real}); refusing to "
+                                   "deploy it — copy the file into the folder")
+    except OSError as exc:
+        raise SurgeonError(f"{path}: cannot read the rewrite folder ({exc.strerror}) — {fix}") from None
+    model = read_proto(model_path)  # external data: confined to the folder, regular files, sizes right
     nodes = validate.hps_nodes(model)
     if not nodes:
         raise SurgeonError(f"{model_path}: has no HPS_TRT node, so there is nothing for the HPS plugin to serve — "
                            f"{fix}")
-    _check_external_data(model, path)
     problems = errors(validate.validate(model_path, config_path, model=model))
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise SurgeonError(f"rewrite folder fails validation: {problems[0]}{more}")
     config, _ = hps_config.load(config_path)  # valid (checked above), with HugeCTR's defaults filled in
-    return RewriteFolder(path=path, model=model, config=config, entries=used_entries(model, config))
+    return RewriteFolder(path=path, model=model, config=config, entries=used_entries(model, config),
+                         external=_external_files(model, model_path))
 
 
 def used_entries(model: onnx.ModelProto, config: dict) -> tuple[dict, ...]:
@@ -188,24 +203,45 @@ def used_entries(model: onnx.ModelProto, config: dict) -> tuple[dict, ...]:
     return tuple(m for m in config["models"] if m.get("model", "") in used)
 
 
-def _check_external_data(model: onnx.ModelProto, folder: Path) -> None:
-    for location in _external_files(model):
-        if not (folder / location).is_file():
-            raise SurgeonError(f"{folder / location}: external data of {MODEL_NAME} is missing — copy it next to "
-                               "the model or re-run hps-surgeon rewrite")
+def _external_files(model: onnx.ModelProto, model_path: Path) -> dict[str, Path]:
+    """Each external-data file of the model, by its path relative to the model's folder (its deployed name)."""
+    root = Path(os.path.realpath(model_path.parent))
+    files = {}
+    for tensor in _external_tensors(model):
+        real = wellformed.external_range(tensor, model_path, f"tensor '{tensor.name}'").file
+        rel = real.relative_to(root).as_posix()
+        if rel in (MODEL_NAME, CONFIG_NAME) or rel.split("/")[0] == TABLES_DIR:
+            raise SurgeonError(f"{model_path}: tensor '{tensor.name}': external data '{rel}' is a file deploy writes "
+                               "itself; re-run hps-surgeon rewrite")
+        files[rel] = real
+    return files
 
 
-def _external_files(model: onnx.ModelProto) -> list[str]:
-    locations = set()
-    for tensor in model.graph.initializer:  # rewrite writes external data for initializers only
-        if tensor.data_location == TensorProto.EXTERNAL:
-            locations.add(next(e.value for e in tensor.external_data if e.key == "location"))
-    return sorted(locations)
+def _external_tensors(model: onnx.ModelProto) -> Iterator[TensorProto]:
+    for graph in (model.graph, *_subgraphs(model.graph)):
+        for tensor in graph.initializer:
+            if tensor.data_location == TensorProto.EXTERNAL:
+                yield tensor
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == AttributeProto.TENSOR and attr.t.data_location == TensorProto.EXTERNAL:
+                    yield attr.t
+
+
+def _subgraphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    for node in graph.node:
+        for attr in node.attribute:
+            for body in [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs):
+                yield body
+                yield from _subgraphs(body)
 
 
 def _model_name(name: str | None, source: RewriteFolder) -> str:
     if name is None:
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", source.entries[0]["model"]).lstrip(".") or "model"
+    if len(name) > _NAME_LIMIT:
+        raise SurgeonError(f"--name '{name[:40]}...': {len(name)} characters; a Triton model name is a folder name "
+                           f"and deploy stages it under a longer one — at most {_NAME_LIMIT}")
     if not _TRITON_NAME.match(name):
         raise SurgeonError(f"--name '{name}': a Triton model name is a folder name of letters, digits, '_', '.' "
                            "and '-', not starting with '.' or '-' — choose another --name")
@@ -235,33 +271,45 @@ def batch_range(options: DeployOptions, source: RewriteFolder) -> triton.Batch:
     return triton.Batch(low, opt, high)
 
 
-def _check_repo(repo: Path, name: str, force: bool) -> None:
-    if repo.exists() and not repo.is_dir():
-        raise SurgeonError(f"--repo {repo}: exists and is not a folder — choose another --repo")
-    if repo.is_dir() and not force:
-        present = sorted(p.name for p in repo.iterdir())
-        if present:
-            shown = ", ".join(present[:5]) + (", ..." if len(present) > 5 else "")
-            raise SurgeonError(f"--repo {repo}: folder is not empty (has {shown}) — pass --force to replace "
-                               f"model '{name}' and start_triton.sh in it, or choose an empty --repo")
+def _check_repo(repo: Path, name: str, force: bool, source: Path) -> None:
+    try:
+        if repo.exists() and not repo.is_dir():
+            raise SurgeonError(f"--repo {repo}: exists and is not a folder — choose another --repo")
+        present = sorted(p.name for p in repo.iterdir()) if repo.is_dir() else []
+    except OSError as exc:
+        raise SurgeonError(f"--repo {repo}: cannot use it ({exc.strerror}) — choose another --repo") from None
+    if present and not force:
+        shown = ", ".join(present[:5]) + (", ..." if len(present) > 5 else "")
+        raise SurgeonError(f"--repo {repo}: folder is not empty (has {shown}) — pass --force to replace "
+                           f"model '{name}' and start_triton.sh in it, or choose an empty --repo")
+    if Path(os.path.realpath(source)).is_relative_to(Path(os.path.realpath(repo / name))):
+        raise SurgeonError(f"--repo {repo}: model folder '{name}' holds the rewrite folder {source}, which deploy "
+                           "would replace — choose another --repo or --name")
 
 
 # --- the deployed copies -------------------------------------------------------------------------
 
-def _table_folders(source: RewriteFolder) -> dict[tuple[str, int], tuple[Path, str]]:
-    """(model, table index) -> (source folder, folder relative to hps/), names made unique."""
-    folders: dict[tuple[str, int], tuple[Path, str]] = {}
+def _table_folders(source: RewriteFolder) -> dict[tuple[str, int], tuple[tuple[Path, Path], str]]:
+    """(model, table index) -> ((key, emb_vector) real paths, folder relative to hps/), folder names made unique."""
+    config_path = source.path / CONFIG_NAME
+    folders: dict[tuple[str, int], tuple[tuple[Path, Path], str]] = {}
     taken: dict[str, Path] = {}
     for entry in source.config["models"]:
-        for index, file in enumerate(entry["sparse_files"]):
-            src = hps_config.table_folder(source.path / CONFIG_NAME, entry, index).resolve()
-            base = f"tables/{Path(file).name}"
+        for index in range(len(entry["sparse_files"])):
+            folder = hps_config.table_folder(config_path, entry, index)  # confined to the rewrite folder
+            files = table_files(config_path, folder, f"model '{entry['model']}' sparse_files[{index}]")
+            base = f"{TABLES_DIR}/{_safe_name(folder.name)}"
             rel, n = base, 1
-            while rel in taken and taken[rel] != src:
+            while rel in taken and taken[rel] != folder:
                 rel, n = f"{base}_{n}", n + 1
-            taken[rel] = src
-            folders[(entry["model"], index)] = (src, rel)
+            taken[rel] = folder
+            folders[(entry["model"], index)] = (files, rel)
     return folders
+
+
+def _safe_name(name: str) -> str:
+    """A folder name that stays one path component inside hps/tables/ and in the deployed config."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).lstrip(".") or "table"
 
 
 def serving_gpus(options: DeployOptions, source: RewriteFolder) -> tuple[int, ...]:
@@ -280,14 +328,19 @@ def _deployed_hps_config(source: RewriteFolder, tables: dict, hps_dir: str, gpus
     for entry in config["models"]:
         entry["sparse_files"] = [posixpath.join(hps_dir, tables[(entry["model"], i)][1])
                                  for i in range(len(entry["sparse_files"]))]
+        for file in entry["sparse_files"]:
+            if not confine.inside_posix(hps_dir, file):  # by construction; the rule deploy promises
+                raise SurgeonError(f"deployed sparse_files entry {file} is outside {hps_dir}; please report this")
         entry["deployed_device_list"] = list(gpus)
     return config
 
 
-def _deployed_model(model: onnx.ModelProto, deployed_config: str) -> onnx.ModelProto:
-    """A copy whose HPS_TRT nodes open the deployed config (NUL kept where rewrite put one)."""
+def _deployed_model(source: RewriteFolder, deployed_config: str) -> onnx.ModelProto:
+    """A copy whose HPS_TRT nodes open the deployed config (NUL kept where rewrite put one) and whose
+    external data names the copies deploy makes."""
     copy = onnx.ModelProto()
-    copy.CopyFrom(model)
+    copy.CopyFrom(source.model)
+    _relocate_external(copy, source)
     for node in validate.hps_nodes(copy):
         for attr in node.attribute:
             if attr.name == "ps_config_file" and attr.type == AttributeProto.STRING:
@@ -299,18 +352,34 @@ def _deployed_model(model: onnx.ModelProto, deployed_config: str) -> onnx.ModelP
 def _write_hps(folder: Path, source: RewriteFolder, model: onnx.ModelProto, config: dict, tables: dict) -> None:
     folder.mkdir()
     onnx.save_model(model, str(folder / MODEL_NAME))
-    for location in _external_files(source.model):
-        _link_or_copy(source.path / location, folder / location)
-    for rel, src in {rel: src for src, rel in tables.values()}.items():
-        for file in (KEY_FILE, VECTOR_FILE):
-            _link_or_copy(src / file, folder / rel / file)
+    for rel, real in source.external.items():
+        # copied, never linked: onnx.load refuses external data with more than one hard link
+        _link_or_copy(real, folder / rel, folder, link=False)
+    for rel, files in {rel: files for files, rel in tables.values()}.items():
+        for real, name in zip(files, (KEY_FILE, VECTOR_FILE)):
+            _link_or_copy(real, folder / rel / name, folder)
     (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """Hard link (no copy of large tables) when on the same filesystem, else a copy."""
+def _relocate_external(model: onnx.ModelProto, source: RewriteFolder) -> None:
+    """Point the deployed copy's external data at the copies: each file's path relative to the model."""
+    model_path = source.path / MODEL_NAME
+    root = Path(os.path.realpath(source.path))
+    for tensor in _external_tensors(model):
+        real = wellformed.external_range(tensor, model_path, f"tensor '{tensor.name}'").file
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = real.relative_to(root).as_posix()
+
+
+def _link_or_copy(src: Path, dst: Path, within: Path, link: bool = True) -> None:
+    """Hard link (no copy of large tables) when on the same filesystem, else a copy; only inside `within`."""
+    if not Path(os.path.abspath(dst)).is_relative_to(Path(os.path.abspath(within))):
+        raise SurgeonError(f"deploy would write {dst}, outside {within}; please report this")
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
+        if not link:
+            raise OSError("copy asked for")
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
@@ -318,21 +387,62 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 @contextlib.contextmanager
 def _staged(repo: Path, name: str) -> Iterator[Path]:
-    """A folder beside `repo` to write into; on success NAME/ and start_triton.sh move into `repo`."""
-    stage = make_stage(repo, "deploy", f"--repo {repo}: cannot write there ({{reason}}) — choose a writable --repo")
+    """A folder inside `repo` to write into; on success NAME/ and start_triton.sh move into place.
+
+    Nothing is created outside `repo` (bar the folders leading to it, removed again on failure).
+    """
+    created = _make_folders(repo)
+    stage = None
     try:
+        stage = Path(tempfile.mkdtemp(prefix=f".{name}.deploy-", dir=repo))
+        stage.chmod(0o755)  # mkdtemp makes 0700; Triton may run as another user
         yield stage
         _move_into_place(stage, repo, name)
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise SurgeonError(f"--repo {repo}: cannot write the repository: {exc.strerror}{where}; nothing was "
+                           "changed — free space or choose a writable --repo") from None
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
+        if not os.path.lexists(repo / name):  # failed: remove the folders this run created
+            for made in reversed(created):
+                with contextlib.suppress(OSError):
+                    made.rmdir()
+
+
+def _make_folders(repo: Path) -> list[Path]:
+    """Create `repo` and missing parents; the folders created, outermost first."""
+    missing = []
+    for folder in (repo, *repo.parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    missing.reverse()
+    try:
+        for folder in missing:
+            folder.mkdir()
+    except OSError as exc:
+        for made in reversed(missing):
+            with contextlib.suppress(OSError):
+                made.rmdir()
+        raise SurgeonError(f"--repo {repo}: cannot write there ({exc.strerror}) — choose a writable --repo") from None
+    return missing
 
 
 def _move_into_place(stage: Path, repo: Path, name: str) -> None:
-    if not repo.exists():
-        os.rename(stage, repo)
-        return
-    old = stage / ".replaced"
-    if (repo / name).exists():
-        os.rename(repo / name, old)
-    os.rename(stage / name, repo / name)
-    os.replace(stage / "start_triton.sh", repo / "start_triton.sh")
+    target, old = repo / name, stage / ".replaced"
+    replaced = os.path.lexists(target)
+    if replaced:
+        os.rename(target, old)
+    try:
+        os.rename(stage / name, target)
+        try:
+            os.replace(stage / "start_triton.sh", repo / "start_triton.sh")
+        except OSError:
+            os.rename(target, stage / name)
+            raise
+    except OSError:
+        if replaced:  # put the previous model back
+            os.rename(old, target)
+        raise

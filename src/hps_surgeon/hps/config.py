@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import jsonschema
 import numpy as np
 
+from .. import confine
 from ..errors import Problem
 from .config_fields import BY_NAME, MODEL_DEFAULTS, UNSERVED_SECTIONS, default_table_name
 from .contract import NAME_SYNTAX
@@ -82,12 +83,20 @@ def model_entry(config: dict, model_name: str) -> dict | None:
 
 
 def table_folder(config_path: Path, entry: dict, table_id: int) -> Path:
-    """Folder of table `table_id` of a `models` entry: the one place sparse_files become folders.
+    """Real path of the folder of table `table_id` of a `models` entry: the one place sparse_files become folders.
 
     Absolute paths are used as they are; relative ones are taken relative to the config's folder
     (what our plugin does; HugeCTR takes them relative to its working directory, `check` warns).
+    Relative or absolute, the folder must lie inside the config's folder (else `confine.PathRefused`).
     """
-    return Path(config_path).parent / entry["sparse_files"][table_id]
+    value = entry["sparse_files"][table_id]
+    # rewrite writes absolute paths: a folder copied or moved elsewhere still names the old tables
+    named_elsewhere = isinstance(value, str) and os.path.isabs(value) and "\0" not in value and not Path(
+        os.path.normpath(value)).is_relative_to(Path(os.path.abspath(config_path)).parent)
+    moved = (" (an absolute path, as rewrite writes them: point it at this folder, or rewrite with "
+             "--relative-paths for a folder that moves)") if named_elsewhere else ""
+    return confine.inside(Path(config_path), f"model '{entry.get('model')}' sparse_files[{table_id}]", value,
+                          hint=moved)
 
 
 def table_default(entry: dict, table_id: int) -> float:
@@ -114,21 +123,9 @@ def load(path: Path) -> tuple[dict | None, list[Problem]]:
     lists of different lengths).
     """
     where = str(path)
-    try:
-        text = Path(path).read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        return None, [Problem(where, "(file)", f"cannot read the HPS config ({reason}) — pass the hps_config.json "
-                                               "that rewrite wrote")]
-    depth = _nesting_depth(text)
-    if depth > MAX_DEPTH:
-        return None, [Problem(where, "(file)", f"JSON nested {depth} levels deep; an HPS config nests 4 and at most "
-                                               f"{MAX_DEPTH} are read — this is not an HPS config")]
-    try:
-        config = json.loads(text)
-    except json.JSONDecodeError as exc:
-        return None, [Problem(where, f"line {exc.lineno}", f"not valid JSON ({exc.msg}) — fix the file or re-run "
-                                                            "hps-surgeon rewrite")]
+    config, unreadable = parse(path)
+    if unreadable is not None:
+        return None, [unreadable]
     found = sorted(jsonschema.Draft202012Validator(_schema()).iter_errors(config),
                    key=lambda e: [str(p) for p in e.absolute_path])
     problems = [_schema_problem(where, e) for e in found]
@@ -141,6 +138,27 @@ def load(path: Path) -> tuple[dict | None, list[Problem]]:
     for index, model in enumerate(config["models"]):
         problems += _check_model_entry(path, index, model)
     return config, problems + _hugectr_differences(where, config)
+
+
+def parse(path: Path) -> tuple[Any, Problem | None]:
+    """The JSON value of `path` (any shape), or the one problem that keeps it from being read:
+    unreadable, not UTF-8, nested deeper than MAX_DEPTH (checked before parsing), not JSON."""
+    where = str(path)
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        return None, Problem(where, "(file)", f"cannot read the HPS config ({reason}) — pass the hps_config.json "
+                                              "that rewrite wrote")
+    depth = _nesting_depth(text)
+    if depth > MAX_DEPTH:
+        return None, Problem(where, "(file)", f"JSON nested {depth} levels deep; an HPS config nests 4 and at most "
+                                              f"{MAX_DEPTH} are read — this is not an HPS config")
+    try:
+        return json.loads(text), None
+    except json.JSONDecodeError as exc:
+        return None, Problem(where, f"line {exc.lineno}", f"not valid JSON ({exc.msg}) — fix the file or re-run "
+                                                           "hps-surgeon rewrite")
 
 
 def _nesting_depth(text: str) -> int:
@@ -206,7 +224,11 @@ def _check_model_entry(path: Path, index: int, model: dict) -> list[Problem]:
                                 "31-36), our plugin relative to this config's folder — rewrite without "
                                 "--relative-paths to write absolute paths", "warning"))
     for t, file in enumerate(model["sparse_files"]):
-        folder = table_folder(path, model, t)
+        try:
+            folder = table_folder(path, model, t)
+        except confine.PathRefused as exc:
+            problems.append(Problem(str(path), f"models[{index}].sparse_files[{t}]", exc.problem))
+            continue
         if not (folder / KEY_FILE).is_file() or not (folder / VECTOR_FILE).is_file():
             problems.append(Problem(where, f"{at}.sparse_files[{t}]", f"'{file}' has no key and emb_vector files "
                                     f"(looked in {folder}) — copy the table folder there or fix the path"))

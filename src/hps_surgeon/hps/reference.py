@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import SurgeonError, errors
 from . import config as hps_config
-from .tables import KEY_FILE, VECTOR_FILE
+from .tables import table_files
 
 
 @dataclass(frozen=True)
@@ -61,8 +61,9 @@ class ReferenceLookup:
         if not 0 <= table_id < len(files):
             raise SurgeonError(f"{self.config_path}: model '{model_name}' has {len(files)} tables, no table_id {table_id}")
         folder = hps_config.table_folder(self.config_path, model, table_id)
+        key_file, vector_file = table_files(self.config_path, folder, f"model '{model_name}' table {table_id}")
         dim = int(model["embedding_vecsize_per_table"][table_id])
-        keys = np.fromfile(folder / KEY_FILE, dtype="<i8")
-        vectors = np.memmap(folder / VECTOR_FILE, dtype="<f4", mode="r").reshape(-1, dim)
+        keys = np.fromfile(key_file, dtype="<i8")
+        vectors = np.memmap(vector_file, dtype="<f4", mode="r").reshape(-1, dim)
         order = np.argsort(keys, kind="stable")
         return _Table(keys[order], order, vectors, hps_config.table_default(model, table_id))

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from onnx import TensorProto
 
+from .. import confine
 from ..staging import copy_range, fsync
 
 if TYPE_CHECKING:
@@ -25,6 +26,8 @@ KEY_FILE = "key"
 VECTOR_FILE = "emb_vector"
 _CHUNK_BYTES = 64 << 20
 _INT32_MAX = 2**31 - 1
+#: what `check` reads of each emb_vector to warn about NaN/Inf: its first rows, this many bytes
+NAN_SAMPLE_BYTES = 64 << 10
 #: keys HugeCTR's GPU cache reserves as its empty-slot marker, numeric_limits<key>::max()
 #: (HugeCTR/include/hps/embedding_cache.hpp:83): uint32 0xFFFFFFFF (int32 keys, so key -1; stored
 #: keys are cast to uint32, HugeCTR/src/hps/modelloader.cpp:120) and INT64_MAX (int64 keys).
@@ -158,12 +161,25 @@ def _key_summary(path: str, _inode: int, size: int, _mtime_ns: int, _ctime_ns: i
     return KeySummary(unique, int(low), int(high), frozenset(reserved))
 
 
-def check_table_files(folder: Path, table_id: int, dim: int, key_type, bad) -> None:
-    """Report through `bad(message[, severity])` what is wrong with a table folder: sizes, duplicate keys,
-    int32 reach, and keys HugeCTR would refuse or mishandle."""
-    key_file, vector_file = folder / KEY_FILE, folder / VECTOR_FILE
-    if not key_file.is_file() or not vector_file.is_file():
+def table_files(config_path: Path, folder: Path, field: str) -> tuple[Path, Path]:
+    """Real paths of a table folder's `key` and `emb_vector`: regular files inside the config's folder
+    (the confinement rule: a symlink in the folder may not lead elsewhere); `confine.PathRefused` if not."""
+    key, vector = (confine.regular_file(Path(config_path), f"{field}/{name}", str(folder / name))
+                   for name in (KEY_FILE, VECTOR_FILE))
+    return key, vector
+
+
+def check_table_files(config_path: Path, folder: Path, table_id: int, dim: int, key_type, bad) -> None:
+    """Report through `bad(message[, severity])` what is wrong with a table folder: where its files lead,
+    sizes, duplicate keys, int32 reach, keys HugeCTR would refuse or mishandle; a warning for NaN/Inf in
+    its first NAN_SAMPLE_BYTES of vectors."""
+    if not (folder / KEY_FILE).is_file() or not (folder / VECTOR_FILE).is_file():
         return  # reported against the config, which names the folder
+    try:
+        key_file, vector_file = table_files(config_path, folder, f"table {table_id}")
+    except confine.PathRefused as exc:
+        bad(f"{exc.field}: {exc.problem}")
+        return
     key_bytes, vector_bytes = key_file.stat().st_size, vector_file.stat().st_size
     rows = key_bytes // 8
     if key_bytes % 8:
@@ -182,6 +198,11 @@ def check_table_files(folder: Path, table_id: int, dim: int, key_type, bad) -> N
             keys.high > _INT32_MAX or keys.low < -_INT32_MAX - 1):
         bad(f"table {table_id}: stored keys reach {keys.high}, beyond int32 keys of this node — "
             "rewrite with --key-dtype int64")
+    sample = np.fromfile(vector_file, dtype="<f4", count=min(vector_bytes, NAN_SAMPLE_BYTES) // 4)
+    if not np.isfinite(sample).all():
+        bad(f"table {table_id}: {vector_file} holds NaN or infinite values in its first {sample.size // dim} rows "
+            f"(check reads only the first {NAN_SAMPLE_BYTES >> 10} KiB of each table) — lookups of those keys "
+            "return them; re-export the table", severity="warning")
     empty = HUGECTR_EMPTY_KEYS.get(key_type[0]) if key_type is not None else None
     if empty in keys.reserved:
         bad(f"table {table_id}: {key_file} stores key {empty}, which HugeCTR's GPU cache reserves as its empty-slot "

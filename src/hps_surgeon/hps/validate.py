@@ -6,13 +6,16 @@ output before moving it into place; `verify` and `check` validate what they are 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import onnx
 from onnx import AttributeProto, TensorProto
 
+from .. import confine
 from ..errors import Problem
+from ..load import read_proto
 from . import config as hps_config
 from .contract import ATTRIBUTES, HPS_OP, NAME_SYNTAX, field_text
 from .tables import check_table_files
@@ -29,23 +32,28 @@ def validate(model_path: str | Path, config_path: str | Path | None = None,
     """Problems of every HPS_TRT node in the model; with `config_path`, also of the config and its files."""
     model_path = Path(model_path)
     if model is None:
-        model = onnx.load_model(str(model_path), load_external_data=False)
+        model = read_proto(model_path)  # SurgeonError for a model that is unsafe to read
     types = _value_types(model)
     config = None
     problems: list[Problem] = []
     if config_path is not None:
         config, config_problems = hps_config.load(Path(config_path))
         problems += config_problems
-    for node in hps_nodes(model):
-        problems += _check_node(str(model_path), node, types, config, Path(config_path) if config_path else None)
+    nodes = hps_nodes(model)
+    names = [n.name for n in nodes]
+    for index, node in enumerate(nodes):
+        # a name two nodes share does not say which one: add the node's place among the HPS_TRT nodes
+        where = (node.name if names.count(node.name) == 1 else f"{node.name} (HPS_TRT #{index})") if node.name \
+            else f"(unnamed {HPS_OP} #{index})"
+        problems += _check_node(str(model_path), where, node, types, config,
+                                Path(config_path) if config_path else None)
     return problems
 
 
 # --- nodes ---------------------------------------------------------------------------------------
 
-def _check_node(path: str, node: onnx.NodeProto, types: dict[str, Any], config: dict | None,
+def _check_node(path: str, where: str, node: onnx.NodeProto, types: dict[str, Any], config: dict | None,
                 config_path: Path | None) -> list[Problem]:
-    where = node.name or f"(unnamed {HPS_OP})"
     problems = []
 
     def bad(message: str, severity: str = "error") -> None:
@@ -63,6 +71,10 @@ def _check_node(path: str, node: onnx.NodeProto, types: dict[str, Any], config: 
     if len(node.input) != 1 or len(node.output) != 1:
         bad(f"has {len(node.input)} input(s) and {len(node.output)} output(s); HPS_TRT takes 1 keys input "
             "and gives 1 output")
+    for name, kind in ATTRIBUTES.items():
+        if name in attrs and attrs[name].type == kind == AttributeProto.STRING and not _decodes(attrs[name].s):
+            bad(f"attribute '{name}' is not valid UTF-8 ({attrs[name].s[:40]!r}) — the plugin compares it as text; "
+                "re-run hps-surgeon rewrite")
     if problems:
         return problems
     value = {name: onnx.helper.get_attribute_value(attrs[name]) for name in ATTRIBUTES}
@@ -89,6 +101,10 @@ def _check_node(path: str, node: onnx.NodeProto, types: dict[str, Any], config: 
         bad(f"table_id {table_id} is out of range: model '{model_name}' has {tables_count} table(s) — "
             f"use 0..{tables_count - 1}")
         return problems
+    default = hps_config.table_default(entry, table_id)
+    if not math.isfinite(default):
+        bad(f"default_value_for_each_table[{table_id}] is {default} in {config_path.name}: every key missing from "
+            "the table returns it — make it a finite number", severity="warning")
     expected_dim = entry["embedding_vecsize_per_table"][table_id]
     if dim != expected_dim:
         bad(f"emb_vec_size {dim} differs from embedding_vecsize_per_table[{table_id}] = {expected_dim} in "
@@ -98,8 +114,20 @@ def _check_node(path: str, node: onnx.NodeProto, types: dict[str, Any], config: 
         bad(f"reads {n} keys per sample but maxnum_catfeature_query_per_table_per_sample[{table_id}] is "
             f"{max_n} — raise it to at least {n}")
     _check_hugectr_limits(key_type, config, entry, table_id, bad)
-    check_table_files(hps_config.table_folder(config_path, entry, table_id), table_id, expected_dim, key_type, bad)
+    try:
+        folder = hps_config.table_folder(config_path, entry, table_id)
+    except confine.PathRefused:
+        return problems  # reported against the config, which names the folder
+    check_table_files(config_path, folder, table_id, expected_dim, key_type, bad)
     return problems
+
+
+def _decodes(value: bytes) -> bool:
+    try:
+        value.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _check_hugectr_limits(key_type, config: dict, entry: dict, table_id: int, bad) -> None:

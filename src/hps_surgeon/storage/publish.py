@@ -21,15 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from hps_surgeon.errors import SurgeonError
+from hps_surgeon.errors import SurgeonError, errors
 from hps_surgeon.hps import config as hps_config
-from hps_surgeon.hps.tables import key_summary
+from hps_surgeon.hps.tables import KEY_FILE, VECTOR_FILE, key_summary, table_files
 
 from . import _native
 from .config import (DEFAULT_PARTITIONS, RedisTarget, persistent_section, volatile_section, write_config)
 
 CONFIG_NAME = "hps_config.json"
-_TAG_PART = re.compile(r"[A-Za-z0-9_\-]{1,120}")  # HugeCTR make_tag_name (hier_parameter_server.cpp:34)
 _SAMPLE_ROWS = 1024
 
 
@@ -151,17 +150,23 @@ _DB_TYPES = {"volatile_db": ("redis_cluster", "redis"), "persistent_db": ("rocks
 
 
 def _read_config(path: Path) -> dict:
+    if path.exists() and not path.is_file():  # a FIFO would block forever
+        raise SurgeonError(f"{path}: not a regular file; pass the folder `hps-surgeon rewrite --out` wrote")
     try:
-        config = json.loads(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
         raise SurgeonError(f"{path}: not found; pass the folder `hps-surgeon rewrite --out` wrote") from None
     except OSError as exc:
         raise SurgeonError(f"{path}: cannot read ({exc.strerror})") from None
-    except json.JSONDecodeError as exc:
-        raise SurgeonError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    if not isinstance(config, dict) or not isinstance(config.get("models"), list) or not config["models"]:
-        raise SurgeonError(f"{path}: no \"models\" list; pass the hps_config.json that rewrite wrote")
-    return config
+    except UnicodeDecodeError as exc:
+        raise SurgeonError(f"{path}: not UTF-8 text at byte {exc.start}, so not JSON; pass the hps_config.json "
+                           "that rewrite wrote") from None
+    # JSON syntax and depth, every field's type and every path (the confinement rule) checked before any
+    # is used; table names HugeCTR refuses are no reason to stop: publish renames them (_valid_names)
+    found = [p for p in errors(hps_config.load(path)[1]) if ".embedding_table_names[" not in p.where]
+    if found:
+        raise SurgeonError(f"{found[0]}" + (f" (and {len(found) - 1} more)" if len(found) > 1 else ""))
+    return json.loads(text)
 
 
 def _names(model: dict) -> list[str]:
@@ -174,20 +179,18 @@ def _names(model: dict) -> list[str]:
 def _tables(path: Path, config: dict, renamed: dict[str, str]) -> list[TableSource]:
     tables = []
     for index, model in enumerate(config["models"]):
-        name = model.get("model")
+        # _read_config refused invalid model names and per-table lists of different lengths
+        name = model["model"]
         where = f"{path}: models[{index}]"
-        if not isinstance(name, str) or not _TAG_PART.fullmatch(name):
-            raise SurgeonError(f"{where}: model name {name!r} breaks HugeCTR's table tag rule [A-Za-z0-9_-]{{1,120}} "
-                               "(hier_parameter_server.cpp:34); re-run rewrite with --model-name NAME")
-        files, dims, names = model.get("sparse_files", []), model.get("embedding_vecsize_per_table", []), _names(model)
-        if not (len(files) == len(dims) == len(names)):
-            raise SurgeonError(f"{where}: sparse_files, embedding_vecsize_per_table and embedding_table_names differ "
-                               "in length; one entry per table")
+        dims, names = model["embedding_vecsize_per_table"], _names(model)
         valid = _valid_names(names)
         for table_id, (dim, old, new) in enumerate(zip(dims, names, valid)):
             if old != new:
                 renamed[f"{name}/{old}"] = new
+            # the confinement rule (confine.py): the table and its files lie inside the config's folder
             folder = hps_config.table_folder(path, model, table_id)
+            if (folder / KEY_FILE).is_file() and (folder / VECTOR_FILE).is_file():
+                table_files(path, folder, f"models[{index}].sparse_files[{table_id}]")
             tag = _native.tag_name(name, new)
             try:
                 rows = _native_rows(folder, int(dim))

@@ -10,7 +10,6 @@ equal, NaN in one only as a mismatch), and enough distinct keys reaching every t
 
 from __future__ import annotations
 
-import json
 import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import numpy as np
 import onnx
 
 from ..errors import SurgeonError, errors
+from ..hps import config as hps_config
 from ..hps import validate
 from ..hps.contract import HPS_OP
 from ..load import foreign_ops, read_proto
@@ -236,11 +236,9 @@ def _read_pair(original: Path, rewritten: Path, config: Path) -> tuple[onnx.Mode
     for path in (original, rewritten, config):
         if not path.is_file():
             raise SurgeonError(f"{path}: no such file")
-    try:
-        json.loads(config.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise SurgeonError(f"{config}: not a readable HPS config ({_first_line(exc)}); pass the hps_config.json "
-                           "written by hps-surgeon rewrite") from None
+    unreadable = hps_config.parse(config)[1]
+    if unreadable is not None:
+        raise SurgeonError(str(unreadable))
     source, target = read_proto(original), read_proto(rewritten)
     unknown = foreign_ops(source)
     if unknown:

@@ -22,7 +22,7 @@ import onnx
 
 from ..errors import SurgeonError
 from ..hps import config as hps_config
-from ..hps.tables import KEY_FILE
+from ..hps.tables import table_files
 from . import keyspace
 from .keyspace import ColumnKeys, KeySpace
 from .split import SplitRunner
@@ -112,7 +112,8 @@ def table_keys(config: Path, model_name: str, table_id: int) -> np.ndarray:
     """The sorted keys of one table of the config (memory-mapped when already sorted, as rewrite writes them)."""
     data = json.loads(Path(config).read_text())
     entry = hps_config.model_entry(data, model_name)
-    path = hps_config.table_folder(Path(config), entry, table_id) / KEY_FILE
+    folder = hps_config.table_folder(Path(config), entry, table_id)
+    path = table_files(Path(config), folder, f"model '{model_name}' table {table_id}")[0]
     keys = np.memmap(path, dtype="<i8", mode="r") if path.stat().st_size else np.zeros(0, dtype=np.int64)
     increasing = all(bool(np.all(np.diff(keys[i:i + (1 << 22) + 1]) > 0)) for i in range(0, keys.size, 1 << 22))
     return keys if increasing else np.unique(np.asarray(keys))
