@@ -7,13 +7,13 @@
 #include <map>
 #include <memory>
 #include <mutex>
-#include <new>
 #include <string>
 #include <iterator>
 #include <tuple>
 
 #include <cuda_runtime.h>
 
+#include "c_abi.hpp"
 #include "db_table.hpp"
 #include "gpu_table.hpp"
 #include "storage/db_config.hpp"
@@ -25,7 +25,9 @@ struct hps_table {
 
 namespace {
 
-thread_local std::string g_last_error;
+using hps::c_abi::fail;
+using hps::c_abi::g_last_error;
+using hps::c_abi::guarded;
 
 using Key = std::tuple<std::string, std::string, int32_t, int32_t>;
 std::mutex g_mutex;
@@ -34,28 +36,6 @@ std::map<Key, std::weak_ptr<hps::Table>>& registry() {
     // has been torn down (static destruction order across libraries is unspecified).
     static auto* r = new std::map<Key, std::weak_ptr<hps::Table>>();
     return *r;
-}
-
-hps_status fail(hps_status code, const std::string& message) {
-    g_last_error = message;
-    return code;
-}
-
-template <typename F>
-hps_status guarded(F&& f) noexcept {
-    try {
-        g_last_error.clear();
-        f();
-        return HPS_OK;
-    } catch (const hps::Error& e) {
-        return fail(e.code(), e.what());
-    } catch (const std::bad_alloc&) {
-        return fail(HPS_ERR_OUT_OF_MEMORY, "host memory allocation failed");
-    } catch (const std::exception& e) {
-        return fail(HPS_ERR_INTERNAL, std::string("internal error: ") + e.what());
-    } catch (...) {
-        return fail(HPS_ERR_INTERNAL, "internal error (unknown exception)");
-    }
 }
 
 std::string canonical(const char* path) {

@@ -1,10 +1,10 @@
 // c_api.cpp: the C ABI of libhps_storage.so (hps_storage.h).
 #include <cstring>
 #include <memory>
-#include <new>
 #include <string>
 
 #include "backend.hpp"
+#include "c_abi.hpp"
 #include "host_table.hpp"
 #include "hps_plugin/hps_storage.h"
 #include "publish.hpp"
@@ -20,29 +20,9 @@ struct hps_tiers {
 
 namespace {
 
-thread_local std::string g_last_error;
-
-hps_status fail(hps_status code, const std::string& message) {
-    g_last_error = message;
-    return code;
-}
-
-template <typename F>
-hps_status guarded(F&& f) noexcept {
-    try {
-        g_last_error.clear();
-        f();
-        return HPS_OK;
-    } catch (const hps::Error& e) {
-        return fail(e.code(), e.what());
-    } catch (const std::bad_alloc&) {
-        return fail(HPS_ERR_OUT_OF_MEMORY, "host memory allocation failed");
-    } catch (const std::exception& e) {
-        return fail(HPS_ERR_INTERNAL, std::string("internal error: ") + e.what());
-    } catch (...) {
-        return fail(HPS_ERR_INTERNAL, "internal error (unknown exception)");
-    }
-}
+using hps::c_abi::fail;
+using hps::c_abi::g_last_error;
+using hps::c_abi::guarded;
 
 void need(bool ok, const char* what) {
     if (!ok) throw hps::Error(HPS_ERR_INVALID_ARGUMENT, what);
