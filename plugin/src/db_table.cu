@@ -254,23 +254,6 @@ void DbTable::admit(size_t u, cudaStream_t stream) const {
     HPS_CUDA(cudaGetLastError(), "admission launch");
 }
 
-void DbTable::lookup_host(const void* keys, int key_bits, int64_t n, float* out) const {
-    if (n <= 0 || !keys || !out) {
-        lookup(keys, key_bits, n, out, nullptr);
-        return;
-    }
-    DeviceGuard guard(device_);
-    const size_t key_bytes = static_cast<size_t>(n) * static_cast<size_t>(key_bits / 8);
-    const size_t out_floats = static_cast<size_t>(n) * static_cast<size_t>(spec_.emb_vec_size);
-    Stream s = nonblocking_stream("lookup_host");
-    DeviceBuffer<char> dkeys = device_buffer<char>(key_bytes, "lookup_host keys");
-    DeviceBuffer<float> dout = device_buffer<float>(out_floats, "lookup_host output");
-    HPS_CUDA(cudaMemcpyAsync(dkeys.get(), keys, key_bytes, cudaMemcpyHostToDevice, s.get()), "lookup_host");
-    lookup(dkeys.get(), key_bits, n, dout.get(), s.get());
-    HPS_CUDA(cudaMemcpyAsync(out, dout.get(), out_floats * sizeof(float), cudaMemcpyDeviceToHost, s.get()), "lookup_host");
-    HPS_CUDA(cudaStreamSynchronize(s.get()), "lookup_host");
-}
-
 int64_t DbTable::refresh(double fraction) const {
     if (!(fraction > 0.0 && fraction <= 1.0))
         throw Error(HPS_ERR_INVALID_ARGUMENT, "refresh fraction " + std::to_string(fraction) + " must lie in (0, 1]");

@@ -32,7 +32,8 @@ public:
     DbTable& operator=(const DbTable&) = delete;
 
     void lookup(const void* keys, int key_bits, int64_t n, float* out, cudaStream_t stream) const override;
-    void lookup_host(const void* keys, int key_bits, int64_t n, float* out) const override;
+    int device() const override { return device_; }
+    int dim() const override { return spec_.emb_vec_size; }
     hps_stats_t stats() const override;
     hps_table_info_t info() const override;
     int64_t refresh(double fraction) const override;

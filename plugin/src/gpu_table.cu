@@ -220,23 +220,6 @@ void GpuTable::lookup(const void* keys, int key_bits, int64_t n, float* out, cud
     }
 }
 
-void GpuTable::lookup_host(const void* keys, int key_bits, int64_t n, float* out) const {
-    check_keys_and_out(keys, key_bits, n, out);
-    if (n == 0) return;
-    DeviceGuard guard(device_);
-    const size_t key_bytes = static_cast<size_t>(n) * static_cast<size_t>(key_bits / 8);
-    const size_t out_floats = static_cast<size_t>(n) * static_cast<size_t>(spec_.emb_vec_size);
-    // Declared before the buffers, so it is destroyed after them (cudaFree waits for the device).
-    Stream s = nonblocking_stream("lookup_host");
-    DeviceBuffer<char> dkeys = device_buffer<char>(key_bytes, "lookup_host keys");
-    DeviceBuffer<float> dout = device_buffer<float>(out_floats, "lookup_host output");
-    HPS_CUDA(cudaMemcpyAsync(dkeys.get(), keys, key_bytes, cudaMemcpyHostToDevice, s.get()), "lookup_host");
-    lookup(dkeys.get(), key_bits, n, dout.get(), s.get());
-    HPS_CUDA(cudaMemcpyAsync(out, dout.get(), out_floats * sizeof(float), cudaMemcpyDeviceToHost, s.get()),
-             "lookup_host (kernel or copy back)");
-    HPS_CUDA(cudaStreamSynchronize(s.get()), "lookup_host (kernel or copy back)");
-}
-
 hps_stats_t GpuTable::stats() const {
     DeviceGuard guard(device_);
     unsigned long long c[kNumCounters] = {};

@@ -39,12 +39,10 @@ public:
     // hierarchical tables for batches of at least copy_engine_min_keys() keys outside graph capture,
     // which take the copy-engine miss path (staged_lookup.hpp) and return when the lookup is done.
     void lookup(const void* keys, int key_bits, int64_t n, float* out, cudaStream_t stream) const override;
-    // Host buffers in and out; synchronous.
-    void lookup_host(const void* keys, int key_bits, int64_t n, float* out) const override;
-
     hps_stats_t stats() const override;
     hps_table_info_t info() const override;
-    int device() const { return device_; }
+    int device() const override { return device_; }
+    int dim() const override { return spec_.emb_vec_size; }
     const TableSpec& spec() const { return spec_; }
 
 private:

@@ -14,10 +14,13 @@ namespace hps {
 class Table {
 public:
     virtual ~Table() = default;
-    // Looks up n keys (device memory) into out (device memory) on stream.
+    // Looks up n keys (device memory) into out (device memory) on stream. Checks its arguments
+    // before it touches the stream, and does nothing for n = 0.
     virtual void lookup(const void* keys, int key_bits, int64_t n, float* out, cudaStream_t stream) const = 0;
-    // Host buffers in and out; synchronous.
-    virtual void lookup_host(const void* keys, int key_bits, int64_t n, float* out) const = 0;
+    // Host buffers in and out; synchronous: lookup() on device copies of keys and out.
+    void lookup_host(const void* keys, int key_bits, int64_t n, float* out) const;
+    virtual int device() const = 0;
+    virtual int dim() const = 0;  // emb_vec_size
     virtual hps_stats_t stats() const = 0;
     virtual hps_table_info_t info() const = 0;
     // Re-reads `fraction` of the cached rows from the storage below (online updates); returns the
