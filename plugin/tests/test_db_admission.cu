@@ -13,20 +13,11 @@
 #include <unordered_map>
 #include <vector>
 
+#include "check.hpp"
 #include "db_admission.cuh"
 #include "db_kernels.cuh"
 
 namespace {
-
-int g_failures = 0;
-
-#define CHECK(cond)                                                                       \
-    do {                                                                                  \
-        if (!(cond)) {                                                                    \
-            std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-            ++g_failures;                                                                 \
-        }                                                                                 \
-    } while (0)
 
 using namespace hps;
 

@@ -13,20 +13,12 @@
 
 #include <nlohmann/json.hpp>
 
+#include "check.hpp"
 #include "host_table.hpp"
 
 namespace {
 
-int g_failures = 0;
 std::string g_dir;
-
-#define CHECK(cond)                                                                  \
-    do {                                                                             \
-        if (!(cond)) {                                                               \
-            std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-            ++g_failures;                                                            \
-        }                                                                            \
-    } while (0)
 
 void write_file(const std::string& path, const void* data, size_t bytes) {
     std::ofstream f(path, std::ios::binary);

@@ -25,18 +25,11 @@
 #include <sstream>
 #include <string>
 
+#include "check.hpp"
+
 using namespace nvinfer1;
 
 namespace {
-
-int g_fail = 0;
-#define CHECK(c)                                                                  \
-    do {                                                                          \
-        if (!(c)) {                                                               \
-            std::fprintf(stderr, "line %d: CHECK failed: %s\n", __LINE__, #c);    \
-            ++g_fail;                                                             \
-        }                                                                         \
-    } while (0)
 
 // Runs f with stderr sent to a file; returns what it wrote.
 template <typename F>
@@ -144,6 +137,7 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "unknown scenario %s\n", scenario.c_str());
         return 2;
     }
-    std::printf("%s: registration scenario %s, %d failure(s)\n", g_fail ? "FAILED" : "OK", scenario.c_str(), g_fail);
-    return g_fail ? 1 : 0;
+    std::printf("%s: registration scenario %s, %d failure(s)\n", g_failures ? "FAILED" : "OK", scenario.c_str(),
+                g_failures);
+    return g_failures ? 1 : 0;
 }

@@ -6,22 +6,13 @@
 
 #include <nlohmann/json.hpp>
 
+#include "check.hpp"
 #include "db_config.hpp"
 #include "host_table.hpp"
 #include "layout.hpp"
 #include "redis_cluster.hpp"
 
 namespace {
-
-int g_failures = 0;
-
-#define CHECK(cond)                                                                       \
-    do {                                                                                  \
-        if (!(cond)) {                                                                    \
-            std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-            ++g_failures;                                                                 \
-        }                                                                                 \
-    } while (0)
 
 using namespace hps::storage;
 
