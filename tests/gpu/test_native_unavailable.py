@@ -10,7 +10,7 @@ from hps_surgeon.hps import native
 def test_missing_library_message(monkeypatch, tmp_path):
     missing = tmp_path / "nowhere" / "libhps_plugin.so"
     monkeypatch.setenv(native.ENV_LIBRARY, str(missing))
-    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native._LIBRARY, "_cdll", None)
     with pytest.raises(native.NativeUnavailableError) as info:
         native.HpsTable.open(tmp_path / "hps_config.json", "dlrm", 0)
     message = str(info.value)

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import ctypes
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from hps_surgeon._native_lib import NativeLibrary, Signatures
 from hps_surgeon.errors import SurgeonError
 
 __all__ = [
@@ -43,9 +43,6 @@ __all__ = [
 
 #: Environment variable naming the library explicitly.
 ENV_LIBRARY = "HPS_SURGEON_PLUGIN_LIB"
-_REPO_BUILD = Path(__file__).resolve().parents[3] / "build" / "plugin" / "libhps_plugin.so"
-_INSTALLED = Path("/usr/local/hps_trt/lib/libhps_plugin.so")
-_BUILD_HINT = "build it with `cmake -S plugin -B build/plugin && cmake --build build/plugin` or set " + ENV_LIBRARY
 
 # hps_status codes (plugin/include/hps_plugin/hps.h).
 _STATUS_NAMES = {
@@ -117,42 +114,9 @@ class HpsStats:
         return self.cache_hits / found if found else 1.0
 
 
-_lib: ctypes.CDLL | None = None
-_lib_lock = threading.Lock()
-
-
-def library_path() -> tuple[Path, str]:
-    """Return the library path that would be loaded and where it came from (for messages)."""
-    env = os.environ.get(ENV_LIBRARY)
-    if env:
-        return Path(env), f"${ENV_LIBRARY}"
-    if _REPO_BUILD.exists():
-        return _REPO_BUILD, "source-tree build"
-    return _INSTALLED, "install default"
-
-
-def load_library() -> ctypes.CDLL:
-    """Load (once) and return the native library; raise :class:`NativeUnavailableError` if absent."""
-    global _lib
-    with _lib_lock:
-        if _lib is not None:
-            return _lib
-        path, origin = library_path()
-        if not path.exists():
-            tried = str(path) if origin != "install default" else f"{_REPO_BUILD} and {_INSTALLED}"
-            raise NativeUnavailableError(f"native HPS library not found (tried {tried}); {_BUILD_HINT}")
-        try:
-            lib = ctypes.CDLL(str(path))
-        except OSError as exc:
-            raise NativeUnavailableError(f"cannot load native HPS library {path} ({origin}): {exc}; {_BUILD_HINT}") from exc
-        _declare(lib)
-        _lib = lib
-        return lib
-
-
-def _declare(lib: ctypes.CDLL) -> None:
+def _signatures() -> Signatures:
     vp, i32, i64 = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64
-    sigs = {
+    return {
         "hps_version": ([], ctypes.c_char_p),
         "hps_last_error": ([], ctypes.c_char_p),
         "hps_device_count": ([ctypes.POINTER(i32)], ctypes.c_int),
@@ -165,10 +129,26 @@ def _declare(lib: ctypes.CDLL) -> None:
         "hps_refresh": ([vp, ctypes.c_double, ctypes.POINTER(i64)], ctypes.c_int),
         "hps_close": ([vp], ctypes.c_int),
     }
-    for name, (args, res) in sigs.items():
-        fn = getattr(lib, name)
-        fn.argtypes = args
-        fn.restype = res
+
+
+_LIBRARY = NativeLibrary(
+    "libhps_plugin.so",
+    env=ENV_LIBRARY,
+    label="native HPS library",
+    build_hint="build it with `cmake -S plugin -B build/plugin && cmake --build build/plugin` or set " + ENV_LIBRARY,
+    unavailable=NativeUnavailableError,
+    signatures=_signatures(),
+)
+
+
+def library_path() -> tuple[Path, str]:
+    """Return the library path that would be loaded and where it came from (for messages)."""
+    return _LIBRARY.path()
+
+
+def load_library() -> ctypes.CDLL:
+    """Load (once) and return the native library; raise :class:`NativeUnavailableError` if absent."""
+    return _LIBRARY.load()
 
 
 def _check(lib: ctypes.CDLL, status: int, what: str) -> None:

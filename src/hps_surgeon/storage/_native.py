@@ -10,19 +10,14 @@ from __future__ import annotations
 import ctypes
 import json
 import os
-import threading
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
+from hps_surgeon._native_lib import NativeLibrary, Signatures
 from hps_surgeon.errors import SurgeonError
 
 ENV_LIBRARY = "HPS_SURGEON_STORAGE_LIB"
-_REPO_BUILD = Path(__file__).resolve().parents[3] / "build" / "plugin" / "libhps_storage.so"
-_INSTALLED = Path("/usr/local/hps_trt/lib/libhps_storage.so")
-_BUILD_HINT = ("build it with `cmake -S plugin -B build/plugin && cmake --build build/plugin` (needs "
-               "libhiredis-dev and librocksdb-dev) or set " + ENV_LIBRARY)
 
 OK, CONFIG, DATABASE, CANCELLED = 0, 2, 7, 8
 #: key status after fetch (hps_storage.h HPS_KEY_*).
@@ -54,38 +49,10 @@ class TierStats(ctypes.Structure):
         return {name: int(getattr(self, name)) for name, _ in self._fields_}
 
 
-_lib: ctypes.CDLL | None = None
-_lock = threading.Lock()
-
-
-def library_path() -> Path:
-    env = os.environ.get(ENV_LIBRARY)
-    if env:
-        return Path(env)
-    return _REPO_BUILD if _REPO_BUILD.exists() else _INSTALLED
-
-
-def load() -> ctypes.CDLL:
-    """The loaded library (once); StorageUnavailableError when it is missing."""
-    global _lib
-    with _lock:
-        if _lib is None:
-            path = library_path()
-            if not path.exists():
-                raise StorageUnavailableError(f"storage library not found ({path}); {_BUILD_HINT}")
-            try:
-                lib = ctypes.CDLL(str(path))
-            except OSError as exc:
-                raise StorageUnavailableError(f"cannot load {path}: {exc}; {_BUILD_HINT}") from None
-            _declare(lib)
-            _lib = lib
-        return _lib
-
-
-def _declare(lib: ctypes.CDLL) -> None:
+def _signatures() -> Signatures:
     vp, i32, i64, cp = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64, ctypes.c_char_p
     p_i64, p_vp = ctypes.POINTER(i64), ctypes.POINTER(vp)
-    sigs = {
+    return {
         "hps_storage_last_error": ([], cp),
         "hps_db_open": ([cp, cp, i32, p_vp], i32),
         "hps_db_open_config": ([cp, cp, p_vp], i32),
@@ -106,9 +73,22 @@ def _declare(lib: ctypes.CDLL) -> None:
         "hps_tiers_catch_up": ([vp], i32),
         "hps_tiers_close": ([vp], i32),
     }
-    for name, (args, res) in sigs.items():
-        fn = getattr(lib, name)
-        fn.argtypes, fn.restype = args, res
+
+
+_LIBRARY = NativeLibrary(
+    "libhps_storage.so",
+    env=ENV_LIBRARY,
+    label="storage library",
+    build_hint=("build it with `cmake -S plugin -B build/plugin && cmake --build build/plugin` (needs "
+                "libhiredis-dev and librocksdb-dev) or set " + ENV_LIBRARY),
+    unavailable=StorageUnavailableError,
+    signatures=_signatures(),
+)
+
+
+def load() -> ctypes.CDLL:
+    """The loaded library (once); StorageUnavailableError when it is missing."""
+    return _LIBRARY.load()
 
 
 def check(status: int, what: str = "") -> None:
