@@ -48,7 +48,7 @@ def own_cluster(tmp_path, storage_lib):
 
 def redis_client(cluster: Cluster):
     """redis-py's cluster client (an independent reader of what we wrote)."""
-    redis = pytest.importorskip("redis")
+    pytest.importorskip("redis")
     from redis.cluster import RedisCluster
 
     return RedisCluster(host="127.0.0.1", port=cluster.ports[0], password=cluster.password or None)
