@@ -38,6 +38,15 @@ def write_config(path: Path, models: dict[str, dict]) -> Path:
     return path
 
 
+def lookup_cuda(torch, handle, keys: np.ndarray, dim: int) -> np.ndarray:
+    """handle.lookup of keys copied to the GPU; the output is poisoned with NaN first, so an element
+    the kernel forgot to write cannot pass."""
+    out = torch.full(keys.shape + (dim,), float("nan"), dtype=torch.float32, device="cuda")
+    handle.lookup(torch.from_numpy(keys).cuda(), out=out)
+    torch.cuda.synchronize()
+    return out.cpu().numpy()
+
+
 class RandomTable:
     """A random table on disk plus its CPU reference lookup."""
 

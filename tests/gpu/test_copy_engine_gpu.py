@@ -12,7 +12,7 @@ import threading
 import numpy as np
 import pytest
 
-from hps_gpu_helpers import RandomTable
+from hps_gpu_helpers import RandomTable, lookup_cuda
 
 pytestmark = pytest.mark.gpu
 
@@ -33,20 +33,13 @@ def _open(gpu_lib, monkeypatch, table: RandomTable, model: str, threshold: str):
     return gpu_lib.HpsTable.open(table.config, model, 0)
 
 
-def _lookup(torch, handle, keys: np.ndarray, dim: int) -> np.ndarray:
-    out = torch.full(keys.shape + (dim,), float("nan"), dtype=torch.float32, device="cuda")
-    handle.lookup(torch.from_numpy(keys).cuda(), out=out)
-    torch.cuda.synchronize()
-    return out.cpu().numpy()
-
-
 @pytest.mark.parametrize("model", ["r0_2", "r0_01", "r0_0"])
 def test_copy_engine_path_exact(table64, table32, torch_cuda, gpu_lib, monkeypatch, model):
     for t, key_dtype in ((table64, np.int64), (table32, np.int32), (table32, np.int64)):
         with _open(gpu_lib, monkeypatch, t, model, "0") as h:
             for rnd in range(4):
                 keys = t.draw(80_000, absent_fraction=0.2, zipf=1.1 if rnd % 2 else None).astype(key_dtype)
-                np.testing.assert_array_equal(_lookup(torch_cuda, h, keys, t.dim), t.reference(keys))
+                np.testing.assert_array_equal(lookup_cuda(torch_cuda, h, keys, t.dim), t.reference(keys))
             s = h.stats()
             assert s.lookups == s.cache_hits + s.host_hits + s.not_found == 4 * 80_000
             if model != "r0_0":
@@ -64,7 +57,7 @@ def test_same_hit_rate_as_the_zero_copy_kernel(table64, torch_cuda, gpu_lib, mon
             for rnd in range(8):
                 keys = table64.draw(100_000, zipf=1.05)
                 s0 = h.stats()
-                np.testing.assert_array_equal(_lookup(torch_cuda, h, keys, 32), table64.reference(keys))
+                np.testing.assert_array_equal(lookup_cuda(torch_cuda, h, keys, 32), table64.reference(keys))
                 s1 = h.stats()
                 if rnd >= 4:
                     hits += s1.cache_hits - s0.cache_hits

@@ -12,7 +12,7 @@ import threading
 import numpy as np
 import pytest
 
-from hps_gpu_helpers import RandomTable, write_config, write_table
+from hps_gpu_helpers import RandomTable, lookup_cuda, write_config, write_table
 
 pytestmark = pytest.mark.gpu
 
@@ -30,14 +30,6 @@ def table32(tmp_path_factory, gpu_lib):
     return RandomTable(tmp_path_factory.mktemp("t32"), rows=20_000, dim=7, seed=2, int32_keys=True)
 
 
-def _lookup_cuda(torch, table, t, keys: np.ndarray) -> np.ndarray:
-    dk = torch.from_numpy(keys).cuda()
-    out = torch.full(keys.shape + (t.dim,), float("nan"), dtype=torch.float32, device="cuda")
-    table.lookup(dk, out=out)
-    torch.cuda.synchronize()
-    return out.cpu().numpy()
-
-
 @pytest.mark.parametrize("model", RATIOS)
 @pytest.mark.parametrize("absent", [0.0, 0.3, 1.0], ids=["all_hit", "mixed", "all_missing"])
 def test_lookup_matches_reference_int64(table64, torch_cuda, gpu_lib, model, absent):
@@ -47,7 +39,7 @@ def test_lookup_matches_reference_int64(table64, torch_cuda, gpu_lib, model, abs
         # Several rounds with Zipf keys: the hierarchical cache inserts and evicts between them.
         for rnd in range(4):
             keys = t.draw(40_000, absent_fraction=absent, zipf=1.1 if rnd % 2 else None)
-            got = _lookup_cuda(torch_cuda, table, t, keys)
+            got = lookup_cuda(torch_cuda, table, keys, t.dim)
             np.testing.assert_array_equal(got, t.reference(keys))
         s = table.stats()
         assert s.lookups == s.cache_hits + s.host_hits + s.not_found
@@ -62,7 +54,7 @@ def test_lookup_int32_keys_scalar_path(table32, torch_cuda, gpu_lib, model, key_
     with gpu_lib.HpsTable.open(t.config, model, 0) as table:
         for _ in range(3):
             keys = t.draw(30_000, absent_fraction=0.2, zipf=1.05).astype(key_dtype).reshape(300, 100)
-            got = _lookup_cuda(torch_cuda, table, t, keys)
+            got = lookup_cuda(torch_cuda, table, keys, t.dim)
             assert got.shape == (300, 100, 7)
             np.testing.assert_array_equal(got, t.reference(keys))
 
@@ -74,9 +66,9 @@ def test_n_zero_one_and_millions(table64, torch_cuda, gpu_lib, model):
         empty = table.lookup(torch.empty((0, 26), dtype=torch.int64, device="cuda"))
         assert tuple(empty.shape) == (0, 26, 32)
         one = t.draw(1)
-        np.testing.assert_array_equal(_lookup_cuda(torch, table, t, one), t.reference(one))
+        np.testing.assert_array_equal(lookup_cuda(torch, table, one, t.dim), t.reference(one))
         many = t.draw(4_000_000, absent_fraction=0.1, zipf=1.2)
-        np.testing.assert_array_equal(_lookup_cuda(torch, table, t, many), t.reference(many))
+        np.testing.assert_array_equal(lookup_cuda(torch, table, many, t.dim), t.reference(many))
         assert table.lookup_host(np.empty(0, dtype=np.int64)).shape == (0, 32)
 
 
@@ -95,7 +87,7 @@ def test_gpucache_off_serves_everything_from_host(table64, torch_cuda, gpu_lib):
     with gpu_lib.HpsTable.open(t.config, "r0_0", 0) as table:
         assert table.cache_slots == 0 and not table.resident
         keys = t.draw(20_000, absent_fraction=0.1)
-        np.testing.assert_array_equal(_lookup_cuda(torch_cuda, table, t, keys), t.reference(keys))
+        np.testing.assert_array_equal(lookup_cuda(torch_cuda, table, keys, t.dim), t.reference(keys))
         assert table.stats().cache_hits == 0
 
 
@@ -238,7 +230,7 @@ def test_hierarchical_cache_learns_hot_keys(table64, torch_cuda, gpu_lib):
         torch.cuda.synchronize()
         s0 = table.stats()
         keys = t.draw(100_000, zipf=1.2)
-        np.testing.assert_array_equal(_lookup_cuda(torch, table, t, keys), t.reference(keys))
+        np.testing.assert_array_equal(lookup_cuda(torch, table, keys, t.dim), t.reference(keys))
         s1 = table.stats()
         hit = (s1.cache_hits - s0.cache_hits) / 100_000
         assert hit > 0.8, f"hit rate {hit:.3f} after warm-up"

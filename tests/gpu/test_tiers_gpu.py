@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hps_gpu_helpers import RandomTable
+from hps_gpu_helpers import RandomTable, lookup_cuda
 from redis_servers import require_binary, start_cluster
 
 pytestmark = pytest.mark.gpu
@@ -83,13 +83,6 @@ def published(tmp_path_factory, storage, table):
         cluster.stop()
 
 
-def _lookup(torch, handle, keys: np.ndarray, dim: int = DIM) -> np.ndarray:
-    out = torch.full(keys.shape + (dim,), float("nan"), dtype=torch.float32, device="cuda")
-    handle.lookup(torch.from_numpy(keys).cuda(), out=out)
-    torch.cuda.synchronize()
-    return out.cpu().numpy()
-
-
 def _topk_optimum(table: RandomTable, zipf: float, slots: int, found_rows_sample: int = 2_000_000) -> float:
     """Static top-k optimum of the draw distribution (estimated from a large sample of found keys)."""
     rng = np.random.default_rng(99)
@@ -104,7 +97,7 @@ def test_first_lookup_fetches_each_distinct_key_once_from_the_right_tier(tmp_pat
     config = _config(tmp_path, table, volatile=_volatile(cluster), persistent=_persistent(rocks))
     keys = table.draw(100_000, absent_fraction=0.1, zipf=1.1)
     with gpu_lib.HpsTable.open(config, MODEL, 0) as h:
-        np.testing.assert_array_equal(_lookup(torch_cuda, h, keys), table.reference(keys))
+        np.testing.assert_array_equal(lookup_cuda(torch_cuda, h, keys, DIM), table.reference(keys))
         distinct = np.unique(keys)
         row_of = {int(k): r for r, k in enumerate(table.keys)}
         rows = np.array([row_of.get(int(k), -1) for k in distinct])
@@ -143,7 +136,7 @@ def test_lookups_exact_and_hit_rate_near_the_static_optimum(tmp_path, storage, t
         for batch in range(6):
             keys = table.draw(200_000, absent_fraction=0.02, zipf=zipf)
             s0 = h.stats()
-            np.testing.assert_array_equal(_lookup(torch_cuda, h, keys), reference(keys))
+            np.testing.assert_array_equal(lookup_cuda(torch_cuda, h, keys, DIM), reference(keys))
             s1 = h.stats()
             assert s1.lookups - s0.lookups == keys.size
             assert (s1.cache_hits + s1.host_hits + s1.not_found) - (s0.cache_hits + s0.host_hits + s0.not_found) == keys.size
@@ -171,18 +164,18 @@ def test_node_killed_then_back_degrades_to_rocksdb_and_reconnects(tmp_path, stor
         redis_only = _config(tmp_path / "redis_only", table, ratio=0.02, volatile=_volatile(cluster))
         with gpu_lib.HpsTable.open(both, MODEL, 0) as h, gpu_lib.HpsTable.open(redis_only, MODEL, 0) as r:
             warm = table.draw(50_000)
-            np.testing.assert_array_equal(_lookup(torch_cuda, h, warm), table.reference(warm))
+            np.testing.assert_array_equal(lookup_cuda(torch_cuda, h, warm, DIM), table.reference(warm))
             victim = cluster.ports[1]
             cluster.kill_node(victim)
             keys = table.draw(100_000, absent_fraction=0.05)
-            np.testing.assert_array_equal(_lookup(torch_cuda, h, keys), table.reference(keys))  # RocksDB answers
+            np.testing.assert_array_equal(lookup_cuda(torch_cuda, h, keys, DIM), table.reference(keys))  # RocksDB answers
             t = h.tier_stats()
             # Every key the dead node could not answer was asked of RocksDB: found there, or absent.
             assert t["unavailable"] > 0 and t["persistent_hits"] > 0
             assert t["persistent_hits"] + t["defaults"] >= t["unavailable"]
 
             # Without RocksDB below: the dead node's keys get the default value, counted, never garbage.
-            got, want = _lookup(torch_cuda, r, keys), table.reference(keys)
+            got, want = lookup_cuda(torch_cuda, r, keys, DIM), table.reference(keys)
             wrong = np.any(got != want, axis=-1)
             assert wrong.any() and np.all(got[wrong] == np.float32(table.default))
             t = r.tier_stats()
@@ -193,7 +186,7 @@ def test_node_killed_then_back_degrades_to_rocksdb_and_reconnects(tmp_path, stor
             time.sleep(1.5)  # past the client's retry_after_ms for a node marked down
             before = h.tier_stats()
             keys = table.draw(100_000, absent_fraction=0.05)
-            np.testing.assert_array_equal(_lookup(torch_cuda, h, keys), table.reference(keys))
+            np.testing.assert_array_equal(lookup_cuda(torch_cuda, h, keys, DIM), table.reference(keys))
             after = h.tier_stats()
             assert after["unavailable"] == before["unavailable"]  # reconnected
             assert after["volatile_hits"] > before["volatile_hits"]
@@ -209,15 +202,15 @@ def test_online_update_seen_after_refresh(tmp_path, storage, table, published, t
     new = np.full((keys.size, DIM), 42.0, dtype=np.float32)
     with gpu_lib.HpsTable.open(config, MODEL, 0) as h:
         for _ in range(3):  # seen often enough to be admitted
-            _lookup(torch_cuda, h, keys)
+            lookup_cuda(torch_cuda, h, keys, DIM)
         with storage.Database.open("volatile_db", _volatile(cluster), 64, "redis") as db:
             db.insert(TAG, keys[:500], new[:500])
-        got = _lookup(torch_cuda, h, keys)
+        got = lookup_cuda(torch_cuda, h, keys, DIM)
         stale = np.all(got[:500] == table.vectors[sample[:500]], axis=1)
         assert stale.sum() > 0  # cached rows keep their old vector until refreshed
         np.testing.assert_array_equal(got[500:], table.vectors[sample[500:]])
         assert h.refresh(1.0) > 0
-        got = _lookup(torch_cuda, h, keys)
+        got = lookup_cuda(torch_cuda, h, keys, DIM)
         np.testing.assert_array_equal(got[:500], new[:500])
         np.testing.assert_array_equal(got[500:], table.vectors[sample[500:]])
         with storage.Database.open("volatile_db", _volatile(cluster), 64, "redis") as db:  # leave the table as it was
@@ -233,13 +226,13 @@ def test_rocksdb_update_by_another_process_and_background_refresh(tmp_path, stor
     keys = np.ascontiguousarray(table.keys[:1_000])
     with gpu_lib.HpsTable.open(config, MODEL, 0) as h:
         for _ in range(3):
-            np.testing.assert_array_equal(_lookup(torch_cuda, h, keys), table.vectors[:1_000])
+            np.testing.assert_array_equal(lookup_cuda(torch_cuda, h, keys, DIM), table.vectors[:1_000])
         assert h.stats().cache_hits > 0
         new = np.full((keys.size, DIM), -7.0, dtype=np.float32)
         # `hps-surgeon publish --update` opens the database as primary while the plugin reads it.
         with storage.Database.open("persistent_db", _persistent(rocks), 64, "rocksdb") as db:
             db.insert(TAG, keys, new)
         deadline = time.monotonic() + 20
-        while not np.array_equal(_lookup(torch_cuda, h, keys), new):
+        while not np.array_equal(lookup_cuda(torch_cuda, h, keys, DIM), new):
             assert time.monotonic() < deadline, "the background refresh did not bring the update in"
             time.sleep(0.2)
