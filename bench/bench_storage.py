@@ -28,8 +28,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +35,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+# The tests' Redis Cluster (3 masters on loopback), with the binaries of $HPS_REDIS_BIN (--bin-dir).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from redis_servers import ENV_BIN, start_cluster  # noqa: E402
 
 BATCH, SLOTS, DIM = 131072, 26, 128
 
@@ -84,70 +86,6 @@ def ok(lib, status, what):
     if status != 0:
         err = (lib.hps_storage_last_error if hasattr(lib, "hps_storage_last_error") else lib.hps_last_error)()
         raise RuntimeError(f"{what}: status {status}: {err.decode()}")
-
-
-def free_port() -> int:
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            p = s.getsockname()[1]
-        if p < 55000:
-            try:
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", p + 10000))
-                return p
-            except OSError:
-                pass
-
-
-class Cluster:
-    def __init__(self, bin_dir: Path, root: Path, env: dict):
-        self.bin, self.root, self.env = bin_dir, root, env
-        self.ports = [free_port() for _ in range(3)]
-        self.procs = {}
-        for p in self.ports:
-            self.start(p)
-        subprocess.run([str(bin_dir / "redis-cli"), "--cluster", "create", *[f"127.0.0.1:{p}" for p in self.ports],
-                        "--cluster-yes"], check=True, capture_output=True, env=env, timeout=60)
-        self.wait_ok()
-
-    def start(self, p):
-        d = self.root / str(p)
-        d.mkdir(parents=True, exist_ok=True)
-        self.procs[p] = subprocess.Popen(
-            [str(self.bin / "redis-server"), "--port", str(p), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-             "--cluster-config-file", f"nodes-{p}.conf", "--cluster-node-timeout", "1000",
-             "--cluster-require-full-coverage", "no", "--dir", str(d), "--save", "", "--appendonly", "no",
-             "--protected-mode", "no"], stdout=subprocess.DEVNULL, env=self.env)
-        for _ in range(200):
-            if self.cli(p, "PING").strip() == "PONG":
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"redis-server {p} did not start")
-
-    def cli(self, p, *args):
-        r = subprocess.run([str(self.bin / "redis-cli"), "-p", str(p), *args], capture_output=True, env=self.env)
-        return r.stdout.decode()
-
-    def wait_ok(self):
-        for p in self.ports:
-            for _ in range(300):
-                if "cluster_state:ok" in self.cli(p, "CLUSTER", "INFO"):
-                    break
-                time.sleep(0.1)
-
-    @property
-    def address(self):
-        return ",".join(f"127.0.0.1:{p}" for p in self.ports)
-
-    def kill(self, p):
-        self.procs.pop(p).send_signal(signal.SIGKILL)
-
-    def stop(self):
-        for pr in self.procs.values():
-            pr.terminate()
-        for pr in self.procs.values():
-            pr.wait(10)
 
 
 def write_table(folder: Path, rows: int, seed: int):
@@ -360,7 +298,8 @@ def main():
     vectors = np.memmap(args.work / "t0" / "emb_vector", dtype="<f4", mode="r").reshape(args.rows, DIM)
     res["table_write_s"] = time.perf_counter() - t0
     bench = Bench(args, storage, plugin, torch, keys, vectors)
-    cluster = Cluster(args.bin_dir, args.work / "redis", env)
+    os.environ[ENV_BIN] = str(args.bin_dir)
+    cluster = start_cluster(args.work / "redis")
     vsec = {"type": "redis_cluster", "address": cluster.address, "num_partitions": 8,
             "initialize_after_startup": False}
     psec = {"type": "rocks_db", "path": str(args.work / "rocks"), "initialize_after_startup": False}
@@ -475,7 +414,7 @@ def faults_section(args, storage, plugin, torch, res, cluster, keys, vectors, vs
     k2 = torch.from_numpy(keys[np.random.default_rng(6).choice(args.rows, 400_000)]).cuda()
     ok(plugin, plugin.hps_lookup(h, k2.data_ptr(), 64, k2.numel(),
                                  torch.empty((k2.numel(), DIM), device="cuda").data_ptr(), 0), "churn")
-    cluster.kill(cluster.ports[1])
+    cluster.kill_node(cluster.ports[1])
     time.sleep(0.5)
     k = torch.from_numpy(keys[rest]).cuda()
     out = torch.empty((k.numel(), DIM), dtype=torch.float32, device="cuda")
