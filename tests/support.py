@@ -29,6 +29,19 @@ def copy_rewrite(source: Path, target: Path) -> Path:
     return target
 
 
+def set_string_attribute(source: Path, name: str, value: bytes, target: Path | None = None) -> Path:
+    """The model at source with attribute `name` of every node that has one set to value (raw bytes, NUL
+    included where wanted), saved to target (default: in place)."""
+    model = onnx.load(str(source))
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if attr.name == name:
+                attr.s = value
+    target = target or source
+    onnx.save(model, str(target))
+    return target
+
+
 def run_onnxruntime(model_path: Path | str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]

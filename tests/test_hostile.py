@@ -22,7 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import hps_surgeon
 
-from support import FIXTURES, copy_rewrite, tree
+from support import FIXTURES, copy_rewrite, set_string_attribute, tree
 
 #: one table 'emb.weight' [1000, 16] float32, read by node '/emb/Gather' (torch.onnx, legacy exporter)
 SOURCE = FIXTURES / "torch/embedding_int64_legacy.onnx"
@@ -447,12 +447,7 @@ def test_config_json_nested_100000_deep(cli, rw):
 
 
 def test_model_name_that_is_not_utf8(cli, rw):
-    model = onnx.load(str(rw / "model.onnx"))
-    for node in model.graph.node:
-        for attr in node.attribute:
-            if attr.name == "model_name":
-                attr.s = b"\xff\xfedemo\0"
-    onnx.save(model, str(rw / "model.onnx"))
+    set_string_attribute(rw / "model.onnx", "model_name", b"\xff\xfedemo\0")
     assert_rw_refused(cli, rw, f"{rw / 'model.onnx'}:{NODE}: attribute 'model_name' is not valid UTF-8 "
                                "(b'\\xff\\xfedemo\\x00') — the plugin compares it as text; re-run hps-surgeon rewrite")
 

@@ -17,7 +17,7 @@ from hps_surgeon.errors import errors
 from hps_surgeon.hps import config as hps_config
 from hps_surgeon.hps.config_fields import markdown_table
 
-from support import FIXTURES, ROOT, copy_rewrite
+from support import FIXTURES, ROOT, copy_rewrite, set_string_attribute
 
 
 @pytest.fixture(scope="module")
@@ -242,14 +242,7 @@ def test_model_name_option_is_validated_in_one_line(tmp_path):
 
 
 def test_node_model_name_is_checked_without_a_config(rewritten, tmp_path):
-    import onnx
-    model = onnx.load(str(rewritten / "model.onnx"))
-    for node in model.graph.node:
-        for attr in node.attribute:
-            if attr.name == "model_name":
-                attr.s = b"my model\0"
-    path = tmp_path / "model.onnx"
-    onnx.save(model, str(path))
+    path = set_string_attribute(rewritten / "model.onnx", "model_name", b"my model\0", tmp_path / "model.onnx")
     proc = subprocess.run([sys.executable, "-m", "hps_surgeon", "check", str(path)], capture_output=True, text=True)
     assert proc.returncode == 1
     assert proc.stdout.splitlines() == [

@@ -25,7 +25,7 @@ from onnx import AttributeProto, TensorProto
 
 import hps_surgeon
 
-from support import FIXTURES, ROOT
+from support import FIXTURES, ROOT, set_string_attribute
 
 NOTHING_TO_REWRITE = {"torch/embedding_max_norm_dynamo.onnx", "hugectr/dlrm_nonconstant_default.onnx",
                       "hugectr/dlrm_sparse_input.onnx",
@@ -272,12 +272,7 @@ def test_the_rules_catch_what_they_describe(rewrites, tmp_path, monkeypatch):
     del model["deployed_device_list"]
     config["supportlonglong"] = True
     config_path.write_text(json.dumps(config))
-    onnx_model = onnx.load(str(broken_dir / "model.onnx"))
-    for node in onnx_model.graph.node:
-        for attr in node.attribute:
-            if attr.name == "ps_config_file":
-                attr.s = (str(config_path) + "\0").encode()
-    onnx.save(onnx_model, str(broken_dir / "model.onnx"))
+    set_string_attribute(broken_dir / "model.onnx", "ps_config_file", (str(config_path) + "\0").encode())
     monkeypatch.chdir(tmp_path)
     broken = Broken()
     hugectr_parse(str(config_path), broken)
