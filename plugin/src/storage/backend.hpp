@@ -28,6 +28,17 @@ struct FetchCounts {
         found += o.found, missing += o.missing, unavailable += o.unavailable, corrupt += o.corrupt;
         return *this;
     }
+    // Tallies the statuses a fetch wrote.
+    static FetchCounts of(size_t n, const uint8_t* status) {
+        FetchCounts c;
+        for (size_t i = 0; i < n; ++i) {
+            c.found += status[i] == kFound;
+            c.missing += status[i] == kMissing;
+            c.unavailable += status[i] == kUnavailable;
+            c.corrupt += status[i] == kCorrupt;
+        }
+        return c;
+    }
 };
 
 // Called with (rows done, rows total) while a long insert runs; returning false cancels it.

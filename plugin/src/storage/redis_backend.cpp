@@ -170,14 +170,7 @@ public:
             if (params_.overflow_policy != OverflowPolicy::EvictRandom)
                 touch(tag, piece.part, pk, piece.begin, piece.end, status);
         });
-        FetchCounts counts;
-        for (size_t i = 0; i < n; ++i) {
-            counts.found += status[i] == kFound;
-            counts.missing += status[i] == kMissing;
-            counts.unavailable += status[i] == kUnavailable;
-            counts.corrupt += status[i] == kCorrupt;
-        }
-        return counts;
+        return FetchCounts::of(n, status);
     }
 
     size_t insert(const std::string& tag, size_t n, const int64_t* keys, const char* values,
