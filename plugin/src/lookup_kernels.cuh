@@ -239,6 +239,37 @@ __device__ __forceinline__ void flush_resident_counts(unsigned long long* block_
     }
 }
 
+// A hierarchical lookup's counts of this lane -> the block -> the table's counters (kCacheHits ..
+// kLast: the zero-copy kernel also admits, so it counts insertions and evictions too), one global
+// atomic per counter and block; the first block advances the epoch. Every thread must call it.
+template <int kLast>
+__device__ __forceinline__ void flush_hier_counts(unsigned long long* block_counts, int lane, const Params& p,
+                                                  unsigned long long c_cache, unsigned long long c_host,
+                                                  unsigned long long c_absent, unsigned long long c_ins = 0,
+                                                  unsigned long long c_evict = 0) {
+    static_assert(kLast == kNotFound || kLast == kEvictions, "counts up to not-found, or up to evictions");
+    const unsigned long long w_cache = warp_sum(c_cache), w_host = warp_sum(c_host), w_absent = warp_sum(c_absent);
+    unsigned long long w_ins = 0, w_evict = 0;
+    if constexpr (kLast == kEvictions) w_ins = warp_sum(c_ins), w_evict = warp_sum(c_evict);
+    if (lane == 0) {
+        atomicAdd(&block_counts[kCacheHits], w_cache);
+        atomicAdd(&block_counts[kHostHits], w_host);
+        atomicAdd(&block_counts[kNotFound], w_absent);
+        if constexpr (kLast == kEvictions) {
+            atomicAdd(&block_counts[kInsertions], w_ins);
+            atomicAdd(&block_counts[kEvictions], w_evict);
+        }
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        const unsigned long long total = block_counts[kCacheHits] + block_counts[kHostHits] + block_counts[kNotFound];
+        atomicAdd(&p.counters[kLookups], total);
+        for (int c = kCacheHits; c <= kLast; ++c)
+            if (block_counts[c]) atomicAdd(&p.counters[c], block_counts[c]);
+        if (blockIdx.x == 0) atomicAdd(p.epoch, 1u);
+    }
+}
+
 // Copies a warp's run of rows into dst[0, cnt * V): element e comes from src(k, c), k = e / V,
 // c = e % V (a null source means the default value); kU 16-byte loads in flight per lane before
 // the stores. The output side is plain contiguous indexing on purpose: at ~3 TB/s the kernel is
@@ -380,23 +411,7 @@ __global__ void __launch_bounds__(kBlock, HPS_HIER_MIN_BLOCKS)
         offer_rows<VecT>(p, src <= -2, row, out_v + out_base, lane, c_ins, c_evict);
     }
 
-    const unsigned long long w_cache = warp_sum(c_cache), w_host = warp_sum(c_host), w_absent = warp_sum(c_absent);
-    const unsigned long long w_ins = warp_sum(c_ins), w_evict = warp_sum(c_evict);
-    if (lane == 0) {
-        atomicAdd(&block_counts[kCacheHits], w_cache);
-        atomicAdd(&block_counts[kHostHits], w_host);
-        atomicAdd(&block_counts[kNotFound], w_absent);
-        atomicAdd(&block_counts[kInsertions], w_ins);
-        atomicAdd(&block_counts[kEvictions], w_evict);
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        const unsigned long long total = block_counts[kCacheHits] + block_counts[kHostHits] + block_counts[kNotFound];
-        atomicAdd(&p.counters[kLookups], total);
-        for (int c = kCacheHits; c < kNumCounters; ++c)
-            if (block_counts[c]) atomicAdd(&p.counters[c], block_counts[c]);
-        if (blockIdx.x == 0) atomicAdd(p.epoch, 1u);
-    }
+    flush_hier_counts<kEvictions>(block_counts, lane, p, c_cache, c_host, c_absent, c_ins, c_evict);
 }
 
 // Params::vec_shift for a row of vec elements: log2(vec) when vec is a power of two, else -1.

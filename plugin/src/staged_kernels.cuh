@@ -88,19 +88,7 @@ __global__ void __launch_bounds__(kBlock, HPS_HIER_MIN_BLOCKS)
         }
     }
 
-    const unsigned long long w_cache = warp_sum(c_cache), w_host = warp_sum(c_host), w_absent = warp_sum(c_absent);
-    if (lane == 0) {
-        atomicAdd(&block_counts[kCacheHits], w_cache);
-        atomicAdd(&block_counts[kHostHits], w_host);
-        atomicAdd(&block_counts[kNotFound], w_absent);
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        atomicAdd(&p.counters[kLookups], block_counts[kCacheHits] + block_counts[kHostHits] + block_counts[kNotFound]);
-        for (int c = kCacheHits; c <= kNotFound; ++c)
-            if (block_counts[c]) atomicAdd(&p.counters[c], block_counts[c]);
-        if (blockIdx.x == 0) atomicAdd(p.epoch, 1u);
-    }
+    flush_hier_counts<kNotFound>(block_counts, lane, p, c_cache, c_host, c_absent);
 }
 
 // out[miss_pos[m]] = staging[stage_index[miss_row[m]]], one warp per miss.
