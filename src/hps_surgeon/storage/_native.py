@@ -11,6 +11,7 @@ import ctypes
 import json
 import os
 from collections.abc import Callable
+from typing import Self
 
 import numpy as np
 
@@ -119,8 +120,29 @@ def describe_config(config_path: str | os.PathLike[str]) -> dict:
     return json.loads(_text_out(lambda b, c, n: lib.hps_storage_describe_config(path, b, c, n), str(config_path)))
 
 
-class Database:
+class _Handle:
+    """A handle of the library, freed by close() or at the end of a with-block (closing twice is a no-op)."""
+
+    _CLOSE: str  #: the C function that frees the handle
+    _handle: int | None
+    label: str
+
+    def close(self) -> None:
+        if self._handle is not None:
+            handle, self._handle = self._handle, None
+            check(getattr(load(), self._CLOSE)(handle), self.label)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Database(_Handle):
     """One opened Redis Cluster or RocksDB, laid out as HugeCTR's HPS lays it out."""
+
+    _CLOSE = "hps_db_close"
 
     def __init__(self, handle: int, label: str) -> None:
         self._handle: int | None = handle
@@ -211,20 +233,12 @@ class Database:
         text = _text_out(lambda b, c, n: lib.hps_db_find_tables(h, model.encode(), b, c, n), self.label)
         return [line for line in text.splitlines() if line]
 
-    def close(self) -> None:
-        if self._handle is not None:
-            handle, self._handle = self._handle, None
-            check(load().hps_db_close(handle), self.label)
-
-    def __enter__(self) -> Database:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
-class Tiers:
+class Tiers(_Handle):
     """HugeCTR's lookup order below the GPU cache for one table, on the host (what the plugin runs)."""
+
+    _CLOSE = "hps_tiers_close"
 
     def __init__(self, config_path: str | os.PathLike[str], model: str, table_id: int) -> None:
         handle = ctypes.c_void_p()
@@ -247,14 +261,3 @@ class Tiers:
         s = TierStats()
         check(load().hps_tiers_stats(self._handle, ctypes.byref(s)), self.label)
         return s.as_dict()
-
-    def close(self) -> None:
-        if self._handle is not None:
-            handle, self._handle = self._handle, None
-            check(load().hps_tiers_close(handle), self.label)
-
-    def __enter__(self) -> Tiers:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
