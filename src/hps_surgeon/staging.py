@@ -141,6 +141,31 @@ def copy_range(src: Path, offset: int, length: int, out, progress: Callable[[int
             progress(copied)
 
 
+def replace_file(path: Path, data: bytes, error: str | None = None) -> None:
+    """Replace the file `path` with `data` atomically: a temporary file beside it, fsynced, renamed.
+
+    Missing parent folders are made. `error` (with `{reason}`) is the message raised when no
+    temporary file can be made there; without it the OS's error propagates.
+    """
+    try:
+        path.absolute().parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.absolute().parent)
+    except OSError as exc:
+        if error is None:
+            raise
+        raise SurgeonError(error.format(reason=exc.strerror)) from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            fsync(f)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a server reading it may run as another user
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.absolute().parent)
+
+
 def write_json(path: Path, data: Any) -> None:
     with open(path, "w") as f:
         json.dump(data, f, indent=2)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -28,7 +27,7 @@ from ..errors import Problem, SurgeonError
 from ..hps import config as hps_config
 from ..hps import validate
 from ..hps.contract import MODEL_NAME
-from ..staging import make_stage
+from ..staging import replace_file
 from . import repository, triton
 from .builders import NvidiaBuilder, find_builder
 
@@ -131,7 +130,7 @@ def build_engine(rewrite_dir: str | os.PathLike, out: str | os.PathLike, options
                            f"{'name the engine file' if out.is_dir() else 'pass --force to replace it'}")
     build = build_serialized(source.path / MODEL_NAME, prof, options, progress)
     if build.ok:
-        _write_atomically(out, build.plan)
+        replace_file(out, build.plan, f"--out {out}: cannot write there ({{reason}}) — choose a writable --out")
     return build
 
 
@@ -150,15 +149,6 @@ def check_engine(model_path: Path, config_path: Path, options: EngineOptions = E
     except SurgeonError as exc:
         return [Problem(str(model_path), "(engine)", str(exc))]
     return list(build_serialized(model_path, prof, options).problems)
-
-
-def _write_atomically(out: Path, data: bytes) -> None:
-    stage = make_stage(out, "engine", f"--out {out}: cannot write there ({{reason}}) — choose a writable --out")
-    try:
-        (stage / out.name).write_bytes(data)
-        os.replace(stage / out.name, out)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
 
 
 def ready(options: EngineOptions = EngineOptions()) -> tuple[NvidiaBuilder, Path]:

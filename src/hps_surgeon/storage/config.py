@@ -7,13 +7,12 @@ reading them back is the native parser's job (``describe_config``), so the rules
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from hps_surgeon.errors import SurgeonError
+from hps_surgeon.staging import replace_file
 
 #: HugeCTR's documented default partition count for Redis (docs hps_database_backend.md, num_partitions).
 DEFAULT_PARTITIONS = 8
@@ -89,20 +88,4 @@ def persistent_section(path: Path, existing: dict | None) -> dict:
 
 def write_config(path: Path, config: dict) -> None:
     """Replace hps_config.json atomically (temp file in the same folder, fsync, rename)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(config, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    replace_file(path, (json.dumps(config, indent=2) + "\n").encode())
