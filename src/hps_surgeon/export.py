@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from .errors import SurgeonError, errors
 from .hps import tables as table_files
 from .hps import validate
 from .hps.contract import CONFIG_NAME, DEFAULT_DOMAIN, DOMAIN_VERSION, HPS_OP, MODEL_NAME
-from .load import LoadedModel, subgraphs
+from .load import LoadedModel, external_tensors
 from .plan import Plan
 from .staging import copy_range, fsync
 
@@ -59,7 +58,7 @@ def write_tables(loaded: LoadedModel, plan: Plan, folder: Path, quiet: bool = Tr
 
 def write_model(model: onnx.ModelProto, loaded: LoadedModel, folder: Path) -> Path:
     """Write `model.onnx`; external tensors still in use move to `model.onnx.data` (or inline if small)."""
-    external = [t for t in _all_tensors(model.graph) if t.data_location == TensorProto.EXTERNAL]
+    external = list(external_tensors(model.graph))
     # the references still point at the source model's files: resolved under the confinement rule
     ranges = {id(t): wellformed.external_range(t, loaded.path, f"tensor '{t.name}'") for t in external}
     inline = sum(r.length for r in ranges.values()) < INLINE_LIMIT
@@ -112,13 +111,6 @@ def _check_onnx(path: Path, domain: str) -> None:
     finally:
         if target != path:
             target.unlink(missing_ok=True)
-
-
-def _all_tensors(graph: onnx.GraphProto) -> Iterator[TensorProto]:
-    for scope in (graph, *subgraphs(graph)):
-        yield from scope.initializer
-        for node in scope.node:
-            yield from (attr.t for attr in node.attribute if attr.type == onnx.AttributeProto.TENSOR)
 
 
 def _set_external(tensor: TensorProto, location: str, offset: int, length: int) -> None:

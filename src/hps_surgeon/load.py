@@ -8,6 +8,7 @@ it (text fields, tensor sizes, external-data references under the confinement ru
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -278,6 +279,14 @@ def subgraphs(graph: onnx.GraphProto):
             for sub in inner:
                 yield sub
                 yield from subgraphs(sub)
+
+
+def external_tensors(graph: onnx.GraphProto) -> Iterator[TensorProto]:
+    """The tensors stored in external data: initializers and tensor attributes (Constant values), every scope."""
+    for scope in (graph, *subgraphs(graph)):
+        stored = [*scope.initializer, *(attr.t for node in scope.node for attr in node.attribute
+                                        if attr.type == onnx.AttributeProto.TENSOR)]
+        yield from (t for t in stored if t.data_location == TensorProto.EXTERNAL)
 
 
 def _source_of(tensor: TensorProto, model_path: Path) -> TensorSource:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import onnx
-from onnx import AttributeProto, TensorProto
+from onnx import AttributeProto
 
 from .. import confine, wellformed
 from ..errors import SurgeonError, errors
@@ -38,7 +38,7 @@ from ..hps import config as hps_config
 from ..hps import validate
 from ..hps.contract import CONFIG_NAME, MODEL_NAME, TABLES_DIR, field_text
 from ..hps.tables import KEY_FILE, VECTOR_FILE, table_files
-from ..load import read_proto
+from ..load import external_tensors, read_proto
 from ..staging import output_folder
 from ..verify import keyspace
 from . import triton
@@ -207,7 +207,7 @@ def _external_files(model: onnx.ModelProto, model_path: Path) -> dict[str, Path]
     """Each external-data file of the model, by its path relative to the model's folder (its deployed name)."""
     root = Path(os.path.realpath(model_path.parent))
     files = {}
-    for tensor in _external_tensors(model):
+    for tensor in external_tensors(model.graph):
         real = wellformed.external_range(tensor, model_path, f"tensor '{tensor.name}'").file
         rel = real.relative_to(root).as_posix()
         if rel in (MODEL_NAME, CONFIG_NAME) or rel.split("/")[0] == TABLES_DIR:
@@ -215,25 +215,6 @@ def _external_files(model: onnx.ModelProto, model_path: Path) -> dict[str, Path]
                                "itself; re-run hps-surgeon rewrite")
         files[rel] = real
     return files
-
-
-def _external_tensors(model: onnx.ModelProto) -> Iterator[TensorProto]:
-    for graph in (model.graph, *_subgraphs(model.graph)):
-        for tensor in graph.initializer:
-            if tensor.data_location == TensorProto.EXTERNAL:
-                yield tensor
-        for node in graph.node:
-            for attr in node.attribute:
-                if attr.type == AttributeProto.TENSOR and attr.t.data_location == TensorProto.EXTERNAL:
-                    yield attr.t
-
-
-def _subgraphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    for node in graph.node:
-        for attr in node.attribute:
-            for body in [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs):
-                yield body
-                yield from _subgraphs(body)
 
 
 def _model_name(name: str | None, source: RewriteFolder) -> str:
@@ -365,7 +346,7 @@ def _relocate_external(model: onnx.ModelProto, source: RewriteFolder) -> None:
     """Point the deployed copy's external data at the copies: each file's path relative to the model."""
     model_path = source.path / MODEL_NAME
     root = Path(os.path.realpath(source.path))
-    for tensor in _external_tensors(model):
+    for tensor in external_tensors(model.graph):
         real = wellformed.external_range(tensor, model_path, f"tensor '{tensor.name}'").file
         for entry in tensor.external_data:
             if entry.key == "location":
