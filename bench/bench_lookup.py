@@ -32,6 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from hps_surgeon.hps import native  # noqa: E402
+from hps_configs import lookup_config  # noqa: E402  (bench/, this script's folder)
 
 ROWS_DEFAULT = 32_700_000
 
@@ -81,16 +82,8 @@ def make_table(workdir: Path, rows: int, dim: int) -> tuple[Path, torch.Tensor]:
                 table[r:r + step].cpu().numpy().tofile(f)
         stamp.write_text(f"{rows} {dim}")
         log(f"wrote {rows} x {dim} table files in {time.perf_counter() - t0:.1f} s")
-    models = []
-    for name, ratio in (("resident", 1.0), ("hier", 0.2), ("host", 0.0)):
-        models.append({"model": name, "sparse_files": ["tables/t0"], "num_of_worker_buffer_in_pool": 3,
-                       "embedding_table_names": ["t0"], "embedding_vecsize_per_table": [dim],
-                       "maxnum_catfeature_query_per_table_per_sample": [26],
-                       "default_value_for_each_table": [0.0], "deployed_device_list": [0],
-                       "max_batch_size": 131072, "cache_refresh_percentage_per_iteration": 0.2,
-                       "hit_rate_threshold": 1.0, "gpucacheper": ratio, "gpucache": True})
     cfg = workdir / "hps_config.json"
-    cfg.write_text(json.dumps({"supportlonglong": True, "models": models}))
+    cfg.write_text(json.dumps(lookup_config(dim)))
     return cfg, table
 
 

@@ -40,6 +40,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from redis_servers import ENV_BIN, start_cluster  # noqa: E402
 
+from hps_configs import model_entry  # noqa: E402  (bench/, this script's folder)
+
 BATCH, SLOTS, DIM = 131072, 26, 128
 
 
@@ -101,12 +103,7 @@ def write_table(folder: Path, rows: int, seed: int):
 
 
 def config(path: Path, ratio: float, volatile=None, persistent=None, refresh=None):
-    model = {"model": "bench", "sparse_files": ["t0"], "embedding_table_names": ["t0"],
-             "embedding_vecsize_per_table": [DIM], "maxnum_catfeature_query_per_table_per_sample": [SLOTS],
-             "default_value_for_each_table": [0.0], "deployed_device_list": [0], "max_batch_size": BATCH,
-             "hit_rate_threshold": 1.0, "gpucacheper": ratio, "gpucache": True,
-             "cache_refresh_percentage_per_iteration": 0.2}
-    c = {"supportlonglong": True, "models": [model]}
+    c = {"supportlonglong": True, "models": [model_entry("bench", "t0", DIM, ratio, BATCH, SLOTS)]}
     if volatile:
         c["volatile_db"] = volatile
     if persistent:

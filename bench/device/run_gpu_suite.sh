@@ -24,6 +24,7 @@
 #   PEERS=build/peers/lookup_peers   built by bench/peers/build.sh "$PEER_SOURCES" when missing
 #   BASELINE_LIB=...          another libhps_plugin.so measured beside ours (lookup_peers --compare-dims)
 #   PEERS_ARGS, VARIANTS_ARGS, NCU_ARGS   extra lookup_peers arguments for those steps
+#   PEERS_SYSTEMS, PEERS_TIMEOUT   the peers step's --systems (lib,hier,cuco,hkv,hkv_hybrid) and limit (420 s)
 #   TESTS_TIMEOUT, SANITIZER_TIMEOUT   seconds per pytest run / sanitizer run (400 / 150)
 #   .whl/*.whl                Python wheels the tests need and the machine lacks (installed to /tmp/site)
 set -uo pipefail
@@ -57,8 +58,11 @@ if has peers || has variants || has ncu; then
   fi
 fi
 export HPS_SURGEON_PLUGIN_LIB="$PWD/$BUILD/libhps_plugin.so"
-# hps_gpu_driver and hps_trt_glue_check find libhps_plugin.so here when built on another machine.
+# hps_gpu_driver and hps_trt_glue_check find libhps_plugin.so here when built on another machine;
+# devlib/ holds hiredis, RocksDB and their libraries for a library built elsewhere (the device
+# machine has none: see bench/device/run_storage_gpu.sh).
 export LD_LIBRARY_PATH="$PWD/$BUILD${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+[ -d devlib ] && export LD_LIBRARY_PATH="$PWD/devlib:$LD_LIBRARY_PATH"
 
 step_tests() {
   if ls .whl/*.whl > /dev/null 2>&1; then
@@ -100,7 +104,7 @@ libs=(--lib "ours=$PWD/$BUILD/libhps_plugin.so")
 [ -n "${BASELINE_LIB:-}" ] && libs+=(--lib "pre=$BASELINE_LIB")
 step_peers() {
   # shellcheck disable=SC2086
-  timeout 420 "$PEERS" "${libs[@]}" --systems lib,hier,cuco,hkv,hkv_hybrid --json "$OUT/peers.json" ${PEERS_ARGS:-} \
+  timeout "${PEERS_TIMEOUT:-420}" "$PEERS" "${libs[@]}" --systems "${PEERS_SYSTEMS:-lib,hier,cuco,hkv,hkv_hybrid}" --json "$OUT/peers.json" ${PEERS_ARGS:-} \
     > "$OUT/peers.log" 2>&1
   note "lookup_peers (peers): exit $?"
   sed -n '/^summary/,$p' "$OUT/peers.log" >> "$SUMMARY"

@@ -23,7 +23,8 @@
 
 namespace bench {
 
-// The table every system is built from: keys[r] (distinct, in [0, 2^62)) owns row r of vectors.
+// The table every system is built from: keys[r] (distinct, in [0, 2^62); or r itself, the identity-keyed
+// table every rewrite exports) owns row r of vectors.
 struct Table {
     int64_t rows = 0;
     int dim = 0;
@@ -39,7 +40,13 @@ public:
     virtual void lookup(const long long* keys, int64_t n, float* out, cudaStream_t stream) = 0;
     // A line on what was built (memory, load factor, placement), for the log.
     virtual std::string describe() const { return ""; }
+    // True when it is built over the identity-keyed table (key r owns row r) and so must be given
+    // row ids as keys; false: the table's scrambled keys.
+    virtual bool identity_keys() const { return false; }
 };
+
+// `inner`, built over the identity-keyed table, named name + "_idkeys".
+std::unique_ptr<System> over_identity_keys(std::unique_ptr<System> inner);
 
 // HierarchicalKV: values in HBM (hbm_share 1) or HKV's hybrid mode with hbm_share of the value
 // storage in HBM and the rest in pinned host memory.

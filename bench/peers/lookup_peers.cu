@@ -1,17 +1,23 @@
 // lookup_peers.cu: our lookup against HierarchicalKV and cuCollections on the same keys and table
-// (issue 15). Built by bench/peers/build.sh; results go to BENCHMARKS.md and bench/LOOKUP_RESULTS.md.
+// (issues 15, 18). Built by bench/peers/build.sh; results go to BENCHMARKS.md and bench/LOOKUP_RESULTS.md.
 //
 //   lookup_peers --lib ours=build/plugin/libhps_plugin.so [--lib pre=OLD.so] --json out.json
+//                [--hier-sweep ROWS:BLOCKS,...,copy_engine]
 //
 // For each dim: a table of `rows` keys (a bijection of the row ids onto [0, 2^62), so no system sees
-// sequential keys) and random float32 vectors, generated on the GPU; key sets of batch x hotness
+// sequential keys) and random float32 vectors, generated on the GPU, and the same vectors keyed by
+// their row ids (the identity-keyed table every rewrite exports; systems marked _identity or
+// _idkeys are built over it and given row ids as keys); key sets of batch x hotness
 // keys, uniform or Zipf(s) over rows (rank -> row by a fixed affine permutation), 4 sets rotated so
 // repeats do not measure a warm L2. Every system is checked bit-exact against the table before it is
 // timed. Times are medians of CUDA-event intervals around one lookup call, with a GPU spin kernel
 // queued first so the start event fires once the host has enqueued the call: device time of one
 // call, also at the latency sizes (1024 x hotness and 1 x hotness keys). Copy floor: keys + rows read + rows written at the bandwidth of a 2 GiB
-// device-to-device copy measured in the same run.
+// device-to-device copy measured in the same run. PCIe floor of a hierarchical batch: the distinct
+// rows it looked up times the measured miss rate times the row size, at the bandwidth of a pinned
+// host-to-device copy (copy engine) measured in the same run.
 #include "bench.hpp"
+#include "peer_config.hpp"
 
 #include <dlfcn.h>
 #include <fcntl.h>
@@ -31,6 +37,9 @@
 #include <thrust/device_ptr.h>
 #include <thrust/execution_policy.h>
 #include <thrust/scan.h>
+#include <thrust/sequence.h>
+#include <thrust/sort.h>
+#include <thrust/unique.h>
 
 #include "hps_plugin/hps.h"
 
@@ -53,6 +62,7 @@ struct Options {
     std::vector<int> compare_hier_dims{32};
     std::vector<std::string> variants{"all"};
     std::vector<std::string> systems{"lib", "hier", "variants", "cuco", "hkv", "hkv_hybrid"};
+    std::vector<std::string> hier_sweep;  // extra hierarchical runs: HPS_HOST_READ shapes, "copy_engine"
     std::string workdir = "/dev/shm/hps_peers";
     std::string json;
     bool profile = false;  // one call of each kernel of interest (for ncu), no timing
@@ -100,6 +110,7 @@ Options parse(int argc, char** argv) {
         else if (a == "--compare-hier-dims") o.compare_hier_dims = ints(val());
         else if (a == "--variants") o.variants = split(val(), ',');
         else if (a == "--systems") o.systems = split(val(), ',');
+        else if (a == "--hier-sweep") o.hier_sweep = split(val(), ',');
         else if (a == "--workdir") o.workdir = val();
         else if (a == "--json") o.json = val();
         else if (a == "--profile") o.profile = true;
@@ -158,7 +169,7 @@ __global__ void zipf_weights(long long rows, double s, double* w) {
 
 // rows[i], keys[i] for draw `seed`: uniform over rows, or Zipf by inverse CDF (cdf != null).
 __global__ void draw_keys(unsigned long long seed, long long n, long long table_rows, const double* cdf,
-                          long long perm_a, long long perm_b, int* rows, long long* keys) {
+                          long long perm_a, long long perm_b, int* rows, long long* keys, long long* ids) {
     for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < n;
          i += static_cast<long long>(gridDim.x) * blockDim.x) {
         const unsigned long long h = splitmix(seed * 0x100000001b3ULL + static_cast<unsigned long long>(i));
@@ -177,6 +188,7 @@ __global__ void draw_keys(unsigned long long seed, long long n, long long table_
         }
         rows[i] = static_cast<int>(row);
         keys[i] = key_of_row(row);
+        ids[i] = row;
     }
 }
 
@@ -200,8 +212,10 @@ __global__ void spin(long long cycles) {
 
 struct KeySet {
     int* rows = nullptr;
-    long long* keys = nullptr;
+    long long* keys = nullptr;  // the scrambled table's keys of rows
+    long long* ids = nullptr;   // the identity-keyed table's keys of rows (= rows)
     long long n = 0;
+    const long long* for_system(const System& s) const { return s.identity_keys() ? ids : keys; }
 };
 
 class Keys {
@@ -217,6 +231,7 @@ public:
         for (KeySet& k : owned_) {
             BENCH_CK(cudaFree(k.rows));
             BENCH_CK(cudaFree(k.keys));
+            BENCH_CK(cudaFree(k.ids));
         }
     }
     KeySet make(long long n) {
@@ -224,12 +239,13 @@ public:
         k.n = n;
         BENCH_CK(cudaMalloc(&k.rows, n * sizeof(int)));
         BENCH_CK(cudaMalloc(&k.keys, n * sizeof(long long)));
+        BENCH_CK(cudaMalloc(&k.ids, n * sizeof(long long)));
         owned_.push_back(k);
         return k;
     }
     void draw(int dist, unsigned long long seed, const KeySet& k) {
         const double* c = dist == kUniform ? nullptr : cdf(dist);
-        draw_keys<<<1024, 256, 0, s_>>>(seed * 7 + dist, k.n, table_rows_, c, perm_a_, perm_b_, k.rows, k.keys);
+        draw_keys<<<1024, 256, 0, s_>>>(seed * 7 + dist, k.n, table_rows_, c, perm_a_, perm_b_, k.rows, k.keys, k.ids);
         BENCH_CK(cudaGetLastError());
     }
     // Share of draws that land on the `top` most probable rows (the static top-k hit rate).
@@ -301,7 +317,9 @@ struct Lib {
 
 class LibTable final : public System {
 public:
-    LibTable(const Lib& lib, const std::string& config, const std::string& model) : lib_(lib), model_(model) {
+    // label: the system's name after "ours_" (default: the model's name).
+    LibTable(const Lib& lib, const std::string& config, const std::string& model, std::string label = "")
+        : lib_(lib), model_(model), label_(label.empty() ? model : std::move(label)) {
         if (lib_.open(config.c_str(), model.c_str(), 0, 0, &h_) != HPS_OK) {
             std::fprintf(stderr, "%s: hps_open(%s): %s\n", lib_.name.c_str(), model.c_str(), lib_.last_error());
             std::exit(3);
@@ -309,8 +327,9 @@ public:
     }
     ~LibTable() override { lib_.close(h_); }
     std::string name() const override {
-        return (lib_.name == "ours" ? std::string("ours") : "ours@" + lib_.name) + "_" + model_;
+        return (lib_.name == "ours" ? std::string("ours") : "ours@" + lib_.name) + "_" + label_;
     }
+    bool identity_keys() const override { return model_.find("identity") != std::string::npos; }
     void lookup(const long long* keys, int64_t n, float* out, cudaStream_t stream) override {
         if (lib_.lookup(h_, keys, 64, n, out, stream) != HPS_OK) {
             std::fprintf(stderr, "hps_lookup: %s\n", lib_.last_error());
@@ -325,22 +344,28 @@ public:
 
 private:
     const Lib& lib_;
-    std::string model_;
+    std::string model_, label_;
     hps_table* h_ = nullptr;
 };
 
-// HugeCTR sparse-model files of the table (key, emb_vector) and an hps_config.json with a resident
-// and a hierarchical (gpucacheper 0.2) model, written from the device table by 8 threads.
+// HugeCTR sparse-model files of the table (key, emb_vector), written from the device table by 8
+// threads, and of the identity-keyed table (keys 0..rows-1, the same emb_vector hard-linked); an
+// hps_config.json with a resident (gpucacheper 1.0) and a hierarchical (0.2) model of each.
 std::string write_table_files(const Options& o, const Table& t) {
     namespace fs = std::filesystem;
-    const std::string dir = o.workdir + "/t" + std::to_string(t.dim);
+    const std::string dir = o.workdir + "/t" + std::to_string(t.dim), id_dir = dir + "_identity";
     fs::create_directories(dir);
-    auto dump = [](const std::string& path, const void* dev, size_t bytes) {
+    fs::create_directories(id_dir);
+    auto write_fd = [](const std::string& path, size_t bytes) {
         const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
         if (fd < 0 || ftruncate(fd, static_cast<off_t>(bytes)) != 0) {
             std::fprintf(stderr, "cannot write %s\n", path.c_str());
             std::exit(1);
         }
+        return fd;
+    };
+    auto dump = [&](const std::string& path, const void* dev, size_t bytes) {
+        const int fd = write_fd(path, bytes);
         const size_t piece = size_t(64) << 20;
         const int threads = 8;
         std::vector<std::thread> pool;
@@ -363,16 +388,49 @@ std::string write_table_files(const Options& o, const Table& t) {
     };
     dump(dir + "/key", t.keys, static_cast<size_t>(t.rows) * 8);
     dump(dir + "/emb_vector", t.vectors, static_cast<size_t>(t.rows) * t.dim * 4);
+    {
+        std::vector<long long> ids(static_cast<size_t>(t.rows));
+        std::iota(ids.begin(), ids.end(), 0LL);
+        const size_t bytes = ids.size() * 8;
+        const int fd = write_fd(id_dir + "/key", bytes);
+        if (pwrite(fd, ids.data(), bytes, 0) != static_cast<ssize_t>(bytes)) {
+            std::fprintf(stderr, "short write to %s/key\n", id_dir.c_str());
+            std::exit(1);
+        }
+        ::close(fd);
+    }
+    fs::create_hard_link(dir + "/emb_vector", id_dir + "/emb_vector");
     const std::string cfg = o.workdir + "/hps_config_" + std::to_string(t.dim) + ".json";
-    std::ofstream(cfg) << "{\"supportlonglong\": true, \"models\": [\n"
-                       << " {\"model\": \"resident\", \"sparse_files\": [\"" << dir
-                       << "\"], \"embedding_vecsize_per_table\": [" << t.dim
-                       << "], \"default_value_for_each_table\": [0.0], \"gpucacheper\": 1.0},\n"
-                       << " {\"model\": \"hier\", \"sparse_files\": [\"" << dir
-                       << "\"], \"embedding_vecsize_per_table\": [" << t.dim
-                       << "], \"default_value_for_each_table\": [0.0], \"gpucacheper\": 0.2}]}\n";
+    std::ofstream(cfg) << peer_hps_config({{"resident", dir, 1.0},
+                                           {"hier", dir, 0.2},
+                                           {"resident_identity", id_dir, 1.0},
+                                           {"hier_identity", id_dir, 0.2}},
+                                          t.dim, o.batch, o.hotness);
     return cfg;
 }
+
+// Forwards to a system built over the identity-keyed table.
+class IdentityKeyed final : public System {
+public:
+    explicit IdentityKeyed(std::unique_ptr<System> inner) : inner_(std::move(inner)) {}
+    std::string name() const override { return inner_->name() + "_idkeys"; }
+    std::string describe() const override { return inner_->describe(); }
+    bool identity_keys() const override { return true; }
+    void lookup(const long long* keys, int64_t n, float* out, cudaStream_t stream) override {
+        inner_->lookup(keys, n, out, stream);
+    }
+
+private:
+    std::unique_ptr<System> inner_;
+};
+
+}  // namespace
+
+std::unique_ptr<System> over_identity_keys(std::unique_ptr<System> inner) {
+    return std::make_unique<IdentityKeyed>(std::move(inner));
+}
+
+namespace {
 
 // ---------------------------------------------------------------- measuring
 
@@ -383,6 +441,7 @@ struct Result {
     double ms;
     long long mismatches;
     std::string note;
+    double pcie_floor_ms = 0;  // hierarchical: the missed rows' bytes at the pinned copy's bandwidth
 };
 
 class Bench {
@@ -409,6 +468,8 @@ public:
         for (const Lib& l : libs_) std::printf("library %s: %s (%s)\n", l.name.c_str(), l.path.c_str(), l.version.c_str());
         copy_bw_ = copy_bandwidth();
         std::printf("device-to-device copy: %.0f GB/s (read + write)\n", copy_bw_ / 1e9);
+        h2d_bw_ = h2d_bandwidth();
+        std::printf("pinned host-to-device copy: %.1f GB/s\n", h2d_bw_ / 1e9);
         for (int dim : o_.dims) run_dim(dim);
         if (!o_.json.empty()) write_json();
         summary();
@@ -430,6 +491,36 @@ private:
         BENCH_CK(cudaFree(a));
         BENCH_CK(cudaFree(b));
         return 2.0 * n / (median(t) * 1e-3);
+    }
+
+    // The copy engine moving 1 GiB of pinned host memory to the device: the PCIe floor's bandwidth.
+    double h2d_bandwidth() {
+        const size_t n = size_t(1) << 30;
+        void *h = nullptr, *d = nullptr;
+        BENCH_CK(cudaHostAlloc(&h, n, cudaHostAllocDefault));
+        BENCH_CK(cudaMalloc(&d, n));
+        std::memset(h, 0x5a, n);
+        std::vector<float> t;
+        for (int r = 0; r < 13; ++r) {
+            const float ms = timed([&] { BENCH_CK(cudaMemcpyAsync(d, h, n, cudaMemcpyHostToDevice, s_)); });
+            if (r >= 3) t.push_back(ms);
+        }
+        BENCH_CK(cudaFree(d));
+        BENCH_CK(cudaFreeHost(h));
+        return n / (median(t) * 1e-3);
+    }
+
+    // Distinct rows of a key set (for the PCIe floor).
+    long long distinct_rows(const KeySet& k) {
+        int* tmp = nullptr;
+        BENCH_CK(cudaMallocAsync(&tmp, k.n * sizeof(int), s_));
+        BENCH_CK(cudaMemcpyAsync(tmp, k.rows, k.n * sizeof(int), cudaMemcpyDeviceToDevice, s_));
+        auto first = thrust::device_pointer_cast(tmp);
+        thrust::sort(thrust::cuda::par.on(s_), first, first + k.n);
+        const long long d = thrust::unique(thrust::cuda::par.on(s_), first, first + k.n) - first;
+        BENCH_CK(cudaFreeAsync(tmp, s_));
+        BENCH_CK(cudaStreamSynchronize(s_));
+        return d;
     }
 
     // Device time of what f enqueues: a ~100 us spin kernel goes first, so the host has enqueued all
@@ -487,7 +578,7 @@ private:
         if (o_.profile) {  // one call per kernel of interest, for ncu: a uniform batch, a 1024 x 26 batch
             for (const KeySet* k : {&sets[kUniform][0], lat1024 ? &(*lat1024)[0] : nullptr}) {
                 if (!k) continue;
-                sys.lookup(k->keys, k->n, out, s_);
+                sys.lookup(k->for_system(sys), k->n, out, s_);
                 const long long bad = mismatches(*k, out, t);
                 std::printf("  profiled %s n=%lld: %s\n", sys.name().c_str(), k->n, bad ? "MISMATCHES" : "exact");
                 failures_ += bad != 0;
@@ -498,14 +589,14 @@ private:
             long long bad = 0;
             for (const KeySet& k : sets[d]) {
                 BENCH_CK(cudaMemsetAsync(out, 0xff, k.n * t.dim * 4, s_));  // NaN: unwritten rows fail
-                sys.lookup(k.keys, k.n, out, s_);
+                sys.lookup(k.for_system(sys), k.n, out, s_);
                 bad += mismatches(k, out, t);
             }
-            for (int w = 0; w < 3; ++w) sys.lookup(sets[d][w % sets[d].size()].keys, sets[d][0].n, out, s_);
+            for (int w = 0; w < 3; ++w) sys.lookup(sets[d][w % sets[d].size()].for_system(sys), sets[d][0].n, out, s_);
             std::vector<float> times;
             for (int r = 0; r < reps; ++r) {
                 const KeySet& k = sets[d][r % sets[d].size()];
-                times.push_back(timed([&] { sys.lookup(k.keys, k.n, out, s_); }));
+                times.push_back(timed([&] { sys.lookup(k.for_system(sys), k.n, out, s_); }));
             }
             record({t.dim, dist_name(d), sys.name(), "batch", sets[d][0].n, median(times), bad, ""});
         }
@@ -513,13 +604,13 @@ private:
             if (!lat) continue;
             long long bad = 0;
             for (const KeySet& k : *lat) {
-                sys.lookup(k.keys, k.n, out, s_);
+                sys.lookup(k.for_system(sys), k.n, out, s_);
                 bad += mismatches(k, out, t);
             }
             std::vector<float> times;
             for (int r = 0; r < o_.latency_reps + 20; ++r) {
                 const KeySet& k = (*lat)[r % lat->size()];
-                const float ms = timed([&] { sys.lookup(k.keys, k.n, out, s_); });
+                const float ms = timed([&] { sys.lookup(k.for_system(sys), k.n, out, s_); });
                 if (r >= 20) times.push_back(ms);
             }
             record({t.dim, "uniform", sys.name(), lat == lat1024 ? "latency1024" : "latency1", (*lat)[0].n,
@@ -552,7 +643,7 @@ private:
         const KeySet& k0 = uniform[0];
         long long* gkeys = nullptr;
         BENCH_CK(cudaMalloc(&gkeys, k0.n * 8));
-        BENCH_CK(cudaMemcpyAsync(gkeys, k0.keys, k0.n * 8, cudaMemcpyDeviceToDevice, s_));
+        BENCH_CK(cudaMemcpyAsync(gkeys, k0.for_system(sys), k0.n * 8, cudaMemcpyDeviceToDevice, s_));
         sys.lookup(gkeys, k0.n, out, s_);
         BENCH_CK(cudaStreamSynchronize(s_));
         cudaGraph_t g;
@@ -563,14 +654,15 @@ private:
         BENCH_CK(cudaGraphInstantiate(&ge, g, 0));
         long long bad = 0;
         for (size_t i = 1; i < uniform.size(); ++i) {
-            BENCH_CK(cudaMemcpyAsync(gkeys, uniform[i].keys, k0.n * 8, cudaMemcpyDeviceToDevice, s_));
+            BENCH_CK(cudaMemcpyAsync(gkeys, uniform[i].for_system(sys), k0.n * 8, cudaMemcpyDeviceToDevice, s_));
             BENCH_CK(cudaMemsetAsync(out, 0xff, k0.n * t.dim * 4, s_));
             BENCH_CK(cudaGraphLaunch(ge, s_));
             bad += mismatches(uniform[i], out, t);
         }
         std::vector<float> times;
         for (int r = 0; r < o_.reps; ++r) {
-            BENCH_CK(cudaMemcpyAsync(gkeys, uniform[r % uniform.size()].keys, k0.n * 8, cudaMemcpyDeviceToDevice, s_));
+            BENCH_CK(cudaMemcpyAsync(gkeys, uniform[r % uniform.size()].for_system(sys), k0.n * 8,
+                                     cudaMemcpyDeviceToDevice, s_));
             times.push_back(timed([&] { BENCH_CK(cudaGraphLaunch(ge, s_)); }));
         }
         record({t.dim, "uniform", sys.name(), "graph_replay", k0.n, median(times), bad, "keys copied in before each replay"});
@@ -580,7 +672,8 @@ private:
     }
 
     // Hierarchical tables learn: warm up on fresh Zipf draws, then time fresh draws (re-used sets
-    // would teach the cache their exact keys).
+    // would teach the cache their exact keys). For ours, the hit rate of the timed batches against
+    // the static top-20% optimum, and the PCIe floor of the rows the misses read.
     void measure_hier(System& sys, LibTable* ours, const Table& t, Keys& keys, long long n, float* out) {
         std::string desc = sys.describe();
         if (!desc.empty()) std::printf("  [%s] %s\n", sys.name().c_str(), desc.c_str());
@@ -590,11 +683,12 @@ private:
             const int warm = ours && d != kUniform ? o_.warmup_batches : 3;
             for (int w = 0; w < warm; ++w) {
                 keys.draw(d, ++seed, k);
-                sys.lookup(k.keys, n, out, s_);
+                sys.lookup(k.for_system(sys), n, out, s_);
             }
             BENCH_CK(cudaStreamSynchronize(s_));
             std::vector<float> times;
             long long bad = 0, hits = 0, looked = 0;
+            double missed_distinct = 0;  // sum over the timed batches
             for (int r = 0; r < o_.fresh_batches; ++r) {
                 keys.draw(d, ++seed, k);
                 hps_stats_t s0{}, s1{};
@@ -602,23 +696,33 @@ private:
                     BENCH_CK(cudaStreamSynchronize(s_));
                     s0 = ours->stats();
                 }
-                times.push_back(timed([&] { sys.lookup(k.keys, n, out, s_); }));
+                times.push_back(timed([&] { sys.lookup(k.for_system(sys), n, out, s_); }));
                 if (ours) {
                     s1 = ours->stats();
                     hits += s1.cache_hits - s0.cache_hits;
                     looked += s1.lookups - s0.lookups;
+                    const double miss_rate = static_cast<double>(s1.host_hits - s0.host_hits) /
+                                             std::max<unsigned long long>(1, s1.lookups - s0.lookups);
+                    missed_distinct += distinct_rows(k) * miss_rate;
                 }
                 if (r < 2) bad += mismatches(k, out, t);
             }
             std::string note;
+            double pcie_ms = 0;
             if (ours) {
+                const double rows_per_batch = missed_distinct / o_.fresh_batches;
+                pcie_ms = rows_per_batch * t.dim * 4.0 / h2d_bw_ * 1e3;
                 std::ostringstream s;
                 s.precision(4);
                 s << "hit rate " << static_cast<double>(hits) / std::max(1LL, looked) << " (static top-20% "
-                  << keys.top_share(d, static_cast<long long>(std::ceil(0.2 * t.rows))) << ")";
+                  << keys.top_share(d, static_cast<long long>(std::ceil(0.2 * t.rows))) << "); ~"
+                  << static_cast<long long>(rows_per_batch) << " distinct rows read from host, PCIe floor " << pcie_ms
+                  << " ms";
                 note = s.str();
             }
-            record({t.dim, dist_name(d), sys.name(), "batch_fresh", n, median(times), bad, note});
+            Result res{t.dim, dist_name(d), sys.name(), "batch_fresh", n, median(times), bad, note};
+            res.pcie_floor_ms = pcie_ms;
+            record(std::move(res));
         }
     }
 
@@ -663,9 +767,11 @@ private:
         if (!cfg.empty() && wants(o_, "lib"))
             for (size_t li = 0; li < libs_.size(); ++li) {
                 if (li > 0 && !compare) continue;
-                LibTable res(libs_[li], cfg, "resident");
-                measure(res, t, sets, out, &lat1024, &lat1, o_.reps);
-                if (li == 0) measure_graph(res, t, sets[kUniform], out);
+                for (const char* model : {"resident", "resident_identity"}) {
+                    LibTable res(libs_[li], cfg, model);
+                    measure(res, t, sets, out, &lat1024, &lat1, o_.reps);
+                    if (li == 0) measure_graph(res, t, sets[kUniform], out);
+                }
             }
         if (wants(o_, "variants")) {
             measure_known_rows(t, sets, out);
@@ -677,8 +783,16 @@ private:
             }
         }
         if (wants(o_, "cuco")) {
-            auto c = make_cuco(t, s_);
-            measure(*c, t, sets, out, &lat1024, &lat1, o_.reps);
+            measure(*make_cuco(t, s_), t, sets, out, &lat1024, &lat1, o_.reps);
+            long long* ids = nullptr;
+            BENCH_CK(cudaMalloc(&ids, o_.rows * 8));
+            thrust::sequence(thrust::cuda::par.on(s_), thrust::device_pointer_cast(ids),
+                             thrust::device_pointer_cast(ids) + o_.rows, 0LL);
+            {
+                auto c = over_identity_keys(make_cuco(Table{o_.rows, dim, ids, tvec}, s_));
+                measure(*c, t, sets, out, &lat1024, &lat1, o_.reps);
+            }
+            BENCH_CK(cudaFree(ids));
         }
         if (wants(o_, "hkv")) {
             auto h = make_hkv(t, 1.0, s_);
@@ -687,8 +801,22 @@ private:
         if (!cfg.empty() && wants(o_, "hier"))
             for (size_t li = 0; li < libs_.size(); ++li) {
                 if (li > 0 && !compare_hier) continue;
-                LibTable hier(libs_[li], cfg, "hier");
-                measure_hier(hier, &hier, t, keys, n, out);
+                for (const char* model : {"hier", "hier_identity"}) {
+                    LibTable hier(libs_[li], cfg, model);
+                    measure_hier(hier, &hier, t, keys, n, out);
+                }
+            }
+        if (!cfg.empty() && wants(o_, "hier"))
+            for (const std::string& shape : o_.hier_sweep) {
+                // Other walks of the miss list (HPS_HOST_READ) and the copy-engine path, identity keys.
+                const bool ce = shape == "copy_engine";
+                const char* var = ce ? "HPS_COPY_ENGINE_MIN_KEYS" : "HPS_HOST_READ";
+                setenv(var, ce ? "0" : shape.c_str(), 1);
+                {
+                    LibTable hier(libs_[0], cfg, "hier_identity", "hier_identity_" + (ce ? shape : "r" + shape));
+                    measure_hier(hier, &hier, t, keys, n, out);
+                }
+                unsetenv(var);
             }
         if (wants(o_, "hkv_hybrid") && !o_.profile) {
             auto h = make_hkv(t, 0.2, s_);
@@ -707,21 +835,30 @@ private:
     }
 
     void summary() {
-        std::printf("\nsummary (%s; copy %.0f GB/s): ms per batch of %lld keys [ours/peer speed ratio]\n", card_.c_str(),
-                    copy_bw_ / 1e9, o_.batch * o_.hotness);
+        std::printf("\nsummary (%s; copy %.0f GB/s, pinned H2D %.1f GB/s): ms per batch of %lld keys "
+                    "[peer time / ours]\n", card_.c_str(), copy_bw_ / 1e9, h2d_bw_ / 1e9, o_.batch * o_.hotness);
+        auto ratio = [&](const Result* peer, const Result* ours) { return peer && ours ? peer->ms / ours->ms : 0.0; };
         for (int dim : o_.dims)
             for (int d = 0; d < kNumDists; ++d) {
-                const Result* ours = find(dim, dist_name(d), "ours_resident", "batch");
-                const Result* hier = find(dim, dist_name(d), "ours_hier", "batch_fresh");
-                std::printf("dim %3d %-8s floor %.3f | ours %s", dim, dist_name(d), floor_ms(o_.batch * o_.hotness, dim),
-                            ours ? std::to_string(ours->ms).substr(0, 6).c_str() : "-");
-                for (const char* peer : {"cuco_find_gather", "hkv_find_hbm"}) {
-                    const Result* p = find(dim, dist_name(d), peer, "batch");
-                    if (p) std::printf(" | %s %.3f [%.2fx]", peer, p->ms, ours ? p->ms / ours->ms : 0.0);
+                const std::string dist = dist_name(d);
+                std::printf("dim %3d %-8s floor %.3f", dim, dist.c_str(), floor_ms(o_.batch * o_.hotness, dim));
+                for (const auto& [ours_name, cuco_name] :
+                     {std::pair{"ours_resident", "cuco_find_gather"}, {"ours_resident_identity", "cuco_find_gather_idkeys"}}) {
+                    const Result* ours = find(dim, dist, ours_name, "batch");
+                    const Result* cuco = find(dim, dist, cuco_name, "batch");
+                    if (ours) std::printf(" | %s %.3f", ours_name, ours->ms);
+                    if (cuco) std::printf(" | %s %.3f [%.2fx]", cuco_name, cuco->ms, ratio(cuco, ours));
                 }
-                const Result* hy = find(dim, dist_name(d), "hkv_find_hybrid", "batch_fresh");
-                if (hier) std::printf(" | ours_hier %.3f", hier->ms);
-                if (hy) std::printf(" | hkv_hybrid %.3f [%.2fx]", hy->ms, hier ? hy->ms / hier->ms : 0.0);
+                const Result* hkv = find(dim, dist, "hkv_find_hbm", "batch");
+                if (hkv) std::printf(" | hkv_find_hbm %.3f [%.2fx]", hkv->ms, ratio(hkv, find(dim, dist, "ours_resident", "batch")));
+                const Result* hy = find(dim, dist, "hkv_find_hybrid", "batch_fresh");
+                for (const char* h : {"ours_hier", "ours_hier_identity"}) {
+                    const Result* hier = find(dim, dist, h, "batch_fresh");
+                    if (hier)
+                        std::printf(" | %s %.3f (PCIe floor %.3f) [HKV hybrid %.2fx]", h, hier->ms, hier->pcie_floor_ms,
+                                    ratio(hy, hier));
+                }
+                if (hy) std::printf(" | hkv_hybrid %.3f", hy->ms);
                 std::printf("\n");
             }
         for (int dim : o_.dims)
@@ -737,6 +874,7 @@ private:
     void write_json() {
         std::ofstream j(o_.json);
         j << "{\"card\": \"" << card_ << "\", \"versions\": \"" << versions_ << "\", \"copy_GBps\": " << copy_bw_ / 1e9
+          << ", \"h2d_GBps\": " << h2d_bw_ / 1e9
           << ", \"rows\": " << o_.rows << ", \"batch\": " << o_.batch << ", \"hotness\": " << o_.hotness
           << ", \"libs\": [";
         for (size_t i = 0; i < libs_.size(); ++i)
@@ -747,7 +885,7 @@ private:
             j << (i ? ",\n" : "") << " {\"dim\": " << r.dim << ", \"dist\": \"" << r.dist << "\", \"system\": \""
               << r.system << "\", \"what\": \"" << r.what << "\", \"n\": " << r.n << ", \"ms\": " << r.ms
               << ", \"floor_ms\": " << floor_ms(r.n, r.dim) << ", \"mismatches\": " << r.mismatches << ", \"note\": \""
-              << r.note << "\"}";
+              << r.note << "\", \"pcie_floor_ms\": " << r.pcie_floor_ms << "}";
         }
         j << "]}\n";
     }
@@ -757,7 +895,7 @@ private:
     unsigned long long* bad_ = nullptr;
     std::string card_, versions_;
     std::vector<Lib> libs_;
-    double copy_bw_ = 0;
+    double copy_bw_ = 0, h2d_bw_ = 0;
     std::vector<Result> results_;
     int failures_ = 0;
 };

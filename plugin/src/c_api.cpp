@@ -50,7 +50,7 @@ std::string canonical(const char* path) {
 
 extern "C" {
 
-const char* hps_version(void) { return "hps_plugin 0.1.0 (abi 1)"; }
+const char* hps_version(void) { return "hps_plugin 0.1.0 (abi 2)"; }
 
 const char* hps_last_error(void) { return g_last_error.c_str(); }
 

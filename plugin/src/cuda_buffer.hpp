@@ -23,12 +23,17 @@ struct PinnedFree {
 struct StreamDestroy {
     void operator()(cudaStream_t s) const noexcept { HPS_CUDA_NOEXCEPT(cudaStreamDestroy(s)); }
 };
+struct MemPoolDestroy {
+    // Allocations still outstanding are released by the runtime once they are freed.
+    void operator()(cudaMemPool_t p) const noexcept { HPS_CUDA_NOEXCEPT(cudaMemPoolDestroy(p)); }
+};
 
 template <typename T>
 using DeviceBuffer = std::unique_ptr<T[], DeviceFree>;
 template <typename T>
 using PinnedBuffer = std::unique_ptr<T[], PinnedFree>;
 using Stream = std::unique_ptr<CUstream_st, StreamDestroy>;
+using MemPool = std::unique_ptr<CUmemPoolHandle_st, MemPoolDestroy>;
 
 // count elements of device memory (none for count 0); `what` names the buffer in the error.
 template <typename T>
@@ -53,5 +58,37 @@ inline Stream nonblocking_stream(const std::string& what) {
     HPS_CUDA(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), what);
     return Stream(s);
 }
+
+// A stream-ordered memory pool on `device` that keeps what it was given (no release threshold):
+// per-call scratch comes from it without a cudaMalloc, and in a CUDA graph capture its allocations
+// become the graph's own memory nodes.
+inline MemPool device_pool(int device, const std::string& what) {
+    cudaMemPoolProps props{};
+    props.allocType = cudaMemAllocationTypePinned;
+    props.location.type = cudaMemLocationTypeDevice;
+    props.location.id = device;
+    cudaMemPool_t pool = nullptr;
+    HPS_CUDA(cudaMemPoolCreate(&pool, &props), what);
+    MemPool owned(pool);
+    unsigned long long keep = ~0ULL;
+    HPS_CUDA(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep), what);
+    return owned;
+}
+
+// Stream-ordered scratch from a pool, freed (in stream order) when the scope ends, thrown out or not.
+class PoolScratch {
+public:
+    PoolScratch(cudaMemPool_t pool, size_t bytes, cudaStream_t stream, const std::string& what) : stream_(stream) {
+        HPS_CUDA(cudaMallocFromPoolAsync(&ptr_, bytes, pool, stream), what + " (" + std::to_string(bytes) + " bytes)");
+    }
+    ~PoolScratch() { HPS_CUDA_NOEXCEPT(cudaFreeAsync(ptr_, stream_)); }
+    PoolScratch(const PoolScratch&) = delete;
+    PoolScratch& operator=(const PoolScratch&) = delete;
+    char* get() const { return static_cast<char*>(ptr_); }
+
+private:
+    void* ptr_ = nullptr;
+    cudaStream_t stream_;
+};
 
 }  // namespace hps

@@ -1,12 +1,15 @@
 // gpu_table.cu: one table on one device: loading it (vectors, key index, cache state), the lookup
-// entry points and the counters. The kernels are in lookup_kernels.cuh and index_build.cuh.
+// entry points and the counters. The kernels are in lookup_kernels.cuh, host_tier_kernels.cuh and
+// index_build.cuh.
 #include "gpu_table.hpp"
 
 #include <algorithm>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
 #include "cuda_buffer.hpp"
+#include "host_tier_kernels.cuh"
 #include "index_build.cuh"
 #include "lookup_kernels.cuh"
 #include "staged_lookup.hpp"
@@ -27,6 +30,11 @@ struct DeviceState {
     DeviceBuffer<unsigned long long> owner;
     DeviceBuffer<unsigned> freq;
     DeviceBuffer<unsigned long long> scalars;  // counters[kNumCounters], hand, epoch
+    // Hierarchical tables: the lookups' scratch, and how it is laid out and walked.
+    MemPool pool;
+    int bucket_shift = 0;
+    int buckets = 1;
+    kernels::HostReadShape shape;
 };
 
 namespace {
@@ -69,6 +77,39 @@ void load_hierarchical(DeviceState& s, const TableFiles& files, int dim, int64_t
     HPS_CUDA(cudaMemset(s.row_slot.get(), 0xff, n_rows * 4), ctx);  // -1: not cached
     s.freq = device_buffer<unsigned>(n_rows, ctx + ", frequencies");
     HPS_CUDA(cudaMemset(s.freq.get(), 0, n_rows * 4), ctx);
+}
+
+// Key r is r for every row r (what every rewrite exports): the table needs no key index.
+bool identity_keys(const std::vector<long long>& keys) {
+    for (size_t r = 0; r < keys.size(); ++r)
+        if (keys[r] != static_cast<long long>(r)) return false;
+    return true;
+}
+
+// Buckets of the miss list's counting sort: rows >> shift < 2^16 (host_tier_kernels.cuh).
+void size_buckets(DeviceState& s, int64_t rows) {
+    while (((std::max<int64_t>(rows, 1) - 1) >> s.bucket_shift) >= (int64_t(1) << 16)) ++s.bucket_shift;
+    s.buckets = static_cast<int>(((std::max<int64_t>(rows, 1) - 1) >> s.bucket_shift) + 1);
+}
+
+// HPS_HOST_READ="ROWS:BLOCKS" sets how the miss path walks its list: rows per warp step (a power of
+// two, 1..32) and blocks per SM (1..32). A tuning knob for machines whose host reads behave unlike
+// the H100/H200 measured (bench/peers/lookup_peers --hier-sweep); unset, the measured default.
+kernels::HostReadShape host_read_shape() {
+    kernels::HostReadShape shape;
+    const char* env = std::getenv("HPS_HOST_READ");
+    if (!env || !*env) return shape;
+    char* end = nullptr;
+    const long rows = std::strtol(env, &end, 10);
+    long blocks = -1;
+    if (*end == ':') blocks = std::strtol(end + 1, &end, 10);
+    if (*end != '\0' || rows < 1 || rows > 32 || (rows & (rows - 1)) != 0 || blocks < 1 || blocks > 32)
+        throw Error(HPS_ERR_CONFIG, std::string("HPS_HOST_READ='") + env +
+                                        "' is not ROWS:BLOCKS (rows per warp step: 1, 2, 4, 8, 16 or 32; blocks per "
+                                        "SM: 1..32); unset it for the measured default");
+    shape.rows_per_step = static_cast<int>(rows);
+    shape.blocks_per_sm = static_cast<int>(blocks);
+    return shape;
 }
 
 // The row of the key equal to the hash's empty marker (-1 if none); it is looked up aside.
@@ -151,8 +192,18 @@ GpuTable::GpuTable(const TableSpec& spec, int device) : spec_(spec), device_(dev
         load_resident(*s, files, dim, rows_, keys.data(), ctx);
     else
         load_hierarchical(*s, files, dim, rows_, slots_, keys.data(), ctx);
-    p.sentinel_row = sentinel_row(files, keys);
-    build_index(*s, files, keys, ctx);
+    identity_ = identity_keys(keys);
+    p.rows = rows_;
+    p.sentinel_row = -1;
+    if (!identity_) {
+        p.sentinel_row = sentinel_row(files, keys);
+        build_index(*s, files, keys, ctx);
+    }
+    if (!resident_) {
+        s->pool = device_pool(device, ctx + ", lookup scratch pool");
+        size_buckets(*s, rows_);
+        s->shape = host_read_shape();
+    }
     s->scalars = device_buffer<unsigned long long>(kNumCounters + 2, ctx + ", counters");
     HPS_CUDA(cudaMemset(s->scalars.get(), 0, (kNumCounters + 2) * sizeof(unsigned long long)), ctx);
     HPS_CUDA(cudaDeviceSynchronize(), ctx);
@@ -205,19 +256,52 @@ void GpuTable::lookup(const void* keys, int key_bits, int64_t n, float* out, cud
     if (!vec4) p.vec = spec_.emb_vec_size;
     p.vec_shift = kernels::vec_shift_of(p.vec);
     DeviceGuard guard(device_);
-    // Output positions travel as int32 inside the kernels: launch in slices of at most 2^30 keys.
-    const int64_t kSlice = int64_t(1) << 30;
-    for (int64_t off = 0; off < n; off += kSlice) {
-        const long long m = static_cast<long long>(std::min(kSlice, n - off));
+    // Output positions travel as int32 inside the kernels (and, with the row, as one 64-bit miss
+    // entry): launch in slices of at most 2^30 keys, 2^24 for hierarchical tables (which bounds the
+    // miss list, 16 bytes per key, at 256 MiB).
+    const int64_t slice = resident_ ? (int64_t(1) << 30) : (int64_t(1) << 24);
+    std::unique_ptr<PoolScratch> scratch;  // hierarchical: one slice's miss list, reused by each
+    for (int64_t off = 0; off < n; off += slice) {
+        const long long m = static_cast<long long>(std::min(slice, n - off));
         const void* k = static_cast<const char*>(keys) + off * (key_bits / 8);
         float* o = out + off * spec_.emb_vec_size;
-        if (staged_ && m >= staged_min_keys_ && !capturing(stream)) {
-            staged_->lookup(p, vec4, key_bits, k, m, o, sm_count_, stream);
+        if (resident_) {
+            kernels::launch_resident(p, identity_, vec4, key_bits, k, m, o, sm_count_, stream);
+            HPS_CUDA(cudaGetLastError(), "lookup kernel launch");
             continue;
         }
-        kernels::launch_lookup(p, resident_, vec4, key_bits, k, m, o, sm_count_, stream);
-        HPS_CUDA(cudaGetLastError(), "lookup kernel launch");
+        if (staged_ && m >= staged_min_keys_ && !capturing(stream)) {
+            staged_->lookup(p, identity_, vec4, key_bits, k, m, o, sm_count_, stream);
+            continue;
+        }
+        const long long cap = std::min<long long>(slice, n);
+        if (!scratch)
+            scratch = std::make_unique<PoolScratch>(s_->pool.get(), miss_list_bytes(cap), stream,
+                                                    "miss list of a hierarchical lookup");
+        const kernels::MissList ml = miss_list(scratch->get(), cap);
+        // count and bucket_count are adjacent: one memset clears both.
+        HPS_CUDA(cudaMemsetAsync(ml.count, 0, sizeof(unsigned long long) + sizeof(unsigned) * s_->buckets, stream),
+                 "clearing the miss list");
+        kernels::launch_hierarchical(p, ml, s_->shape, identity_, vec4, key_bits, k, m, o, sm_count_, stream);
+        HPS_CUDA(cudaGetLastError(), "hierarchical lookup launch");
     }
+}
+
+size_t GpuTable::miss_list_bytes(long long keys) const {
+    return 2 * sizeof(unsigned long long) * static_cast<size_t>(keys) + sizeof(unsigned long long) +
+           2 * sizeof(unsigned) * static_cast<size_t>(s_->buckets);
+}
+
+kernels::MissList GpuTable::miss_list(char* scratch, long long keys) const {
+    kernels::MissList ml{};
+    ml.entries = reinterpret_cast<unsigned long long*>(scratch);
+    ml.ordered = ml.entries + keys;
+    ml.count = ml.ordered + keys;
+    ml.bucket_count = reinterpret_cast<unsigned*>(ml.count + 1);
+    ml.bucket_next = ml.bucket_count + s_->buckets;
+    ml.shift = s_->bucket_shift;
+    ml.buckets = s_->buckets;
+    return ml;
 }
 
 hps_stats_t GpuTable::stats() const {
@@ -246,6 +330,7 @@ hps_table_info_t GpuTable::info() const {
     i.cache_slots = resident_ ? rows_ : slots_;
     i.resident = resident_ ? 1 : 0;
     i.default_value = spec_.default_value;
+    i.identity_keys = identity_ ? 1 : 0;
     return i;
 }
 

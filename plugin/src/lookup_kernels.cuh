@@ -1,14 +1,15 @@
-// lookup_kernels.cuh: the lookup kernels (resident and hierarchical tables) and their launch.
+// lookup_kernels.cuh: the resident lookup kernels and their launch, and what every lookup kernel
+// shares (parameters, the row copy loop, the cache's admission policy, counters).
 //
-// Lookup: one warp handles 32 keys at a time. Each lane hashes one key (one 16-byte probe, the
-// entry {key,row} sits in one 32-byte sector), then the warp copies the 32 vectors as a flat run
-// of 16-byte elements: consecutive lanes read consecutive 16 bytes of a row and write consecutive
-// 16 bytes of the output, eight loads in flight per lane before the stores, which is what keeps a
-// random row gather close to device-to-device copy bandwidth.
+// Lookup: one warp handles 32 keys at a time. Each lane finds one key's row (identity tables: the key
+// itself after a bounds check; others: one 16-byte probe of the hash index, the entry {key,row} sits
+// in one 32-byte sector), then the warp copies the 32 vectors as a flat run of 16-byte elements:
+// consecutive lanes read consecutive 16 bytes of a row and write consecutive 16 bytes of the output,
+// eight loads in flight per lane before the stores, which is what keeps a random row gather close to
+// device-to-device copy bandwidth.
 //
-// Hierarchical tables (gpucacheper < 1): a key whose row is not cached is read straight from the
-// mapped pinned host tier by the same kernel (no host synchronisation, nothing to capture besides
-// one kernel), then offered to the cache by the same warp:
+// Hierarchical tables (gpucacheper < 1, host_tier_kernels.cuh): a key whose row is not cached is
+// read from the mapped pinned host tier, in host-address order, then offered to the cache:
 //   eviction policy = sampled-frequency LFU admission over a clock hand (TinyLFU-like):
 //   - every lookup of a found key counts towards freq[row]: exactly while the count is below 32 (the
 //     rows competing for the last cache slots are rare, so their counts must not be sampled away),
@@ -20,11 +21,12 @@
 //     to the most frequent rows of a stationary distribution, and adapts slowly to drift.
 //   - the slot's owner word (generation << 32 | row) is a sequence lock: the writer CASes it to
 //     LOCKED, fences, copies the vector, fences, publishes (row, generation + 1). A reader loads it
-//     before and after reading the vector; if it changed, the key is re-read from the host tier.
-//     So lookups on other streams running concurrently always return exact vectors.
+//     before and after reading the vector; if it changed, the key is served as a miss (from the
+//     host tier). So lookups on other streams running concurrently always return exact vectors.
 #pragma once
 
 #include <algorithm>
+#include <type_traits>
 
 #include <cuda_runtime.h>
 
@@ -64,9 +66,10 @@ constexpr int kBlocksPerSm = HPS_BLOCKS_PER_SM;
 enum Counter { kLookups = 0, kCacheHits, kHostHits, kNotFound, kInsertions, kEvictions, kNumCounters };
 
 struct Params {
-    const Entry* entries;
+    const Entry* entries;  // hash index (null for identity tables)
     unsigned long long mask;
     int sentinel_row;  // row of key == kEmptyKey, or -1
+    long long rows;    // table rows (the identity index's bound)
     int dim;           // floats per row
     int vec;           // VecT elements per row
     int vec_shift;     // log2(vec) when vec is a power of two, else -1
@@ -93,6 +96,16 @@ template <>
 __device__ __forceinline__ float4 splat<float4>(float v) { return make_float4(v, v, v, v); }
 template <>
 __device__ __forceinline__ float splat<float>(float v) { return v; }
+
+// Row of key (-1: not in the table). Identity tables (key r is row r, what every rewrite exports)
+// need no index: a bounds check is the whole lookup; other tables probe the hash index.
+template <bool kIdentity>
+__device__ __forceinline__ int row_of(const Params& p, long long key) {
+    if constexpr (kIdentity)
+        return static_cast<unsigned long long>(key) < static_cast<unsigned long long>(p.rows) ? static_cast<int>(key) : -1;
+    else
+        return probe(p.entries, p.mask, p.sentinel_row, key);
+}
 
 // Frequency sample of one lookup of a found row (see the policy at the top of the file); i: the
 // lookup's position in the batch.
@@ -124,10 +137,10 @@ __device__ __forceinline__ int row_source(const Params& p, int row, unsigned lon
 }
 
 // Admission (see the policy at the top of the file), called by a whole warp: each lane with
-// `offer` set offers `row` to the cache; lane k's vector is at rows + k * p.vec (the output rows it
-// was just copied to, or a staging buffer).
+// `offer` set offers `row` to the cache; its vector is at `vector` (the output row it was just
+// copied to, or a staging buffer), written by this warp.
 template <typename VecT>
-__device__ __forceinline__ void offer_rows(const Params& p, bool offer, int row, const VecT* rows, int lane,
+__device__ __forceinline__ void offer_rows(const Params& p, bool offer, int row, const VecT* vector, int lane,
                                            unsigned long long& c_ins, unsigned long long& c_evict) {
     constexpr unsigned FULL = 0xffffffffu;
     const int V = p.vec;
@@ -173,8 +186,9 @@ __device__ __forceinline__ void offer_rows(const Params& p, bool offer, int row,
         const int k = __ffs(cm) - 1;
         cm &= cm - 1;
         const long long sl = __shfl_sync(FULL, slot, k);
-        for (int c = lane; c < V; c += 32)
-            __stcg(cache_w + sl * V + c, __ldcg(rows + static_cast<long long>(k) * V + c));
+        const VecT* from = reinterpret_cast<const VecT*>(
+            __shfl_sync(FULL, reinterpret_cast<unsigned long long>(vector), k));
+        for (int c = lane; c < V; c += 32) __stcg(cache_w + sl * V + c, __ldcg(from + c));
     }
     __threadfence();  // vector bytes visible before the slot is published
     if (slot >= 0) {
@@ -193,7 +207,7 @@ __device__ __forceinline__ void zero_block_counts(unsigned long long* block_coun
 // A warp's walk over the batch in chunks of kChunk keys (chunk c = keys [c kChunk, (c + 1) kChunk)):
 // it starts at its global warp index and strides by the number of warps in the grid. Lane i < kChunk
 // holds key i of the chunk. 32 keys per warp for throughput; fewer spread a small batch over more
-// warps, which is what its latency needs (launch_lookup chooses).
+// warps, which is what its latency needs (launch_resident_typed chooses).
 struct WarpChunks {
     long long first, stride, count;
 };
@@ -239,44 +253,51 @@ __device__ __forceinline__ void flush_resident_counts(unsigned long long* block_
     }
 }
 
-// A hierarchical lookup's counts of this lane -> the block -> the table's counters (kCacheHits ..
-// kLast: the zero-copy kernel also admits, so it counts insertions and evictions too), one global
-// atomic per counter and block; the first block advances the epoch. Every thread must call it.
-template <int kLast>
+// A hierarchical lookup's counts of this lane (cache hits, host hits, not found) -> the block -> the
+// table's counters, one global atomic per counter and block; the first block advances the epoch.
+// Every thread of the block must call it.
 __device__ __forceinline__ void flush_hier_counts(unsigned long long* block_counts, int lane, const Params& p,
                                                   unsigned long long c_cache, unsigned long long c_host,
-                                                  unsigned long long c_absent, unsigned long long c_ins = 0,
-                                                  unsigned long long c_evict = 0) {
-    static_assert(kLast == kNotFound || kLast == kEvictions, "counts up to not-found, or up to evictions");
+                                                  unsigned long long c_absent) {
     const unsigned long long w_cache = warp_sum(c_cache), w_host = warp_sum(c_host), w_absent = warp_sum(c_absent);
-    unsigned long long w_ins = 0, w_evict = 0;
-    if constexpr (kLast == kEvictions) w_ins = warp_sum(c_ins), w_evict = warp_sum(c_evict);
     if (lane == 0) {
         atomicAdd(&block_counts[kCacheHits], w_cache);
         atomicAdd(&block_counts[kHostHits], w_host);
         atomicAdd(&block_counts[kNotFound], w_absent);
-        if constexpr (kLast == kEvictions) {
-            atomicAdd(&block_counts[kInsertions], w_ins);
-            atomicAdd(&block_counts[kEvictions], w_evict);
-        }
     }
     __syncthreads();
     if (threadIdx.x == 0) {
         const unsigned long long total = block_counts[kCacheHits] + block_counts[kHostHits] + block_counts[kNotFound];
         atomicAdd(&p.counters[kLookups], total);
-        for (int c = kCacheHits; c <= kLast; ++c)
+        for (int c = kCacheHits; c <= kNotFound; ++c)
             if (block_counts[c]) atomicAdd(&p.counters[c], block_counts[c]);
         if (blockIdx.x == 0) atomicAdd(p.epoch, 1u);
     }
 }
 
-// Copies a warp's run of rows into dst[0, cnt * V): element e comes from src(k, c), k = e / V,
-// c = e % V (a null source means the default value); kU 16-byte loads in flight per lane before
-// the stores. The output side is plain contiguous indexing on purpose: at ~3 TB/s the kernel is
-// close to instruction-issue bound, and per-element address arithmetic showed up in the timings.
-template <int kU, bool kL2Only, typename VecT, typename SrcFn>
-__device__ __forceinline__ void warp_copy_rows(int cnt, int V, int vec_shift, int lane, VecT dflt, SrcFn src,
-                                               VecT* dst) {
+// An admission's counts (insertions, evictions) of this lane -> the block -> the table's counters,
+// one global atomic per counter and block. Every thread of the block must call it.
+__device__ __forceinline__ void flush_admission_counts(unsigned long long* block_counts, int lane, const Params& p,
+                                                       unsigned long long c_ins, unsigned long long c_evict) {
+    const unsigned long long w_ins = warp_sum(c_ins), w_evict = warp_sum(c_evict);
+    if (lane == 0) {
+        atomicAdd(&block_counts[kInsertions], w_ins);
+        atomicAdd(&block_counts[kEvictions], w_evict);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        if (block_counts[kInsertions]) atomicAdd(&p.counters[kInsertions], block_counts[kInsertions]);
+        if (block_counts[kEvictions]) atomicAdd(&p.counters[kEvictions], block_counts[kEvictions]);
+    }
+}
+
+// Copies a warp's run of cnt rows, element e of the run (row k = e / V, component c = e % V) from
+// src(k, c) (null: the default value) to dst(k, c, e); kU 16-byte loads in flight per lane before the
+// stores. The element arithmetic is plain on purpose: at ~3 TB/s the kernel is close to
+// instruction-issue bound, and per-element address arithmetic showed up in the timings.
+template <int kU, bool kL2Only, typename VecT, typename SrcFn, typename DstFn>
+__device__ __forceinline__ void warp_scatter_rows(int cnt, int V, int vec_shift, int lane, VecT dflt, SrcFn src,
+                                                  DstFn dst) {
     const int E = cnt * V;
     for (int e0 = 0; e0 < E; e0 += 32 * kU) {
         VecT v[kU];
@@ -293,17 +314,29 @@ __device__ __forceinline__ void warp_copy_rows(int cnt, int V, int vec_shift, in
 #pragma unroll
         for (int u = 0; u < kU; ++u) {
             const int e = e0 + u * 32 + lane;
+            int k = vec_shift >= 0 ? (e >> vec_shift) : (e / V);
+            k = min(k, 31);  // as above: dst() may shuffle too
+            VecT* d = dst(k, e - k * V, e);
             if (e < E) {
-                if (HPS_STREAM_STORES) __stcs(dst + e, v[u]);  // evict-first: keep L2 for hot rows and the index
-                else dst[e] = v[u];
+                if (HPS_STREAM_STORES) __stcs(d, v[u]);  // evict-first: keep L2 for hot rows and the index
+                else *d = v[u];
             }
         }
     }
 }
 
+// warp_scatter_rows into the contiguous run dst[0, cnt * V).
+template <int kU, bool kL2Only, typename VecT, typename SrcFn>
+__device__ __forceinline__ void warp_copy_rows(int cnt, int V, int vec_shift, int lane, VecT dflt, SrcFn src,
+                                               VecT* dst) {
+    warp_scatter_rows<kU, kL2Only, VecT>(cnt, V, vec_shift, lane, dflt, src, [dst](int, int, int e) { return dst + e; });
+}
+
 // Resident tables: slot == row and the cache is never written after load (read-only loads).
-// kChunk keys per warp and chunk, kUnroll loads in flight per lane, kMinBlocks per SM (a register cap).
-template <typename KeyT, typename VecT, int kChunk = 32, int kUnroll = HPS_UNROLL, int kMinBlocks = HPS_MIN_BLOCKS>
+// kIdentity: row = key (row_of); kChunk keys per warp and chunk, kUnroll loads in flight per lane,
+// kMinBlocks per SM (a register cap).
+template <typename KeyT, typename VecT, bool kIdentity, int kChunk = 32, int kUnroll = HPS_UNROLL,
+          int kMinBlocks = HPS_MIN_BLOCKS>
 __global__ void __launch_bounds__(kBlock, kMinBlocks)
     resident_kernel(Params p, const KeyT* __restrict__ keys, long long n, float* __restrict__ out) {
     constexpr int kShift = log2_of(kChunk);
@@ -325,7 +358,7 @@ __global__ void __launch_bounds__(kBlock, kMinBlocks)
         const int cnt = static_cast<int>(min(static_cast<long long>(kChunk), n - (chunk << kShift)));
         const long long key = key_next;
         load_chunk_key<kChunk>(keys, n, w, chunk + w.stride, lane, key_next);
-        const int row = lane < cnt ? probe(p.entries, p.mask, p.sentinel_row, key) : -1;
+        const int row = lane < cnt ? row_of<kIdentity>(p, key) : -1;
         const long long out_base = (chunk << kShift) * V;
         warp_copy_rows<kUnroll, false, VecT>(
             cnt, V, p.vec_shift, lane, dflt,
@@ -338,80 +371,6 @@ __global__ void __launch_bounds__(kBlock, kMinBlocks)
         else if (lane < cnt) ++c_absent;
     }
     flush_resident_counts(block_counts, c_cache, c_absent, lane, p.counters);
-}
-
-// Hierarchical tables: each warp looks up 32 keys, then copies their rows from the GPU cache,
-// the mapped host tier or the default value in one pass, then offers the host-tier rows to the
-// cache. (A warp-specialised variant, producers handing host rows to consumer warps through a
-// shared-memory ring, measured the same on H100 here, 8.0 ms at Zipf 1.05: the host tier's random
-// 512-byte reads are bound by address translation near 21 GB/s, not by how they are issued.)
-template <typename KeyT, typename VecT>
-__global__ void __launch_bounds__(kBlock, HPS_HIER_MIN_BLOCKS)
-    hier_kernel(Params p, const KeyT* __restrict__ keys, long long n, float* __restrict__ out) {
-    constexpr unsigned FULL = 0xffffffffu;
-    __shared__ unsigned long long block_counts[kNumCounters];
-    zero_block_counts(block_counts);
-
-    const int lane = threadIdx.x & 31;
-    const int V = p.vec;
-    const WarpChunks w = warp_chunks<32>(n);
-    const VecT dflt = splat<VecT>(p.default_value);
-    const VecT* cache_v = reinterpret_cast<const VecT*>(p.cache);
-    const VecT* host_v = reinterpret_cast<const VecT*>(p.host);
-    VecT* out_v = reinterpret_cast<VecT*>(out);
-    unsigned long long c_cache = 0, c_host = 0, c_absent = 0, c_ins = 0, c_evict = 0;
-    const unsigned epoch = ld_volatile(p.epoch);
-
-    long long key_next = 0;
-    load_chunk_key<32>(keys, n, w, w.first, lane, key_next);
-    for (long long chunk = w.first; chunk < w.count; chunk += w.stride) {
-        const long long i = (chunk << 5) + lane;
-        const int cnt = static_cast<int>(min(32LL, n - (chunk << 5)));
-        const long long key = key_next;
-        load_chunk_key<32>(keys, n, w, chunk + w.stride, lane, key_next);
-        const int row = lane < cnt ? probe(p.entries, p.mask, p.sentinel_row, key) : -1;
-        unsigned long long o1 = 0;
-        int src = row_source(p, row, o1);
-        __threadfence();  // owner word read (o1) before the vector reads
-        const long long out_base = (chunk << 5) * V;
-        warp_copy_rows<HPS_HIER_UNROLL, true, VecT>(
-            cnt, V, p.vec_shift, lane, dflt,
-            [&](int k, int c) -> const VecT* {
-                const int s = __shfl_sync(FULL, src, k);
-                if (s >= 0) return cache_v + static_cast<long long>(s) * V + c;
-                return s == -1 ? nullptr : host_v + static_cast<long long>(-(s + 2)) * V + c;
-            },
-            out_v + out_base);
-
-        // Sequence-lock check: a slot whose owner word changed while we read it may hold another
-        // row's bytes; re-read those keys from the host tier (exact, rare).
-        if (__any_sync(FULL, src >= 0)) {
-            __threadfence();
-            const bool torn = src >= 0 && ld_volatile(p.owner + src) != o1;
-            unsigned tm = __ballot_sync(FULL, torn);
-            if (tm) {
-                __syncwarp();
-                while (tm) {
-                    const int k = __ffs(tm) - 1;
-                    tm &= tm - 1;
-                    const int r = __shfl_sync(FULL, row, k);
-                    for (int c = lane; c < V; c += 32)
-                        __stcs(out_v + out_base + static_cast<long long>(k) * V + c,
-                               __ldcg(host_v + static_cast<long long>(r) * V + c));
-                }
-                if (torn) src = -(row + 2);
-            }
-        }
-        if (row >= 0 && p.slots > 0) sample_frequency(p, row, i, epoch);
-        if (src >= 0) ++c_cache;
-        else if (src <= -2) ++c_host;
-        else if (lane < cnt) ++c_absent;
-
-        // Admission of the rows just served from the host tier.
-        offer_rows<VecT>(p, src <= -2, row, out_v + out_base, lane, c_ins, c_evict);
-    }
-
-    flush_hier_counts<kEvictions>(block_counts, lane, p, c_cache, c_host, c_absent, c_ins, c_evict);
 }
 
 // Params::vec_shift for a row of vec elements: log2(vec) when vec is a power of two, else -1.
@@ -429,48 +388,52 @@ constexpr int kSmallChunk = 8;
 constexpr int kSmallMinBlocks = 4;
 constexpr long long kSmallKeysPerSm = static_cast<long long>(kSmallMinBlocks) * (kBlock / 32) * kSmallChunk;
 
-template <int kChunk, typename Kernel, typename KeyT>
-void launch_chunks(Kernel kernel, const Params& p, const void* keys, long long n, float* out, long long max_blocks,
-                   cudaStream_t s) {
+// Blocks of kBlock threads for n keys in chunks of kChunk per warp, at most max_blocks (warps
+// stride over the rest).
+template <int kChunk>
+int chunk_grid(long long n, long long max_blocks) {
     const long long chunks = (n + kChunk - 1) / kChunk;
     const long long want_blocks = (chunks + kBlock / 32 - 1) / (kBlock / 32);
-    const int blocks = static_cast<int>(std::min<long long>(want_blocks, max_blocks));
-    kernel<<<blocks, kBlock, 0, s>>>(p, static_cast<const KeyT*>(keys), n, out);
+    return static_cast<int>(std::max<long long>(1, std::min<long long>(want_blocks, max_blocks)));
 }
 
-template <bool RESIDENT, typename KeyT, typename VecT>
-void launch_one(const Params& p, const void* keys, long long n, float* out, int sm_count, cudaStream_t s) {
-    if (RESIDENT && n <= static_cast<long long>(sm_count) * kSmallKeysPerSm) {
-        launch_chunks<kSmallChunk, decltype(&resident_kernel<KeyT, VecT>), KeyT>(
-            resident_kernel<KeyT, VecT, kSmallChunk, HPS_UNROLL, kSmallMinBlocks>, p, keys, n, out,
-            static_cast<long long>(sm_count) * kSmallMinBlocks, s);
+template <typename KeyT, typename VecT, bool kIdentity>
+void launch_resident_typed(const Params& p, const void* keys, long long n, float* out, int sm_count, cudaStream_t s) {
+    const KeyT* k = static_cast<const KeyT*>(keys);
+    if (n <= static_cast<long long>(sm_count) * kSmallKeysPerSm) {
+        const int grid = chunk_grid<kSmallChunk>(n, static_cast<long long>(sm_count) * kSmallMinBlocks);
+        resident_kernel<KeyT, VecT, kIdentity, kSmallChunk, HPS_UNROLL, kSmallMinBlocks><<<grid, kBlock, 0, s>>>(p, k, n, out);
         return;
     }
-    auto kernel = RESIDENT ? resident_kernel<KeyT, VecT> : hier_kernel<KeyT, VecT>;
     // Several waves of blocks, warps striding over the rest (see LOOKUP_RESULTS.md for the grid
     // sizes measured).
-    launch_chunks<32, decltype(kernel), KeyT>(kernel, p, keys, n, out, static_cast<long long>(sm_count) * kBlocksPerSm, s);
+    const int grid = chunk_grid<32>(n, static_cast<long long>(sm_count) * kBlocksPerSm);
+    resident_kernel<KeyT, VecT, kIdentity><<<grid, kBlock, 0, s>>>(p, k, n, out);
 }
 
-template <bool RESIDENT, typename KeyT>
-void launch_typed(const Params& p, bool vec4, const void* keys, long long n, float* out, int sm_count, cudaStream_t s) {
-    if (vec4)
-        launch_one<RESIDENT, KeyT, float4>(p, keys, n, out, sm_count, s);
-    else
-        launch_one<RESIDENT, KeyT, float>(p, keys, n, out, sm_count, s);
+// Calls f(KeyT{}, VecT{}, std::bool_constant<kIdentity>{}) for the runtime choices: int32 or int64
+// keys (key_bits), 16-byte or 4-byte elements (vec4), identity or hashed index.
+template <typename F>
+void dispatch_lookup(int key_bits, bool vec4, bool identity, F&& f) {
+    auto by_index = [&](auto key, auto vec) {
+        if (identity) f(key, vec, std::true_type{});
+        else f(key, vec, std::false_type{});
+    };
+    auto by_vec = [&](auto key) {
+        if (vec4) by_index(key, float4{});
+        else by_index(key, float{});
+    };
+    if (key_bits == 64) by_vec(0LL);
+    else by_vec(0);
 }
 
-// One lookup of n keys (int32 or int64 by key_bits) into out; p.vec / p.vec_shift must match vec4
-// (16-byte elements when true). Enqueues one kernel on s; the caller checks the launch.
-inline void launch_lookup(const Params& p, bool resident, bool vec4, int key_bits, const void* keys, long long n,
-                          float* out, int sm_count, cudaStream_t s) {
-    if (resident) {
-        if (key_bits == 64) launch_typed<true, long long>(p, vec4, keys, n, out, sm_count, s);
-        else launch_typed<true, int>(p, vec4, keys, n, out, sm_count, s);
-    } else {
-        if (key_bits == 64) launch_typed<false, long long>(p, vec4, keys, n, out, sm_count, s);
-        else launch_typed<false, int>(p, vec4, keys, n, out, sm_count, s);
-    }
+// One resident lookup of n keys (int32 or int64 by key_bits) into out; p.vec / p.vec_shift must
+// match vec4 (16-byte elements when true). Enqueues one kernel on s; the caller checks the launch.
+inline void launch_resident(const Params& p, bool identity, bool vec4, int key_bits, const void* keys, long long n,
+                            float* out, int sm_count, cudaStream_t s) {
+    dispatch_lookup(key_bits, vec4, identity, [&](auto key, auto vec, auto index) {
+        launch_resident_typed<decltype(key), decltype(vec), decltype(index)::value>(p, keys, n, out, sm_count, s);
+    });
 }
 
 }  // namespace kernels

@@ -59,7 +59,7 @@ void StagedMissPath::gather(const int* rows, size_t count, float* staging, cudaS
     }
 }
 
-void StagedMissPath::lookup(const kernels::Params& p, bool vec4, int key_bits, const void* keys, long long n,
+void StagedMissPath::lookup(const kernels::Params& p, bool identity, bool vec4, int key_bits, const void* keys, long long n,
                             float* out, int sm_count, cudaStream_t stream) {
     using namespace kernels;
     std::lock_guard<std::mutex> lock(mutex_);
@@ -80,17 +80,12 @@ void StagedMissPath::lookup(const kernels::Params& p, bool vec4, int key_bits, c
     }
     const StageLists st{stage_index_.get(), distinct_rows_.get(), miss_pos_.get(), miss_row_.get(), counts_.get()};
     HPS_CUDA(cudaMemsetAsync(counts_.get(), 0, 2 * sizeof(unsigned long long), stream), "copy-engine miss path");
-    const long long blocks =
-        std::min<long long>(((n + 31) / 32 + kBlock / 32 - 1) / (kBlock / 32), static_cast<long long>(sm_count) * kBlocksPerSm);
-    const int grid = static_cast<int>(std::max<long long>(1, blocks));
-    if (key_bits == 64 && vec4)
-        stage_probe_kernel<long long, float4><<<grid, kBlock, 0, stream>>>(p, st, static_cast<const long long*>(keys), n, out);
-    else if (key_bits == 64)
-        stage_probe_kernel<long long, float><<<grid, kBlock, 0, stream>>>(p, st, static_cast<const long long*>(keys), n, out);
-    else if (vec4)
-        stage_probe_kernel<int, float4><<<grid, kBlock, 0, stream>>>(p, st, static_cast<const int*>(keys), n, out);
-    else
-        stage_probe_kernel<int, float><<<grid, kBlock, 0, stream>>>(p, st, static_cast<const int*>(keys), n, out);
+    dispatch_lookup(key_bits, vec4, identity, [&](auto key, auto vec, auto index) {
+        using KeyT = decltype(key);
+        hier_probe_kernel<KeyT, decltype(vec), decltype(index)::value, StageLists>
+            <<<chunk_grid<32>(n, static_cast<long long>(sm_count) * kBlocksPerSm), kBlock, 0, stream>>>(
+                p, st, static_cast<const KeyT*>(keys), n, out);
+    });
     HPS_CUDA(cudaGetLastError(), "copy-engine miss path (probe launch)");
     HPS_CUDA(cudaMemcpyAsync(h_counts_.get(), counts_.get(), 2 * sizeof(unsigned long long), cudaMemcpyDeviceToHost,
                              stream), "copy-engine miss path");

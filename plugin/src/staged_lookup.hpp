@@ -26,9 +26,9 @@ public:
     // host: the table's host tier (rows x dim floats, host address).
     StagedMissPath(int64_t rows, int dim, const float* host, const std::string& ctx);
 
-    // Looks up n keys as GpuTable's hierarchical kernel would (same results, counters and cache
+    // Looks up n keys as GpuTable's hierarchical path would (same results, counters and cache
     // policy); p.vec / p.vec_shift must match vec4. Returns after the lookup's work is complete.
-    void lookup(const kernels::Params& p, bool vec4, int key_bits, const void* keys, long long n, float* out,
+    void lookup(const kernels::Params& p, bool identity, bool vec4, int key_bits, const void* keys, long long n, float* out,
                 int sm_count, cudaStream_t stream);
 
 private:

@@ -48,14 +48,21 @@ def lookup_cuda(torch, handle, keys: np.ndarray, dim: int) -> np.ndarray:
 
 
 class RandomTable:
-    """A random table on disk plus its CPU reference lookup."""
+    """A random table on disk plus its CPU reference lookup. identity: keys 0..rows-1 in row order
+    (every table a rewrite exports; the library serves it by direct index), else random distinct keys
+    in random order (the hash index)."""
 
-    def __init__(self, root: Path, rows: int, dim: int, seed: int, int32_keys: bool = False, default: float = -3.5):
+    def __init__(self, root: Path, rows: int, dim: int, seed: int, int32_keys: bool = False, default: float = -3.5,
+                 identity: bool = False):
         rng = np.random.default_rng(seed)
         hi = 2**31 - 1 if int32_keys else 2**62
-        keys = np.unique(rng.integers(-hi, hi, size=rows + rows // 10, dtype=np.int64))
-        rng.shuffle(keys)
+        if identity:
+            keys = np.arange(rows, dtype=np.int64)
+        else:
+            keys = np.unique(rng.integers(-hi, hi, size=rows + rows // 10, dtype=np.int64))
+            rng.shuffle(keys)
         self.keys = keys[:rows]
+        self.identity = identity
         self.vectors = rng.standard_normal((rows, dim), dtype=np.float32)
         self.dim, self.default, self.rng, self.hi = dim, default, rng, hi
         self._order = np.argsort(self.keys)
@@ -74,8 +81,15 @@ class RandomTable:
             rows = self.rng.integers(0, len(self.keys), size=n)
         keys = self.keys[rows].copy()
         absent = self.rng.random(n) < absent_fraction
-        cand = self.rng.integers(-self.hi, self.hi, size=int(absent.sum()), dtype=np.int64)
-        keys[absent] = cand  # a random 63-bit key collides with the table with negligible chance
+        if self.identity:  # just outside the table on either side, or anywhere below 0 / past the end
+            m = int(absent.sum())
+            near = self.rng.choice([-1, len(self.keys)], size=m)
+            far = np.where(self.rng.random(m) < 0.5, self.rng.integers(-self.hi, 0, size=m),
+                           self.rng.integers(len(self.keys), self.hi, size=m))
+            cand = np.where(self.rng.random(m) < 0.3, near, far)
+        else:
+            cand = self.rng.integers(-self.hi, self.hi, size=int(absent.sum()), dtype=np.int64)
+        keys[absent] = cand  # a random 63-bit key collides with a random table with negligible chance
         return keys
 
     def reference(self, keys: np.ndarray) -> np.ndarray:

@@ -19,15 +19,71 @@ pytestmark = pytest.mark.gpu
 RATIOS = ["r1_0", "r0_2", "r0_01"]
 
 
-@pytest.fixture(scope="module")
-def table64(tmp_path_factory, gpu_lib):
-    return RandomTable(tmp_path_factory.mktemp("t64"), rows=50_000, dim=32, seed=1)
+# Every table test runs on both indexes: random keys (hash) and keys 0..rows-1 (direct index).
+KEYINGS = ["hashed", "identity"]
 
 
-@pytest.fixture(scope="module")
-def table32(tmp_path_factory, gpu_lib):
+@pytest.fixture(scope="module", params=KEYINGS)
+def table64(request, tmp_path_factory, gpu_lib):
+    return RandomTable(tmp_path_factory.mktemp("t64"), rows=50_000, dim=32, seed=1,
+                       identity=request.param == "identity")
+
+
+@pytest.fixture(scope="module", params=KEYINGS)
+def table32(request, tmp_path_factory, gpu_lib):
     # dim 7: exercises the scalar (non-16-byte) path; keys fit int32.
-    return RandomTable(tmp_path_factory.mktemp("t32"), rows=20_000, dim=7, seed=2, int32_keys=True)
+    return RandomTable(tmp_path_factory.mktemp("t32"), rows=20_000, dim=7, seed=2, int32_keys=True,
+                       identity=request.param == "identity")
+
+
+@pytest.mark.parametrize("model", RATIOS + ["r0_0"])
+def test_index_chosen_from_the_keys(table64, gpu_lib, model):
+    with gpu_lib.HpsTable.open(table64.config, model, 0) as table:
+        assert table.identity_keys == table64.identity
+
+
+@pytest.mark.parametrize("keys", ["permuted", "one_swap", "from_one", "gap"])
+def test_almost_identity_keys_take_the_hash(torch_cuda, gpu_lib, tmp_path, keys):
+    """Keys 0..N-1 out of row order, or not exactly 0..N-1, are not the identity: still exact."""
+    rows, rng = 3000, np.random.default_rng(7)
+    ids = np.arange(rows, dtype=np.int64)
+    if keys == "permuted":
+        rng.shuffle(ids)
+    elif keys == "one_swap":
+        ids[[10, 2000]] = ids[[2000, 10]]
+    elif keys == "from_one":
+        ids += 1
+    else:
+        ids[-1] += 5
+    vecs = rng.standard_normal((rows, 8), dtype=np.float32)
+    write_table(tmp_path / "tables" / "t0", ids, vecs)
+    cfg = write_config(tmp_path / "hps_config.json", {
+        "res": {"sparse": "tables/t0", "dim": 8, "default": -1.0, "ratio": 1.0},
+        "hier": {"sparse": "tables/t0", "dim": 8, "default": -1.0, "ratio": 0.1}})
+    query = np.concatenate([rng.integers(-2, rows + 6, size=20_000), ids[:50]])
+    lookup = dict(zip(ids.tolist(), range(rows)))
+    want = np.stack([vecs[lookup[k]] if k in lookup else np.full(8, -1.0, np.float32) for k in query.tolist()])
+    for model in ("res", "hier"):
+        with gpu_lib.HpsTable.open(cfg, model, 0) as table:
+            assert not table.identity_keys
+            for _ in range(2):
+                np.testing.assert_array_equal(lookup_cuda(torch_cuda, table, query, 8), want)
+
+
+@pytest.mark.parametrize("identity", [False, True], ids=KEYINGS)
+def test_hierarchical_misses_of_a_large_table(torch_cuda, gpu_lib, tmp_path, identity):
+    """Over 2^16 rows, the miss list's buckets hold several rows each (host_tier_kernels.cuh): every
+    miss still lands on its own output row, duplicates included, at every batch size, also past the
+    2^24 keys of one pass (gpu_table.cu)."""
+    t = RandomTable(tmp_path, rows=300_000, dim=12, seed=5, identity=identity)
+    with gpu_lib.HpsTable.open(t.config, "r0_01", 0) as table:
+        for n in (1, 31, 33, 5_000, 700_000, (1 << 24) + 77):
+            keys = t.draw(n, absent_fraction=0.1, zipf=1.05 if n % 2 else None)
+            s0 = table.stats()
+            np.testing.assert_array_equal(lookup_cuda(torch_cuda, table, keys, t.dim), t.reference(keys))
+            s1 = table.stats()
+            assert s1.lookups - s0.lookups == n
+        assert s1.host_hits > 0 and s1.insertions > 0
 
 
 @pytest.mark.parametrize("model", RATIOS)
@@ -146,7 +202,8 @@ def test_table_shared_between_handles(table64, torch_cuda, gpu_lib):
 
 @pytest.mark.parametrize("model", ["r1_0", "r0_2"])
 def test_cuda_graph_capture_and_replay(table64, torch_cuda, gpu_lib, model):
-    """One kernel, no host synchronisation, no allocation: capturable, also with the host tier."""
+    """No host synchronisation, no cudaMalloc: capturable, also with the host tier (whose miss list
+    comes from a stream-ordered pool: memory nodes of the graph)."""
     torch, t = torch_cuda, table64
     with gpu_lib.HpsTable.open(t.config, model, 0) as table:
         keys = torch.from_numpy(t.draw(50_000, absent_fraction=0.1)).cuda()

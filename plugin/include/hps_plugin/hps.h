@@ -24,7 +24,7 @@ extern "C" {
 #define HPS_API
 #endif
 
-#define HPS_ABI_VERSION 1
+#define HPS_ABI_VERSION 2
 
 typedef enum hps_status {
     HPS_OK = 0,
@@ -59,6 +59,9 @@ typedef struct hps_table_info_t {
     int64_t cache_slots;     /* vectors the GPU cache holds (= rows when resident) */
     int32_t resident;        /* 1: whole table in GPU memory, no host tier kept */
     float default_value;     /* returned in every component for absent keys */
+    int32_t identity_keys;   /* 1: key r is row r for every row (a rewrite's tables): served by direct
+                                index with a bounds check, no hash index built (abi 2) */
+    int32_t reserved;
 } hps_table_info_t;
 
 /* Counters of the database tiers below the GPU cache (tables with a redis_cluster volatile_db
@@ -72,7 +75,7 @@ typedef struct hps_tier_stats_t {
     uint64_t elevated;        /* keys copied up into the volatile DB (cache_missed_embeddings) */
 } hps_tier_stats_t;
 
-/* Library version string, e.g. "hps_plugin 0.1.0 (abi 1)". */
+/* Library version string, e.g. "hps_plugin 0.1.0 (abi 2)". */
 HPS_API const char* hps_version(void);
 
 /* Number of visible CUDA devices (0 and HPS_OK when there is no driver or no device). */

@@ -87,6 +87,8 @@ class _Info(ctypes.Structure):
         ("cache_slots", ctypes.c_int64),
         ("resident", ctypes.c_int32),
         ("default_value", ctypes.c_float),
+        ("identity_keys", ctypes.c_int32),
+        ("reserved", ctypes.c_int32),
     ]
 
 
@@ -340,6 +342,8 @@ class HpsTable:
         self.resident = bool(info.resident)
         #: Value of every component returned for absent keys.
         self.default_value = float(info.default_value)
+        #: True when key r is row r for every row (a rewrite's tables): looked up by direct index.
+        self.identity_keys = bool(info.identity_keys)
 
     @classmethod
     def open(cls, config_path: str | os.PathLike[str], model_name: str, table_id: int, device: int = 0) -> HpsTable:
