@@ -13,9 +13,11 @@ namespace hps {
 
 namespace {
 
-// Never by default: on the H200 the zero-copy kernel was faster at every batch size measured, 256 to
-// 131072 x 26 keys, 1.5x to 4x (BENCHMARKS.md section 4). The path stays for machines whose mapped
-// host reads are slower than their host threads' gather plus the copy engine.
+// Never by default: the zero-copy path (host reads in address order, host_tier_kernels.cuh) was 3.3x
+// faster with uniform keys and 1.1-1.9x with Zipf 1.05 on the H100, and the copy engine won only at
+// Zipf 1.2 (0.86 vs 1.15 ms at dim 16), where both were far ahead of HKV (BENCHMARKS.md section 3).
+// The path stays for machines whose mapped host reads are slower than their host threads' gather
+// plus the copy engine.
 constexpr int64_t kCopyEngineMinKeys = INT64_MAX;
 
 // Rows per piece of the gather: one piece is copied in while the next one is gathered.

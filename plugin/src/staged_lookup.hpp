@@ -1,6 +1,6 @@
 // staged_lookup.hpp: the copy-engine miss path of a hierarchical table (staged_kernels.cuh): misses
 // listed on the GPU, gathered from the host tier on host threads, copied in by the copy engine.
-// It synchronises with the host (the zero-copy kernel does not) and serialises its lookups;
+// It synchronises with the host (the zero-copy path does not) and serialises its lookups;
 // GpuTable takes it for batches of at least copy_engine_min_keys() keys, outside graph capture.
 #pragma once
 
