@@ -26,6 +26,7 @@
 #   PEERS_ARGS, VARIANTS_ARGS, NCU_ARGS   extra lookup_peers arguments for those steps
 #   PEERS_SYSTEMS, PEERS_TIMEOUT   the peers step's --systems (lib,hier,cuco,hkv,hkv_hybrid) and limit (420 s)
 #   TESTS_TIMEOUT, SANITIZER_TIMEOUT   seconds per pytest run / sanitizer run (400 / 150)
+#   SANITIZER_RUNS            "tool:dim;..." (memcheck --leak-check full:16;racecheck:16;synccheck:16;memcheck --leak-check full:128)
 #   .whl/*.whl                Python wheels the tests need and the machine lacks (installed to /tmp/site)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -81,8 +82,9 @@ step_tests() {
 }
 
 step_sanitizer() {
-  local run tool dim rc
-  for run in "memcheck --leak-check full:16" "racecheck:16" "synccheck:16" "memcheck --leak-check full:128"; do
+  local run tool dim rc runs
+  IFS=';' read -ra runs <<< "${SANITIZER_RUNS:-memcheck --leak-check full:16;racecheck:16;synccheck:16;memcheck --leak-check full:128}"
+  for run in "${runs[@]}"; do
     tool=${run%:*} dim=${run##*:}
     timeout "${SANITIZER_TIMEOUT:-150}" compute-sanitizer --tool $tool --error-exitcode 9 "$BUILD/hps_gpu_driver" /tmp/hps_drv 2048 "$dim" \
       > "$OUT/san.tmp" 2>&1
