@@ -22,9 +22,9 @@ __device__ __forceinline__ unsigned long long warp_append(bool mine, unsigned lo
 }
 
 // Lookup of n keys by a hierarchical table: key -> row (row_of); rows in the GPU cache copied out under
-// the slot's sequence lock (a torn read becomes a miss, whose output row the miss path rewrites),
-// absent keys get the default value, host rows are left unwritten, frequencies sampled; every miss
-// goes to sink.record(miss, row, position, lane), called by the whole warp.
+// the slot's sequence lock (a torn read becomes a miss), absent keys get the default value, host rows
+// the default value for now, frequencies sampled; every miss goes to sink.record(miss, row, position,
+// lane), called by the whole warp.
 template <typename KeyT, typename VecT, bool kIdentity, typename Sink>
 __global__ void __launch_bounds__(kBlock, HPS_HIER_MIN_BLOCKS)
     hier_probe_kernel(Params p, Sink sink, const KeyT* __restrict__ keys, long long n, float* __restrict__ out) {
@@ -52,15 +52,14 @@ __global__ void __launch_bounds__(kBlock, HPS_HIER_MIN_BLOCKS)
         unsigned long long o1 = 0;
         int src = row_source(p, row, o1);
         __threadfence();  // owner word read (o1) before the vector reads
-        // Host rows are left to the miss path (which writes them whole).
-        VecT* const run = out_v + (chunk << 5) * V;
-        warp_scatter_rows<HPS_HIER_UNROLL, true, VecT, true>(
+        // Host rows get the default value here and their vector from the miss path.
+        warp_copy_rows<HPS_HIER_UNROLL, true, VecT>(
             cnt, V, p.vec_shift, lane, dflt,
             [&](int k, int c) -> const VecT* {
                 const int s = __shfl_sync(FULL, src, k);
                 return s >= 0 ? cache_v + static_cast<long long>(s) * V + c : nullptr;
             },
-            [&](int k, int, int e) -> VecT* { return __shfl_sync(FULL, src, k) <= -2 ? nullptr : run + e; });
+            out_v + (chunk << 5) * V);
         if (__any_sync(FULL, src >= 0)) {
             __threadfence();
             if (src >= 0 && ld_volatile(p.owner + src) != o1) src = -(row + 2);  // torn: served as a miss

@@ -292,11 +292,10 @@ __device__ __forceinline__ void flush_admission_counts(unsigned long long* block
 }
 
 // Copies a warp's run of cnt rows, element e of the run (row k = e / V, component c = e % V) from
-// src(k, c) (null: the default value) to dst(k, c, e) (kMaySkip: null leaves it unwritten); kU
-// 16-byte loads in flight per lane before the stores. The element arithmetic is plain on purpose: at
-// ~3 TB/s the kernel is close to instruction-issue bound, and per-element address arithmetic showed
-// up in the timings.
-template <int kU, bool kL2Only, typename VecT, bool kMaySkip = false, typename SrcFn, typename DstFn>
+// src(k, c) (null: the default value) to dst(k, c, e); kU 16-byte loads in flight per lane before the
+// stores. The element arithmetic is plain on purpose: at ~3 TB/s the kernel is close to
+// instruction-issue bound, and per-element address arithmetic showed up in the timings.
+template <int kU, bool kL2Only, typename VecT, typename SrcFn, typename DstFn>
 __device__ __forceinline__ void warp_scatter_rows(int cnt, int V, int vec_shift, int lane, VecT dflt, SrcFn src,
                                                   DstFn dst) {
     const int E = cnt * V;
@@ -318,7 +317,7 @@ __device__ __forceinline__ void warp_scatter_rows(int cnt, int V, int vec_shift,
             int k = vec_shift >= 0 ? (e >> vec_shift) : (e / V);
             k = min(k, 31);  // as above: dst() may shuffle too
             VecT* d = dst(k, e - k * V, e);
-            if (e < E && (!kMaySkip || d)) {
+            if (e < E) {
                 if (HPS_STREAM_STORES) __stcs(d, v[u]);  // evict-first: keep L2 for hot rows and the index
                 else *d = v[u];
             }
