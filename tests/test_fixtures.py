@@ -150,12 +150,17 @@ def test_every_fixture_verifies_with_coverage_and_its_tampered_copy_fails(fixtur
     samples = ["--inputs", torchrec_samples(tmp_path / "samples.json")] if fixture in NEEDS_SAMPLES else []
     code, out, err = verify_cli(capsys, source, result.model_path, "--config", result.config_path, *samples)
     assert code == 0, out + err
-    assert "PASSED" in out and "coverage:" in out
+    assert "PASSED" in out and "coverage (vectors:" in out
     report = json.loads((result.out_dir / "report.json").read_text())
-    for node in report["hps_trt_nodes"]:
-        assert node["node"] in out
+    nodes = [node["node"] for node in report["hps_trt_nodes"]]
+    for node in nodes:
+        assert node in out
+    # every node's own vectors were compared with the lookup it replaced, none through the outputs only
+    assert f"{len(nodes)} of {len(nodes)} HPS_TRT node(s) return exactly the original lookup's vectors" in out
     tampered = tampered_copy(result.out_dir, tmp_path / "tampered")
     code, out, err = verify_cli(capsys, source, tampered / "model.onnx", "--config", tampered / "hps_config.json",
                                 *samples)
     assert code == 1, out + err
-    assert err.startswith("hps-surgeon: verify FAILED: output '")
+    assert err.startswith("hps-surgeon: verify FAILED: HPS_TRT node '")
+    assert any(err.startswith(f"hps-surgeon: verify FAILED: HPS_TRT node '{node}' returns another vector than the "
+                              "original lookup '") for node in nodes), err

@@ -18,7 +18,7 @@ import pytest
 import hps_surgeon
 from hps_surgeon.verify import verify
 
-from support import FIXTURES, tampered_copy
+from support import FIXTURES, copy_rewrite, tampered_copy
 
 DLRM = FIXTURES / "torch/dlrm_small_legacy.onnx"
 THIRDPARTY = FIXTURES / "thirdparty/models"
@@ -94,12 +94,40 @@ def test_json_report(dlrm):
     assert len(report["key_columns"]) == 26 and report["untraced_nodes"] == []
 
 
-def test_tampered_table_fails_with_exit_1_naming_the_output(dlrm, tmp_path):
+def test_tampered_table_fails_with_exit_1_naming_the_node_and_key(dlrm, tmp_path):
     _, out = dlrm
     copy = tampered_copy(out, tmp_path / "rw", lambda rows: rows + 0.5)
     proc = run(*verify_args(copy))
     assert proc.returncode == 1
-    assert proc.stderr.startswith("hps-surgeon: verify FAILED: output 'click_probability' differs: max abs error")
+    assert proc.stderr.startswith(
+        "hps-surgeon: verify FAILED: HPS_TRT node 'hps_trt//emb_l.0/Gather' returns another vector than the original "
+        "lookup '/emb_l.0/Gather' for key 25 (row 25 of table 'emb_l_0_weight'; feed 0, sample 0, key 0 of the "
+        "sample): ")
+    assert "max abs error 0.5 (and 25 more node(s)); the model outputs differ too: output 'click_probability' " \
+           "differs: max abs error" in proc.stderr
+
+
+def test_one_wrong_row_fails_even_where_the_outputs_agree(dlrm, tmp_path):
+    """One element of one row one ulp off: the outputs stay within tolerance, the lookup check does not."""
+    source, out = dlrm
+    copy = copy_rewrite(out, tmp_path / "rw")
+    config = json.loads((copy / "hps_config.json").read_text())["models"][0]
+    path = copy / config["sparse_files"][config["embedding_table_names"].index("emb_l_3_weight")] / "emb_vector"
+    vectors = np.fromfile(path, dtype="<f4").reshape(-1, 16)
+    vectors[7, 2] = np.nextafter(vectors[7, 2], np.float32(np.inf))
+    vectors.tofile(path)
+    report = verify(source, copy / "model.onnx", copy / "hps_config.json", batch_sizes=(64,), iterations=4)
+    assert report.verdict == "failed" and report.outputs_match
+    (wrong,) = report.wrong_lookups
+    assert (wrong.node, wrong.original, wrong.key, wrong.row) == ("hps_trt//emb_l.3/Gather", "/emb_l.3/Gather", 7, 7)
+    assert wrong.mismatched >= 1 and 0 < wrong.max_abs < 1e-6  # one element per time key 7 came up
+    proc = run(*verify_args(copy, "--batch-sizes", "64", "--iterations", "4"))
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("hps-surgeon: verify FAILED: HPS_TRT node 'hps_trt//emb_l.3/Gather' returns another "
+                                  "vector than the original lookup '/emb_l.3/Gather' for key 7 (row 7 of table "
+                                  "'emb_l_3_weight'; feed ")
+    assert proc.stderr.rstrip().endswith("the model outputs agree within atol 1e-06, rtol 1e-05: only the per-lookup "
+                                         "comparison sees this")
 
 
 def test_a_batch_size_the_original_cannot_run_is_skipped_with_a_note(tmp_path):
@@ -139,12 +167,16 @@ def test_nan_in_one_output_only_is_a_mismatch_named_as_nan(tmp_path):
     copy = tampered_copy(result.out_dir, tmp_path / "nan", lambda rows: rows * np.nan)
     proc = run("verify", source, copy / "model.onnx", "--config", copy / "hps_config.json")
     assert proc.returncode == 1
-    assert proc.stderr.startswith("hps-surgeon: verify FAILED: output 'dense' differs: NaN in the original only at "
-                                  "0 position(s), in the rewritten model only at ")
+    assert proc.stderr.startswith("hps-surgeon: verify FAILED: HPS_TRT node 'hps_trt/functional_1/hist_emb_1/GatherV2' "
+                                  "returns another vector than the original lookup")
+    assert "max abs error inf; the model outputs differ too: output 'dense' differs: NaN in the original only at " \
+           "0 position(s), in the rewritten model only at " in proc.stderr
     assert "(NaN in both at the same position counts as equal)" in proc.stderr
     report = verify(source, copy / "model.onnx", copy / "hps_config.json")
     (out,) = report.outputs
     assert report.verdict == "failed" and out.nan_rewritten_only > 0 and out.nan_original_only == 0
+    (wrong,) = report.wrong_lookups
+    assert wrong.key != 0 and wrong.max_abs == float("inf")  # row 0 (padding) stays; a NaN row is no NaN row
 
 
 # --- user samples: --inputs (Polygraphy's JSON), --data-loader-script ------------------------------------

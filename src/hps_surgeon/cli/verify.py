@@ -10,6 +10,7 @@ import sys
 from ..errors import EXIT_FINDINGS, EXIT_INCONCLUSIVE, EXIT_INPUT, EXIT_OK, SurgeonError
 from ..verify import verify
 from ..verify.compare import DEFAULT_BATCH_SIZES, FAILED, PASSED, VerifyReport
+from ..verify import lookups
 from ..verify.split import BACKENDS
 from ..verify.coverage import MIN_DISTINCT_KEYS
 from . import _options
@@ -90,22 +91,62 @@ def _print(report: VerifyReport) -> None:
             print(f"keys {c.column.label} -> {', '.join(c.nodes)}: {c.values.size} values found ({c.how})")
     for node in report.untraced:
         print(f"keys of {node}: not traced to any input column (coverage below says what reached it)")
-    print("coverage:")
-    _options.table(["node", "table", "rows", "distinct keys", "in table", "of rows", "not in table"],
-                   [[c.node, c.table, c.rows, c.distinct, c.existing, f"{100 * c.fraction:.1f}%", c.missing]
-                    for c in report.coverage])
+    checks = {c.node: c for c in report.lookups}
+    print("coverage (vectors: each HPS_TRT node's output against the lookup it replaced, bit for bit):")
+    _options.table(["node", "table", "rows", "distinct keys", "in table", "of rows", "not in table", "vectors"],
+                   [[c.node, c.table, c.rows, c.distinct, c.existing, f"{100 * c.fraction:.1f}%", c.missing,
+                     _vectors(checks.get(c.node))] for c in report.coverage])
+    for check in report.lookups:
+        if check.how == lookups.OUTPUTS_ONLY:
+            print(f"vectors of {check.node}: compared through the model outputs only: {check.reason}")
+        elif check.failed:
+            print(f"vectors of {check.node}: {lookup_text(report, check)}")
     for out in report.outputs:
         nan = f", NaN in one output only at {out.nan_mismatches} position(s)" if out.nan_mismatches else ""
         print(f"output '{out.name}': max abs error {out.max_abs:.3g}, max rel error {out.max_rel:.3g}{nan}")
     if report.verdict == PASSED:
         batches = ", ".join(map(str, report.batch_sizes))
+        exact = sum(c.exact for c in report.lookups)
         print(f"PASSED: {report.iterations} feeds ({report.inputs}; batch sizes {batches}) match within atol "
-              f"{report.atol:g}, rtol {report.rtol:g}; every table saw at least its floor of distinct keys")
+              f"{report.atol:g}, rtol {report.rtol:g}; {exact} of {len(report.lookups)} HPS_TRT node(s) return "
+              "exactly the original lookup's vectors; every table saw at least its floor of distinct keys")
+
+
+def _vectors(check) -> str:
+    if check is None:
+        return ""
+    if check.how == lookups.OUTPUTS_ONLY:
+        return "outputs only"
+    if check.failed:
+        return f"{check.mismatched} of {check.compared} differ"
+    return f"{check.compared} identical"
 
 
 def failure_text(report: VerifyReport) -> str:
     if report.failure:
         return report.failure
+    wrong = report.wrong_lookups
+    if wrong:
+        more = f" (and {len(wrong) - 1} more node(s))" if len(wrong) > 1 else ""
+        outputs = ("the model outputs differ too: " + _output_text(report) if not report.outputs_match
+                   else f"the model outputs agree within atol {report.atol:g}, rtol {report.rtol:g}: only the "
+                   "per-lookup comparison sees this")
+        return f"HPS_TRT node '{wrong[0].node}' {lookup_text(report, wrong[0])}{more}; {outputs}"
+    return _output_text(report)
+
+
+def lookup_text(report: VerifyReport, check) -> str:
+    """What one wrong HPS_TRT node returned: the first wrong key, where it was, by how much."""
+    table = next((c.table for c in report.coverage if c.node == check.node), "?")
+    if check.key is None:
+        return f"differs from the original lookup '{check.original}': {check.reason}"
+    row = f"row {check.row} of table '{table}'" if check.row is not None else f"not in table '{table}'"
+    return (f"returns another vector than the original lookup '{check.original}' for key {check.key} ({row}; "
+            f"feed {check.feed}, sample {check.sample}, key {check.slot} of the sample): {check.mismatched} of "
+            f"{check.compared} element(s) differ, max abs error {check.max_abs:.3g}")
+
+
+def _output_text(report: VerifyReport) -> str:
     worst = report.worst
     if worst.shape_mismatch:
         return f"output '{worst.name}' has another shape in the rewritten model"

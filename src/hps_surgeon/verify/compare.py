@@ -25,8 +25,10 @@ from ..hps.contract import HPS_OP
 from ..load import foreign_ops, read_proto
 from . import coverage as coverage_mod
 from . import feeds as feeds_mod
+from . import lookups as lookups_mod
 from .coverage import MIN_DISTINCT_KEYS, NodeCoverage, TableCoverage
 from .keyspace import ColumnKeys
+from .lookups import LookupCheck, LookupSource
 from .split import BACKENDS, SplitRunner, lookup_backend
 
 PASSED, FAILED, INCONCLUSIVE = "passed", "failed", "inconclusive"
@@ -65,6 +67,8 @@ class VerifyReport:
     rtol: float
     failure: str = ""  #: why the rewritten model failed to run, when it did
     shapes: dict[str, list[list[int]]] = field(default_factory=dict)  #: the shapes each input was fed at
+    lookups: tuple[LookupCheck, ...] = ()  #: each HPS_TRT node against the original lookup it replaced
+    outputs_match: bool = False  #: the model outputs agree within atol/rtol (whatever the lookups say)
 
     @property
     def passed(self) -> bool:
@@ -73,6 +77,10 @@ class VerifyReport:
     @property
     def worst(self) -> OutputError | None:
         return max(self.outputs, key=lambda o: (o.shape_mismatch, o.nan_mismatches > 0, o.max_abs), default=None)
+
+    @property
+    def wrong_lookups(self) -> tuple[LookupCheck, ...]:
+        return tuple(c for c in self.lookups if c.failed)
 
     @property
     def short_tables(self) -> tuple[TableCoverage, ...]:
@@ -85,7 +93,8 @@ class VerifyReport:
             "outputs": [vars(o) | {"nan_mismatches": o.nan_mismatches} for o in self.outputs],
             "coverage": [c.to_dict() for c in self.coverage], "tables": [t.to_dict() for t in self.tables],
             "key_columns": [c.to_dict() for c in self.columns], "untraced_nodes": list(self.untraced),
-            "notes": list(self.notes), "shapes": self.shapes,
+            "notes": list(self.notes), "shapes": self.shapes, "lookups": [c.to_dict() for c in self.lookups],
+            "outputs_match": self.outputs_match,
         }
 
 
@@ -131,7 +140,7 @@ def _verify(source: onnx.ModelProto, target: onnx.ModelProto, original: Path, re
 
     specs = feeds_mod.InputSpecs.of(source, config, max_keys_per_sample)
     lookup_backend(config, backend)  # a missing plugin library fails here, before anything runs
-    session = _original_session(original)
+    session, sources = _original_session(original, source, target)
     split = SplitRunner(rewritten, None)  # the path: external data resolves next to it
     tables = feeds_mod.node_tables(split, config)
     if inputs is not None or data_loader_script is not None:
@@ -142,14 +151,30 @@ def _verify(source: onnx.ModelProto, target: onnx.ModelProto, original: Path, re
         fed = _runnable(session, original, generated, specs.batched)
     results, seen, failure = _run(session, original, rewritten, config, backend, fed.feeds)
     node_coverage, table_coverage = coverage_mod.measure(split.nodes, seen, tables, config, min_distinct_keys)
-    outputs, verdict = (), FAILED
+    outputs, checks, verdict, matched = (), (), FAILED, False
     if not failure:
+        results, checks = _check_lookups(results, sources, tables)
         with np.errstate(invalid="ignore", over="ignore"):  # inf - inf in Polygraphy's statistics
             matched = bool(Comparator.compare_accuracy(results, compare_func=nan_aware(atol, rtol)))
         outputs = output_errors(results[0][1], results[1][1])
-        verdict = FAILED if not matched else PASSED if all(t.enough for t in table_coverage) else INCONCLUSIVE
+        exact = matched and not any(c.failed for c in checks)
+        verdict = FAILED if not exact else PASSED if all(t.enough for t in table_coverage) else INCONCLUSIVE
     return VerifyReport(verdict, len(fed.feeds), fed.batch_sizes, outputs, node_coverage, table_coverage, fed.columns,
-                        fed.untraced, fed.source, fed.notes, atol, rtol, failure, _shapes(fed.feeds))
+                        fed.untraced, fed.source, fed.notes, atol, rtol, failure, _shapes(fed.feeds), checks,
+                        outputs_match=matched)
+
+
+def _check_lookups(results, sources: tuple[LookupSource, ...], tables: dict[str, np.ndarray]):
+    """The results without the per-lookup extra outputs, and each HPS_TRT node checked against them."""
+    from polygraphy.comparator import RunResults
+
+    (name_a, run_a), (name_b, run_b) = results
+    plain_a, expected = lookups_mod.split_results(run_a)
+    plain_b, actual = lookups_mod.split_results(run_b)
+    plain = RunResults()
+    plain.append((name_a, plain_a))
+    plain.append((name_b, plain_b))
+    return plain, lookups_mod.check(sources, expected, actual, tables)
 
 
 def _user_feeds(session, specs: feeds_mod.InputSpecs, inputs, data_loader_script) -> _Feeds:
@@ -198,7 +223,7 @@ def _run(session, original: Path, rewritten: Path, config: Path, backend: str, f
         results.extend(Comparator.run([OriginalRunner(session, name="onnxrt-original")], data_loader=feeds))
     except Exception as exc:
         raise SurgeonError(f"{original}: the original model fails on a feed: {_first_line(exc)}") from None
-    hps = HpsRunner(rewritten, config, backend, name=f"hps-{backend}")
+    hps = HpsRunner(rewritten, config, backend, name=f"hps-{backend}", lookups=True)
     try:
         results.extend(Comparator.run([hps], data_loader=feeds))
     except SurgeonError:
@@ -273,15 +298,31 @@ def _check_related(source: onnx.ModelProto, target: onnx.ModelProto, original: P
         raise SurgeonError(f"{rewritten} {what}; verify compares models that take the same inputs")
 
 
-def _original_session(original: Path):
+def _original_session(original: Path, source: onnx.ModelProto, target: onnx.ModelProto):
+    """onnxruntime on the original, with every replaced lookup's rows as extra outputs (`lookups.expose`).
+
+    Where the model with those outputs does not load, the original as it is, every lookup compared
+    through the model outputs only, with onnxruntime's reason.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 4  # failures come back as exceptions; no second copy on stderr
     try:
-        return ort.InferenceSession(str(original), options, providers=["CPUExecutionProvider"])
+        plain = ort.InferenceSession(str(original), options, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise SurgeonError(f"{original}: onnxruntime cannot load the original model: {_first_line(exc)}") from None
+    exposed, sources = lookups_mod.expose(source, target)
+    if all(s.how == lookups_mod.OUTPUTS_ONLY for s in sources):
+        return plain, sources
+    # external data resolves next to the original, as it does for the plain session
+    options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(original.parent))
+    try:
+        return ort.InferenceSession(exposed.SerializeToString(), options, providers=["CPUExecutionProvider"]), sources
+    except Exception as exc:
+        reason = f"onnxruntime cannot load the original with the lookups as outputs: {_first_line(exc)}"
+        return plain, tuple(LookupSource(s.node, s.original, lookups_mod.OUTPUTS_ONLY, s.reason or reason)
+                            for s in sources)
 
 
 def _runs(session, feed: dict[str, np.ndarray]) -> str:
