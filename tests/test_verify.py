@@ -182,8 +182,10 @@ def test_nan_in_one_output_only_is_a_mismatch_named_as_nan(tmp_path):
 # --- user samples: --inputs (Polygraphy's JSON), --data-loader-script ------------------------------------
 
 def test_inputs_saved_by_polygraphy_run_drive_verify_and_coverage_judges_them(dlrm, tmp_path):
-    """Samples from `polygraphy run --save-inputs` with keys 0..19: tables of 20 rows are covered, the
-    1000-row table is not: INCONCLUSIVE (exit 3), and PASSED once the floor is lowered to 20."""
+    """Samples from `polygraphy run --save-inputs` with keys 0..19: tables of up to 40 rows reach their floor
+    (half their rows), the 17 larger ones do not: INCONCLUSIVE (exit 3). The advice names what will not help
+    (more of the same samples: the second half added no key) and the flags that accept what each table saw;
+    following it PASSES."""
     source, out = dlrm
     samples = tmp_path / "inputs.json"
     saved = subprocess.run(["polygraphy", "run", str(source), "--onnxrt", "--save-inputs", str(samples),
@@ -192,15 +194,58 @@ def test_inputs_saved_by_polygraphy_run_drive_verify_and_coverage_judges_them(dl
     assert saved.returncode == 0, saved.stdout[-2000:]
     proc = run(*verify_args(out, "--inputs", samples))
     assert proc.returncode == 3, proc.stdout + proc.stderr
-    assert proc.stderr.strip() == (
-        "hps-surgeon: verify INCONCLUSIVE: the outputs match, but table 'emb_l_0_weight' (node "
-        "hps_trt//emb_l.0/Gather) saw 20 distinct existing key(s) of 1000, below the floor of 64 (and 24 more "
-        "table(s)); drive it with more samples (--inputs, --data-loader-script, --iterations, --batch-sizes) or "
-        "lower --min-distinct-keys")
+    message = proc.stderr.strip()
+    assert message.startswith(
+        "hps-surgeon: verify INCONCLUSIVE: the outputs and every compared lookup match, but table 'emb_l_0_weight' "
+        "(node hps_trt//emb_l.0/Gather) saw 20 distinct existing key(s) of 1000, below its floor of 64 "
+        "(--min-distinct-keys 64) (and 16 more table(s)); the second half of the 8 feeds added 1 new key(s): at that "
+        "rate about 176 more feeds of the same traffic would reach the floor (fewer new keys come as a field is used "
+        "up); or accept what it saw with --min-distinct-keys emb_l_0_weight=20; to accept what every short table "
+        "saw: --min-distinct-keys emb_l_0_weight=20 "), message
+    assert "table 'emb_l_0_weight': 20 distinct existing key(s) of 1000, below its floor of 64" in proc.stdout
+    accept = message.split("to accept what every short table saw: ")[1].split()
+    assert len(accept) == 18 and all(flag.endswith("=20") for flag in accept[1:])  # each saw all of 0..19
+    proc = run(*verify_args(out, "--inputs", samples, *accept))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "keys sparse_keys" not in proc.stdout  # the user's samples: nothing traced
     proc = run(*verify_args(out, "--inputs", samples, "--min-distinct-keys", "20"))
     assert proc.returncode == 0, proc.stderr
     assert f"PASSED: 8 feeds (--inputs {samples}; batch sizes 16)" in proc.stdout
+
+
+def test_a_small_table_needs_half_its_rows_without_its_padding_row(dlrm, tmp_path):
+    """Real samples over ids 1..10 of the 20-row tables (id 0 reserved, its row zeros as padding_idx leaves
+    it): 10 of 19 counted rows is enough; 9 is not, and the advice's flag accepts it. (The other tables'
+    floors are set to what the samples give them.)"""
+    source, out = dlrm
+    copy = copy_rewrite(out, tmp_path / "rw")
+    config = json.loads((copy / "hps_config.json").read_text())["models"][0]
+    path = copy / config["sparse_files"][config["embedding_table_names"].index("emb_l_1_weight")] / "emb_vector"
+    vectors = np.fromfile(path, dtype="<f4").reshape(-1, 16)
+    vectors[0] = 0.0
+    vectors.tofile(path)
+    rows = {t["name"]: t["rows"] for t in json.loads((out / "report.json").read_text())["tables"]}
+
+    def samples(ids: int) -> list:
+        rng = np.random.default_rng(0)
+        keys = (1 + (np.arange(32)[:, None] + np.arange(26)[None, :]) % ids).astype(np.int64)
+        return [{"dense_features": rng.standard_normal((32, 13)).astype(np.float32), "sparse_keys": keys}
+                for _ in range(4)]
+
+    from polygraphy.json import save_json
+
+    for ids, verdict in ((10, "passed"), (9, "inconclusive")):
+        save_json(samples(ids), str(tmp_path / f"s{ids}.json"))
+        report = verify(source, copy / "model.onnx", copy / "hps_config.json", inputs=tmp_path / f"s{ids}.json",
+                        table_floors={t: min(ids, r) for t, r in rows.items() if t != "emb_l_1_weight"})
+        (table,) = [t for t in report.tables if t.table == "emb_l_1_weight"]
+        assert (table.padding, table.floor, table.existing) == (1, 10, ids)
+        assert table.rule == "half of its 19 rows; 1 all-zero padding row(s) not counted"
+        assert report.verdict == verdict
+    assert report.short_tables == (table,)
+    report = verify(source, copy / "model.onnx", copy / "hps_config.json", inputs=tmp_path / "s9.json",
+                    table_floors={t: min(9, r) for t, r in rows.items()})
+    assert report.verdict == "passed"
 
 
 def test_data_loader_script_drives_verify(dlrm, tmp_path):
@@ -344,12 +389,17 @@ def test_a_model_that_is_not_valid_onnx_is_named_by_op_and_node(dlrm, tmp_path):
     (["--batch-sizes", "0"], "argument --batch-sizes: '0': each value must be at least 1"),
     (["--iterations", "0"], "--iterations 0: must be at least 1"),
     (["--max-keys-per-sample", "0"], "--max-keys-per-sample 0: must be at least 1"),
+    (["--min-distinct-keys", "-1"], "--min-distinct-keys -1: give N or TABLE=N, N a whole number >= 0"),
+    (["--min-distinct-keys", "emb_l_0_weight=many"],
+     "--min-distinct-keys emb_l_0_weight=many: give N or TABLE=N, N a whole number >= 0"),
+    (["--min-distinct-keys", "emb_l_0_weigth=3"], "--min-distinct-keys emb_l_0_weigth=3: {config} has no table "
+                                                  "'emb_l_0_weigth' (its tables: emb_l_0_weight, emb_l_10_weight, "),
 ])
 def test_bad_options_are_usage_errors(dlrm, option, message):
     _, out = dlrm
     proc = run(*verify_args(out, *option))
     assert proc.returncode == 2
-    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert message.format(config=out / "hps_config.json") in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_native_backend_without_library_is_one_line(dlrm, monkeypatch):

@@ -12,7 +12,7 @@ from ..verify import verify
 from ..verify.compare import DEFAULT_BATCH_SIZES, FAILED, PASSED, VerifyReport
 from ..verify import lookups
 from ..verify.split import BACKENDS
-from ..verify.coverage import MIN_DISTINCT_KEYS
+from ..verify.coverage import MIN_DISTINCT_KEYS, Floors, advice
 from . import _options
 
 
@@ -42,9 +42,11 @@ def add_parser(commands) -> argparse.ArgumentParser:
     source.add_argument("--data-loader-script", metavar="SCRIPT[:FUNC]",
                         help="feeds from a Python script's function (load_data by default) yielding "
                              "{input name: array} dicts, as polygraphy run --data-loader-script takes")
-    p.add_argument("--min-distinct-keys", type=int, default=MIN_DISTINCT_KEYS, metavar="N",
-                   help=f"floor: distinct existing keys each table must see, or all its rows when fewer "
-                        f"(default {MIN_DISTINCT_KEYS}); below it the verdict is INCONCLUSIVE")
+    p.add_argument("--min-distinct-keys", nargs="+", action="extend", metavar="N|TABLE=N",
+                   help=f"floor: distinct existing keys each table must see (default {MIN_DISTINCT_KEYS}; a table "
+                        f"of fewer than 2N rows: half its rows, all-zero padding rows not counted; generated feeds: "
+                        "every traced key when fewer); TABLE=N sets one table's floor (names as in the config's "
+                        "embedding_table_names); repeatable. Below it the verdict is INCONCLUSIVE")
     p.add_argument("--atol", type=float, default=1e-6, help="absolute tolerance (default 1e-6)")
     p.add_argument("--rtol", type=float, default=1e-5, help="relative tolerance (default 1e-5)")
     p.add_argument("--seed", type=int, default=1, help="seed of the generated feeds (default 1)")
@@ -55,11 +57,13 @@ def add_parser(commands) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     batch_sizes = tuple(b for group in args.batch_sizes for b in group)
+    floors = Floors.parse(args.min_distinct_keys)
     try:
         report = verify(args.original, args.rewritten, args.config, backend=args.backend,
                         iterations=args.iterations, batch_sizes=batch_sizes,
                         max_keys_per_sample=args.max_keys_per_sample, inputs=args.inputs,
-                        data_loader_script=args.data_loader_script, min_distinct_keys=args.min_distinct_keys,
+                        data_loader_script=args.data_loader_script, min_distinct_keys=floors.default,
+                        table_floors=floors.tables,
                         atol=args.atol, rtol=args.rtol, seed=args.seed, verbose=args.verbose)
     except SurgeonError:
         raise
@@ -101,6 +105,9 @@ def _print(report: VerifyReport) -> None:
             print(f"vectors of {check.node}: compared through the model outputs only: {check.reason}")
         elif check.failed:
             print(f"vectors of {check.node}: {lookup_text(report, check)}")
+    for t in report.short_tables:
+        print(f"table '{t.table}': {t.existing} distinct existing key(s) of {t.rows}, below its floor of {t.floor} "
+              f"({t.rule})")
     for out in report.outputs:
         nan = f", NaN in one output only at {out.nan_mismatches} position(s)" if out.nan_mismatches else ""
         print(f"output '{out.name}': max abs error {out.max_abs:.3g}, max rel error {out.max_rel:.3g}{nan}")
@@ -162,9 +169,11 @@ def inconclusive_text(report: VerifyReport) -> str:
     short = report.short_tables
     first = short[0]
     more = f" (and {len(short) - 1} more table(s))" if len(short) > 1 else ""
-    return (f"the outputs match, but table '{first.table}' (node {', '.join(first.nodes)}) saw {first.existing} "
-            f"distinct existing key(s) of {first.rows}, below the floor of {first.floor}{more}; drive it with more "
-            "samples (--inputs, --data-loader-script, --iterations, --batch-sizes) or lower --min-distinct-keys")
+    every = (f"; to accept what every short table saw: --min-distinct-keys "
+             f"{' '.join(f'{t.table}={t.existing}' for t in short)}" if len(short) > 1 else "")
+    return (f"the outputs and every compared lookup match, but table '{first.table}' (node {', '.join(first.nodes)}) "
+            f"saw {first.existing} distinct existing key(s) of {first.rows}, below its floor of {first.floor} "
+            f"({first.rule}){more}; {advice(first, report.inputs == 'generated')}{every}")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -102,8 +102,10 @@ def verify(original: str | Path, rewritten: str | Path, config: str | Path, *, b
            iterations: int = 2, batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES,
            max_keys_per_sample: int | None = None, inputs: str | Path | None = None,
            data_loader_script: str | None = None, min_distinct_keys: int = MIN_DISTINCT_KEYS,
-           atol: float = 1e-6, rtol: float = 1e-5, seed: int = 1, verbose: bool = False) -> VerifyReport:
-    """Compare the two models on the same feeds and measure the keys each table saw.
+           table_floors: dict[str, int] | None = None, atol: float = 1e-6, rtol: float = 1e-5, seed: int = 1,
+           verbose: bool = False) -> VerifyReport:
+    """Compare the two models on the same feeds, each HPS_TRT node with the lookup it replaced, and
+    measure the keys each table saw (`coverage`: `min_distinct_keys` and per-table `table_floors`).
 
     Raises SurgeonError (one line) on unusable input: a file that is missing or not the model it
     should be, samples that do not fit the model, an original that runs at none of the batch sizes.
@@ -111,14 +113,15 @@ def verify(original: str | Path, rewritten: str | Path, config: str | Path, *, b
     original, rewritten, config = Path(original), Path(rewritten), Path(config)
     _check_options(iterations, batch_sizes, min_distinct_keys, inputs, data_loader_script, backend)
     source, target = _read_pair(original, rewritten, config)
+    floors = coverage_mod.Floors(min_distinct_keys, dict(table_floors or {}))
+    floors.check_tables(sorted(set(coverage_mod.table_names(config).values())), config)
     from polygraphy.logger import G_LOGGER
 
     G_LOGGER.colors = False  # also silences the "'colored' module is not installed" warning
     with G_LOGGER.verbosity(G_LOGGER.INFO if verbose else G_LOGGER.CRITICAL + 1):
         return _verify(source, target, original, rewritten, config, backend=backend, iterations=iterations,
                        batch_sizes=tuple(batch_sizes), max_keys_per_sample=max_keys_per_sample, inputs=inputs,
-                       data_loader_script=data_loader_script, min_distinct_keys=min_distinct_keys, atol=atol,
-                       rtol=rtol, seed=seed)
+                       data_loader_script=data_loader_script, floors=floors, atol=atol, rtol=rtol, seed=seed)
 
 
 @dataclass(frozen=True)
@@ -131,11 +134,13 @@ class _Feeds:
     notes: tuple[str, ...] = ()
     columns: tuple[ColumnKeys, ...] = ()
     untraced: tuple[str, ...] = ()
+    reachable: dict[str, np.ndarray] | None = None  #: per traced node, the keys generated feeds could reach
 
 
 def _verify(source: onnx.ModelProto, target: onnx.ModelProto, original: Path, rewritten: Path, config: Path, *,
             backend: str, iterations: int, batch_sizes: tuple[int, ...], max_keys_per_sample: int | None,
-            inputs, data_loader_script, min_distinct_keys: int, atol: float, rtol: float, seed: int) -> VerifyReport:
+            inputs, data_loader_script, floors: coverage_mod.Floors, atol: float, rtol: float,
+            seed: int) -> VerifyReport:
     from polygraphy.comparator import Comparator
 
     specs = feeds_mod.InputSpecs.of(source, config, max_keys_per_sample)
@@ -146,11 +151,12 @@ def _verify(source: onnx.ModelProto, target: onnx.ModelProto, original: Path, re
     if inputs is not None or data_loader_script is not None:
         fed = _user_feeds(session, specs, inputs, data_loader_script)
     else:
-        floors = {node: coverage_mod.floor(keys.size, min_distinct_keys) for node, keys in tables.items()}
-        generated = feeds_mod.generate(target, config, specs, batch_sizes, iterations, seed, floors, split)
+        aims = {node: coverage_mod.floor(keys.size, floors.default) for node, keys in tables.items()}
+        generated = feeds_mod.generate(target, config, specs, batch_sizes, iterations, seed, aims, split)
         fed = _runnable(session, original, generated, specs.batched)
     results, seen, failure = _run(session, original, rewritten, config, backend, fed.feeds)
-    node_coverage, table_coverage = coverage_mod.measure(split.nodes, seen, tables, config, min_distinct_keys)
+    node_coverage, table_coverage = coverage_mod.measure(split.nodes, seen, tables, config, floors, fed.reachable,
+                                                         split.fixed_keys)
     outputs, checks, verdict, matched = (), (), FAILED, False
     if not failure:
         results, checks = _check_lookups(results, sources, tables)
@@ -206,7 +212,12 @@ def _runnable(session, original: Path, generated: feeds_mod.GeneratedFeeds, batc
                            "with --inputs FILE or --data-loader-script SCRIPT")
     if not batched:
         notes.append("every input has static dims: one feed shape, whatever --batch-sizes asks for")
-    return _Feeds(feeds, tuple(used), "generated", tuple(notes), generated.space.columns, generated.space.untraced)
+    reachable: dict[str, list[np.ndarray]] = {}
+    for found in generated.space.columns:
+        for node in found.nodes:
+            reachable.setdefault(node, []).append(np.asarray(found.keys, dtype=np.int64))
+    return _Feeds(feeds, tuple(used), "generated", tuple(notes), generated.space.columns, generated.space.untraced,
+                  {node: np.concatenate(keys) for node, keys in reachable.items()})
 
 
 def _run(session, original: Path, rewritten: Path, config: Path, backend: str, feeds: list):
