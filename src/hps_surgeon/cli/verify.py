@@ -93,8 +93,14 @@ def _print(report: VerifyReport) -> None:
     for c in report.columns:
         if c.values.size:
             print(f"keys {c.column.label} -> {', '.join(c.nodes)}: {c.values.size} values found ({c.how})")
+    fixed = {c.node for c in report.coverage if c.fixed}
     for node in report.untraced:
-        print(f"keys of {node}: not traced to any input column (coverage below says what reached it)")
+        if node not in fixed:
+            print(f"keys of {node}: not traced to any input column (coverage below says what reached it)")
+    for c in report.coverage:
+        if c.fixed:
+            print(f"keys of {c.node}: depend on no input's values; the {c.distinct} it received are every key it "
+                  "can receive")
     checks = {c.node: c for c in report.lookups}
     print("coverage (vectors: each HPS_TRT node's output against the lookup it replaced, bit for bit):")
     _options.table(["node", "table", "rows", "distinct keys", "in table", "of rows", "not in table", "vectors"],
