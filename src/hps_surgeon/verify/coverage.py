@@ -208,13 +208,15 @@ def advice(table: TableCoverage, generated: bool) -> str:
     if generated:
         more = ("its keys were not traced to an input column, so generated feeds cannot aim at its rows: pass real "
                 "samples that reach them (--inputs, --data-loader-script)")
-    elif table.late > 0 and table.feeds > 1:
+    elif table.feeds < 2:
+        more = "only one feed was passed: more samples of the same traffic will raise it"
+    elif table.late > 0:
         rate = table.late / (table.feeds - table.feeds // 2)
         more = (f"the second half of the {table.feeds} feeds added {table.late} new key(s): at that rate about "
                 f"{math.ceil((table.floor - table.existing) / rate)} more feeds of the same traffic would reach the "
                 "floor (fewer new keys come as a field is used up)")
     else:
-        more = (f"the second half of the {table.feeds} feed(s) added no new key: more of the same traffic will not "
+        more = (f"the second half of the {table.feeds} feeds added no new key: more of the same traffic will not "
                 "raise it; pass samples that reach other rows, or drop --inputs/--data-loader-script to generate "
                 "feeds drawn from the table")
     return f"{more}; or accept what it saw with {accept}"
