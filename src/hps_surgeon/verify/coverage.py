@@ -182,7 +182,8 @@ class _Hits:
         rows = int(self.table.size)
         padding = 0
         if self.name in floors.tables:
-            value, rule = min(floors.tables[self.name], rows), f"--min-distinct-keys {self.name}={floors.tables[self.name]}"
+            asked = floors.tables[self.name]
+            value, rule = min(asked, rows), f"--min-distinct-keys {self.name}={asked}"
         elif self.fixed:
             value, rule = existing, "its keys depend on no input: every key it can receive"
         elif self.reachable is not None and self.reachable < floors.default:

@@ -56,7 +56,7 @@ class SplitRunner:
         self.seen: dict[str, list[np.ndarray]] = {node.name: [] for node in self.nodes}
         tensors = graph.tensors()
         #: nodes whose keys no graph input's values reach: every feed gives them the same keys
-        self.fixed_keys = frozenset(node.name for node in self.nodes if not reads_input_values(tensors[node.keys], graph))
+        self.fixed_keys = frozenset(n.name for n in self.nodes if not reads_input_values(tensors[n.keys], graph))
         #: node name -> (keys, vectors) of the last `run`, what the per-lookup comparison checks
         self.looked_up: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         # Each half from a fresh import: Graph.copy() loses sequence types inside Loop bodies
