@@ -169,19 +169,24 @@ def test_a_column_that_reaches_no_key_is_left_to_the_data_loader(tmp_path):
     assert sorted(by_column(report)) == ["X[..., 1]"]
 
 
-def test_keys_that_do_not_follow_the_inputs_are_inconclusive(tmp_path):
-    """keys = Min(x, 3): only 4 of 100 rows can ever be reached; verify must not call that a pass."""
+def test_rows_no_input_can_reach_are_not_asked_for(tmp_path):
+    """keys = Min(x, 3): only rows 0-3 of 100 can ever be looked up. Tracing finds exactly those, the floor
+    asks for them (not for 64 rows no feed can reach), and verify passes saying so. A wrong row among them
+    fails; wrong rows the model can never read do not change what it computes."""
     source = build(tmp_path / "m.onnx", [helper.make_tensor_value_info("x", TensorProto.INT64, ["B", 2])],
                    [helper.make_node("Min", ["x", "three"], ["k"]),
                     helper.make_node("Gather", ["emb", "k"], ["out"])],
                    [table("emb", 100), const("three", 3)])
     result, report = rewritten_and_verified(source, tmp_path)
-    assert report.verdict == "inconclusive"
-    (short,) = report.short_tables
-    assert (short.existing, short.rows, short.floor) == (4, 100, 64)
-    # a tampered table still fails, whatever the coverage
-    copy = tampered_copy(result.out_dir, tmp_path / "tampered")
+    assert report.verdict == "passed"
+    (seen,) = report.tables
+    assert (seen.existing, seen.rows, seen.floor) == (4, 100, 4)
+    assert seen.rule == "every key the generated feeds could reach, 4"
+    copy = tampered_copy(result.out_dir, tmp_path / "tampered")  # rows 1-99
     assert verify(source, copy / "model.onnx", copy / "hps_config.json").verdict == "failed"
+    unreachable = tampered_copy(result.out_dir, tmp_path / "unreachable",
+                                lambda rows: np.concatenate([rows[:3], rows[3:] + 1.0]))  # rows 4-99 only
+    assert verify(source, unreachable / "model.onnx", unreachable / "hps_config.json").verdict == "passed"
 
 
 def test_column_elements_follow_the_last_axis():

@@ -499,3 +499,24 @@ def test_polygraphy_run_hps_native_without_library_is_one_line(dlrm, monkeypatch
     assert one_error_line(proc).startswith("hps-surgeon: error: native HPS library not found (tried "
                                            "/nonexistent/libhps_plugin.so)")
 
+
+
+def test_an_fp16_table_in_external_data_is_compared_at_its_own_dtype(tmp_path):
+    """The exported table is the fp16 one widened to float32 exactly: the lookup check finds identical bits;
+    one row off by one fp16 ulp (the smallest change the original could hold) fails, naming that key."""
+    from support import lookup_model
+
+    source = lookup_model(tmp_path / "src" / "m.onnx", rows=300, dim=16, external=True, table_dtype=np.float16)
+    result = hps_surgeon.rewrite(source, tmp_path / "rw")
+    report = verify(source, result.model_path, result.config_path)
+    (check,) = report.lookups
+    assert report.verdict == "passed" and (check.how, check.original, check.mismatched) == ("exposed", "lookup", 0)
+    assert check.compared > 0
+    copy = copy_rewrite(result.out_dir, tmp_path / "one")
+    path = copy / json.loads((copy / "hps_config.json").read_text())["models"][0]["sparse_files"][0] / "emb_vector"
+    vectors = np.fromfile(path, dtype="<f4").reshape(-1, 16)
+    vectors[5, 3] = np.float32(np.nextafter(np.float16(vectors[5, 3]), np.float16(np.inf)))
+    vectors.tofile(path)
+    report = verify(source, copy / "model.onnx", copy / "hps_config.json")
+    (wrong,) = report.wrong_lookups
+    assert report.verdict == "failed" and (wrong.key, wrong.row) == (5, 5)

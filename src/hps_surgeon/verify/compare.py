@@ -111,7 +111,7 @@ def verify(original: str | Path, rewritten: str | Path, config: str | Path, *, b
     should be, samples that do not fit the model, an original that runs at none of the batch sizes.
     """
     original, rewritten, config = Path(original), Path(rewritten), Path(config)
-    _check_options(iterations, batch_sizes, min_distinct_keys, inputs, data_loader_script, backend)
+    _check_options(iterations, batch_sizes, min_distinct_keys, table_floors, inputs, data_loader_script, backend)
     source, target = _read_pair(original, rewritten, config)
     floors = coverage_mod.Floors(min_distinct_keys, dict(table_floors or {}))
     floors.check_tables(sorted(set(coverage_mod.table_names(config).values())), config)
@@ -254,13 +254,17 @@ def _shapes(feeds: list[dict[str, np.ndarray]]) -> dict[str, list[list[int]]]:
     return shapes
 
 
-def _check_options(iterations, batch_sizes, min_distinct_keys, inputs, data_loader_script, backend) -> None:
+def _check_options(iterations, batch_sizes, min_distinct_keys, table_floors, inputs, data_loader_script,
+                   backend) -> None:
     if iterations < 1:
         raise SurgeonError(f"--iterations {iterations}: must be at least 1")
     if not batch_sizes or any(b < 1 for b in batch_sizes):
         raise SurgeonError(f"--batch-sizes {','.join(map(str, batch_sizes))}: each must be at least 1")
     if min_distinct_keys < 0:
         raise SurgeonError(f"--min-distinct-keys {min_distinct_keys}: must be at least 0")
+    negative = [f"{name}={count}" for name, count in (table_floors or {}).items() if count < 0]
+    if negative:
+        raise SurgeonError(f"--min-distinct-keys {negative[0]}: must be at least 0")
     if inputs is not None and data_loader_script is not None:
         raise SurgeonError("--inputs and --data-loader-script: pass one of them, not both")
     if backend not in BACKENDS:
