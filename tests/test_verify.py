@@ -520,3 +520,29 @@ def test_an_fp16_table_in_external_data_is_compared_at_its_own_dtype(tmp_path):
     report = verify(source, copy / "model.onnx", copy / "hps_config.json")
     (wrong,) = report.wrong_lookups
     assert report.verdict == "failed" and (wrong.key, wrong.row) == (5, 5)
+
+
+def test_a_node_without_provenance_is_compared_through_the_outputs_only_and_says_why(dlrm, tmp_path):
+    """HPS_TRT nodes made by another tool carry no hps_surgeon.replaced_nodes: nothing names the lookup to
+    compare with, so that node is checked through the model outputs only, in the table and the JSON."""
+    import onnx
+
+    source, out = dlrm
+    copy = copy_rewrite(out, tmp_path / "rw")
+    model = onnx.load(str(copy / "model.onnx"))
+    (node,) = [n for n in model.graph.node if n.name == "hps_trt//emb_l.4/Gather"]
+    del node.metadata_props[:]
+    onnx.save(model, str(copy / "model.onnx"))
+    proc = run(*verify_args(copy, "--json"))
+    assert proc.returncode == 0, proc.stderr
+    checks = {c["node"]: c for c in json.loads(proc.stdout)["lookups"]}
+    assert checks["hps_trt//emb_l.4/Gather"]["how"] == "outputs only"
+    assert checks["hps_trt//emb_l.4/Gather"]["reason"] == (
+        "HPS_TRT node 'hps_trt//emb_l.4/Gather' carries no hps_surgeon.replaced_nodes provenance (made by another "
+        "tool or an older hps-surgeon): nothing names the lookup it replaced")
+    assert sum(c["how"] == "exposed" for c in checks.values()) == 25
+    proc = run(*verify_args(copy))
+    assert "vectors of hps_trt//emb_l.4/Gather: compared through the model outputs only: HPS_TRT node " in proc.stdout
+    assert "25 of 26 HPS_TRT node(s) return exactly the original lookup's vectors" in proc.stdout
+    assert any(line.startswith("  hps_trt//emb_l.4/Gather ") and line.rstrip().endswith("outputs only")
+               for line in proc.stdout.splitlines())
