@@ -163,8 +163,7 @@ def split_results(run):
 
     plain, extras = [], []
     for result in run:
-        kept = OrderedDict((k, v) for k, v in result.items() if not k.startswith(EXPECTED) and not k.startswith(
-            KEYS) and not k.startswith(ROWS))
+        kept = OrderedDict((k, v) for k, v in result.items() if not k.startswith((EXPECTED, KEYS, ROWS)))
         extras.append({k: np.asarray(v) for k, v in result.items() if k not in kept})
         plain.append(IterationResult(outputs=kept, runtime=result.runtime, runner_name=result.runner_name))
     return plain, extras
