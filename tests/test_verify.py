@@ -201,10 +201,11 @@ def test_inputs_saved_by_polygraphy_run_drive_verify_and_coverage_judges_them(dl
         "(--min-distinct-keys 64) (and 16 more table(s)); the second half of the 8 feeds added 1 new key(s): at that "
         "rate about 176 more feeds of the same traffic would reach the floor (fewer new keys come as a field is used "
         "up); or accept what it saw with --min-distinct-keys emb_l_0_weight=20; to accept what every short table "
-        "saw: --min-distinct-keys emb_l_0_weight=20 "), message
+        "saw: --min-distinct-keys emb_l_0_weight=20 --min-distinct-keys "), message
     assert "table 'emb_l_0_weight': 20 distinct existing key(s) of 1000, below its floor of 64" in proc.stdout
     accept = message.split("to accept what every short table saw: ")[1].split()
-    assert len(accept) == 18 and all(flag.endswith("=20") for flag in accept[1:])  # each saw all of 0..19
+    assert accept[::2] == ["--min-distinct-keys"] * 17
+    assert all(flag.endswith("=20") for flag in accept[1::2])  # each saw all of 0..19
     proc = run(*verify_args(out, "--inputs", samples, *accept))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "keys sparse_keys" not in proc.stdout  # the user's samples: nothing traced
@@ -546,3 +547,15 @@ def test_a_node_without_provenance_is_compared_through_the_outputs_only_and_says
     assert "25 of 26 HPS_TRT node(s) return exactly the original lookup's vectors" in proc.stdout
     assert any(line.startswith("  hps_trt//emb_l.4/Gather ") and line.rstrip().endswith("outputs only")
                for line in proc.stdout.splitlines())
+
+
+def test_min_distinct_keys_takes_one_value_so_positionals_may_follow(dlrm):
+    """`--min-distinct-keys 20 ORIGINAL ...`: the option takes one value (repeat it for more tables)."""
+    source, out = dlrm
+    proc = run("verify", "--min-distinct-keys", "20", "--min-distinct-keys", "emb_l_0_weight=30", source,
+               out / "model.onnx", "--config", out / "hps_config.json", "--json")
+    assert proc.returncode == 0, proc.stderr
+    tables = {t["table"]: t for t in json.loads(proc.stdout)["tables"]}
+    assert (tables["emb_l_0_weight"]["floor"], tables["emb_l_0_weight"]["rule"]) == (
+        30, "--min-distinct-keys emb_l_0_weight=30")
+    assert (tables["emb_l_1_weight"]["floor"], tables["emb_l_1_weight"]["rule"]) == (20, "--min-distinct-keys 20")

@@ -42,11 +42,11 @@ def add_parser(commands) -> argparse.ArgumentParser:
     source.add_argument("--data-loader-script", metavar="SCRIPT[:FUNC]",
                         help="feeds from a Python script's function (load_data by default) yielding "
                              "{input name: array} dicts, as polygraphy run --data-loader-script takes")
-    p.add_argument("--min-distinct-keys", nargs="+", action="extend", metavar="N|TABLE=N",
+    p.add_argument("--min-distinct-keys", action="append", metavar="N|TABLE=N",
                    help=f"floor: distinct existing keys each table must see (default {MIN_DISTINCT_KEYS}; a table "
                         f"of fewer than 2N rows: half its rows, all-zero padding rows not counted; generated feeds: "
                         "every traced key when fewer); TABLE=N sets one table's floor (names as in the config's "
-                        "embedding_table_names); repeatable. Below it the verdict is INCONCLUSIVE")
+                        "embedding_table_names); repeat the option for more tables. Below it the verdict is INCONCLUSIVE")
     p.add_argument("--atol", type=float, default=1e-6, help="absolute tolerance (default 1e-6)")
     p.add_argument("--rtol", type=float, default=1e-5, help="relative tolerance (default 1e-5)")
     p.add_argument("--seed", type=int, default=1, help="seed of the generated feeds (default 1)")
@@ -175,8 +175,8 @@ def inconclusive_text(report: VerifyReport) -> str:
     short = report.short_tables
     first = short[0]
     more = f" (and {len(short) - 1} more table(s))" if len(short) > 1 else ""
-    every = (f"; to accept what every short table saw: --min-distinct-keys "
-             f"{' '.join(f'{t.table}={t.existing}' for t in short)}" if len(short) > 1 else "")
+    every = (f"; to accept what every short table saw: "
+             f"{' '.join(f'--min-distinct-keys {t.table}={t.existing}' for t in short)}" if len(short) > 1 else "")
     return (f"the outputs and every compared lookup match, but table '{first.table}' (node {', '.join(first.nodes)}) "
             f"saw {first.existing} distinct existing key(s) of {first.rows}, below its floor of {first.floor} "
             f"({first.rule}){more}; {advice(first, report.inputs == 'generated')}{every}")
