@@ -207,3 +207,49 @@ def test_open_sequence_dims_take_max_keys_per_sample(dim_param, tmp_path):
     assert report.passed and report.shapes["hist"] == [[1, 6], [64, 6]]
     report = verify(source, result.model_path, result.config_path, max_keys_per_sample=3)
     assert report.shapes["hist"] == [[1, 3], [64, 3]]
+
+
+# --- keys no input's values reach (issue 20, item 3) ---------------------------------------------------
+
+def _positions_model(path: Path, add_input: bool, second_reader: bool = False) -> Path:
+    """x [B, L] int64; positions = Range(0, Shape(x)[1]) (+ x when add_input) look up `pos` [16, 4].
+
+        x ── Shape ── Gather(1) ── Range(0, ·, 1) ──[Add x]── Gather(pos) ── out
+    """
+    nodes = [helper.make_node("Shape", ["x"], ["shape"]),
+             helper.make_node("Gather", ["shape", "one"], ["length"], axis=0),
+             helper.make_node("Range", ["zero", "length", "one"], ["positions"])]
+    keys = "positions"
+    if add_input:
+        nodes.append(helper.make_node("Add", ["x", "positions"], ["shifted"]))
+        keys = "shifted"
+    looked_up = "rows" if second_reader else "out"
+    nodes.append(helper.make_node("Gather", ["pos", keys], [looked_up], name="position_lookup"))
+    if second_reader:
+        nodes += [helper.make_node("Gather", ["pos", "x"], ["by_x"], name="input_lookup"),
+                  helper.make_node("Add", ["rows", "by_x"], ["out"])]
+    return build(path, [helper.make_tensor_value_info("x", TensorProto.INT64, ["B", 4])], nodes,
+                 [table("pos", 16), const("zero", 0), const("one", 1)])
+
+
+def test_keys_from_range_over_a_shape_stay_in_the_model(tmp_path):
+    source = _positions_model(tmp_path / "m.onnx", add_input=False)
+    found = hps_surgeon.scan(source)
+    assert found.lookups == ()
+    (held,) = found.not_rewritable
+    assert held.node == "position_lookup" and "its keys 'positions' depend on no graph input's values" in held.reason
+    result = hps_surgeon.rewrite(source, tmp_path / "rw")
+    assert not result.written and [m["node"] for m in result.report["not_rewritten"]] == ["position_lookup"]
+
+
+@pytest.mark.parametrize("add_input, second_reader", [(True, False), (False, True)])
+def test_keys_an_input_moves_or_a_table_an_input_also_reads_are_rewritten(add_input, second_reader, tmp_path):
+    """x + positions reads x's values; a fixed-key lookup of a table that x also reads goes along with it."""
+    source = _positions_model(tmp_path / "m.onnx", add_input, second_reader)
+    found = hps_surgeon.scan(source)
+    assert found.not_rewritable == () and len(found.lookups) == 1 + second_reader
+    result, report = rewritten_and_verified(source, tmp_path, batch_sizes=(8,))
+    assert report.verdict == "passed"
+    fixed = {c.node: c.fixed for c in report.coverage}
+    assert fixed == ({"hps_trt/position_lookup": True, "hps_trt/input_lookup": False} if second_reader
+                     else {"hps_trt/position_lookup": False})
