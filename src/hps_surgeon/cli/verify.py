@@ -46,7 +46,8 @@ def add_parser(commands) -> argparse.ArgumentParser:
                    help=f"floor: distinct existing keys each table must see (default {MIN_DISTINCT_KEYS}; a table "
                         f"of fewer than 2N rows: half its rows, all-zero padding rows not counted; generated feeds: "
                         "every traced key when fewer); TABLE=N sets one table's floor (names as in the config's "
-                        "embedding_table_names); repeat the option for more tables. Below it the verdict is INCONCLUSIVE")
+                        "embedding_table_names); repeat the option for more tables. Below it the verdict is "
+                        "INCONCLUSIVE")
     p.add_argument("--atol", type=float, default=1e-6, help="absolute tolerance (default 1e-6)")
     p.add_argument("--rtol", type=float, default=1e-5, help="relative tolerance (default 1e-5)")
     p.add_argument("--seed", type=int, default=1, help="seed of the generated feeds (default 1)")
