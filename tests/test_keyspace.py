@@ -181,7 +181,7 @@ def test_rows_no_input_can_reach_are_not_asked_for(tmp_path):
     assert report.verdict == "passed"
     (seen,) = report.tables
     assert (seen.existing, seen.rows, seen.floor) == (4, 100, 4)
-    assert seen.rule == "every key the generated feeds could reach, 4"
+    assert seen.rule == "every key the inputs can reach, 4" and seen.complete
     copy = tampered_copy(result.out_dir, tmp_path / "tampered")  # rows 1-99
     assert verify(source, copy / "model.onnx", copy / "hps_config.json").verdict == "failed"
     unreachable = tampered_copy(result.out_dir, tmp_path / "unreachable",

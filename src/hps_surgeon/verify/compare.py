@@ -134,7 +134,8 @@ class _Feeds:
     notes: tuple[str, ...] = ()
     columns: tuple[ColumnKeys, ...] = ()
     untraced: tuple[str, ...] = ()
-    reachable: dict[str, np.ndarray] | None = None  #: per traced node, the keys generated feeds could reach
+    #: per traced node, the keys generated feeds could reach, and whether they are all it can reach
+    reachable: dict[str, tuple[np.ndarray, bool]] | None = None
 
 
 def _verify(source: onnx.ModelProto, target: onnx.ModelProto, original: Path, rewritten: Path, config: Path, *,
@@ -212,12 +213,14 @@ def _runnable(session, original: Path, generated: feeds_mod.GeneratedFeeds, batc
                            "with --inputs FILE or --data-loader-script SCRIPT")
     if not batched:
         notes.append("every input has static dims: one feed shape, whatever --batch-sizes asks for")
-    reachable: dict[str, list[np.ndarray]] = {}
+    keys: dict[str, list[np.ndarray]] = {}
+    complete: dict[str, bool] = {}
     for found in generated.space.columns:
         for node in found.nodes:
-            reachable.setdefault(node, []).append(np.asarray(found.keys, dtype=np.int64))
+            keys.setdefault(node, []).append(np.asarray(found.keys, dtype=np.int64))
+            complete[node] = complete.get(node, True) and found.complete
     return _Feeds(feeds, tuple(used), "generated", tuple(notes), generated.space.columns, generated.space.untraced,
-                  {node: np.concatenate(keys) for node, keys in reachable.items()})
+                  {node: (np.concatenate(k), complete[node]) for node, k in keys.items()})
 
 
 def _run(session, original: Path, rewritten: Path, config: Path, backend: str, feeds: list):

@@ -7,7 +7,8 @@ the verdict INCONCLUSIVE whatever the outputs say. The floor asks for what the f
 * `--min-distinct-keys TABLE=N`: N (at most the table's rows), whatever else holds;
 * keys fixed by the graph (no input's values reach them: a position table read through `Range`):
   the keys the node received are all it can ever receive, so they are the floor;
-* generated feeds, keys traced to input columns: N (default 64), or every traced key when fewer;
+* generated feeds, keys traced to input columns: N (default 64) or all the table's rows when fewer, or
+  every key tracing found when that is all the inputs can reach (keys = Min(x, 3) reach 4 rows);
 * otherwise (real samples, keys not traced): N, or half of the table's rows when it holds fewer
   than 2N, padding rows (all zeros: torch's padding_idx, an id a library reserves) not counted.
   Real traffic does not look up padding, and a field of 62 ids is seldom seen whole in a few
@@ -29,6 +30,7 @@ import numpy as np
 from ..errors import SurgeonError
 from ..hps import config as hps_config
 from ..hps.tables import table_files
+from .keyspace import TARGETS
 from .split import LookupNode
 
 #: default floor: distinct existing keys each table must see (see the module's docstring for smaller tables)
@@ -102,6 +104,8 @@ class TableCoverage:
     padding: int = 0  #: rows whose vector is all zeros (not counted for a small table's floor)
     late: int = 0  #: distinct keys the second half of the feeds added (0: the feeds stopped finding keys)
     feeds: int = 0
+    reachable: int | None = None  #: keys of the table tracing found the feeds could reach (or fixed); None: unknown
+    complete: bool = False  #: `reachable` is every key the inputs can reach, not a sample
 
     @property
     def enough(self) -> bool:
@@ -117,12 +121,12 @@ def floor(rows: int, min_distinct_keys: int) -> int:
 
 
 def measure(nodes: list[LookupNode], seen: dict[str, list[np.ndarray]], tables: dict[str, np.ndarray],
-            config: Path, floors: Floors | int, reachable: dict[str, np.ndarray] | None = None,
+            config: Path, floors: Floors | int, reachable: dict[str, tuple[np.ndarray, bool]] | None = None,
             fixed: frozenset[str] = frozenset()) -> tuple[tuple[NodeCoverage, ...], tuple[TableCoverage, ...]]:
     """Per node and per table, the keys recorded in `seen` against the sorted table keys in `tables`.
 
-    `reachable`: per node, the keys generated feeds could reach (traced); `fixed`: nodes whose keys
-    no input's values reach.
+    `reachable`: per node, the keys generated feeds could reach (traced), and whether they are all the
+    inputs can reach or a sample; `fixed`: nodes whose keys no input's values reach.
     """
     floors = floors if isinstance(floors, Floors) else Floors(floors)
     names = table_names(config)
@@ -149,8 +153,10 @@ class _Hits:
         self.per_feed: list[list[np.ndarray]] = []
         self.fixed = True  #: no input's values reach any of its nodes' keys
         self.reach: list[np.ndarray] | None = []  #: keys the feeds could reach; None: not known
+        self.complete = True  #: `reach` holds every key the inputs can reach, not a sample
 
-    def add(self, node: str, feeds: list[np.ndarray], reachable: dict[str, np.ndarray] | None, fixed: bool) -> None:
+    def add(self, node: str, feeds: list[np.ndarray], reachable: dict[str, tuple[np.ndarray, bool]] | None,
+            fixed: bool) -> None:
         self.readers.append(node)
         for index, keys in enumerate(feeds):
             if index == len(self.per_feed):
@@ -162,7 +168,9 @@ class _Hits:
         if fixed:
             self.reach.extend(feeds)
         elif reachable is not None and node in reachable:
-            self.reach.append(np.asarray(reachable[node], dtype=np.int64))
+            keys, complete = reachable[node]
+            self.reach.append(np.asarray(keys, dtype=np.int64))
+            self.complete = self.complete and complete
         else:
             self.reach = None
 
@@ -179,17 +187,18 @@ class _Hits:
         half = len(self.per_feed) // 2
         early = [k for feed in self.per_feed[:half] for k in feed] or [np.zeros(0, dtype=np.int64)]
         late = existing - int(np.unique(np.concatenate(early)).size) if half else existing
-        rows = int(self.table.size)
+        rows, reachable = int(self.table.size), self.reachable
         padding = 0
         if self.name in floors.tables:
             asked = floors.tables[self.name]
             value, rule = min(asked, rows), f"--min-distinct-keys {self.name}={asked}"
         elif self.fixed:
             value, rule = existing, "its keys depend on no input: every key it can receive"
-        elif self.reachable is not None and self.reachable < floors.default:
-            value, rule = self.reachable, f"every key the generated feeds could reach, {self.reachable}"
-        elif self.reachable is not None:
-            value, rule = min(floors.default, rows), f"--min-distinct-keys {floors.default}"
+        elif reachable is not None and self.complete and reachable < min(floors.default, rows):
+            value, rule = reachable, f"every key the inputs can reach, {reachable}"
+        elif reachable is not None:
+            value = min(floors.default, rows)
+            rule = f"--min-distinct-keys {floors.default}" if value == floors.default else f"all its {rows} rows"
         else:
             padding = zero_rows(config, model, table_id) if rows < 2 * floors.default else 0
             eligible = rows - padding
@@ -200,13 +209,21 @@ class _Hits:
                 rule = f"half of its {eligible} rows" + (
                     f"; {padding} all-zero padding row(s) not counted" if padding else "")
         return TableCoverage(self.name, table_id, rows, existing, value, tuple(self.readers), rule, padding, late,
-                             len(self.per_feed))
+                             len(self.per_feed), reachable, reachable is not None and self.complete)
 
 
 def advice(table: TableCoverage, generated: bool) -> str:
     """What will bring `table` to its floor, in words, ending with the flag that accepts what it saw."""
     accept = f"--min-distinct-keys {table.table}={table.existing}"
-    if generated:
+    if generated and table.reachable is not None and table.reachable < table.floor:
+        more = (f"key tracing found {table.reachable} of its keys, fewer than the floor, and generated feeds draw "
+                f"from those (tracing samples max(64, 4 x the largest batch) keys per column, at most {TARGETS}): "
+                "raise the largest --batch-sizes, pass real samples (--inputs, --data-loader-script), or lower "
+                "--min-distinct-keys")
+    elif generated and table.reachable is not None:
+        more = (f"the generated feeds reached {table.existing} of the {table.reachable} keys traced: raise "
+                "--iterations or the largest --batch-sizes")
+    elif generated:
         more = ("its keys were not traced to an input column, so generated feeds cannot aim at its rows: pass real "
                 "samples that reach them (--inputs, --data-loader-script)")
     elif table.feeds < 2:
