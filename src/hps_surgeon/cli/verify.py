@@ -19,9 +19,10 @@ from . import _options
 def add_parser(commands) -> argparse.ArgumentParser:
     p = commands.add_parser(
         "verify", help="compare a rewritten model with the original (Polygraphy) and report the keys covered",
-        epilog="exit codes: 0 PASSED; 1 FAILED (the outputs differ, or the rewritten model fails where the "
-               "original runs); 2 bad input; 3 INCONCLUSIVE (outputs match, but a table saw fewer distinct "
-               "existing keys than the floor)")
+        epilog="exit codes: 0 PASSED; 1 FAILED (an HPS_TRT node returns other vectors than the lookup it "
+               "replaced, the outputs differ, or the rewritten model fails where the original runs); 2 bad input; "
+               "3 INCONCLUSIVE (outputs and lookups match, but a table saw fewer distinct existing keys than its "
+               "floor)")
     p.add_argument("original", help="the model before rewrite")
     p.add_argument("rewritten", help="the rewritten model (model.onnx of rewrite's output)")
     p.add_argument("--config", required=True, help="hps_config.json of the rewritten model")
@@ -43,9 +44,10 @@ def add_parser(commands) -> argparse.ArgumentParser:
                         help="feeds from a Python script's function (load_data by default) yielding "
                              "{input name: array} dicts, as polygraphy run --data-loader-script takes")
     p.add_argument("--min-distinct-keys", action="append", metavar="N|TABLE=N",
-                   help=f"floor: distinct existing keys each table must see (default {MIN_DISTINCT_KEYS}; a table "
-                        f"of fewer than 2N rows: half its rows, all-zero padding rows not counted; generated feeds: "
-                        "every traced key when fewer); TABLE=N sets one table's floor (names as in the config's "
+                   help=f"floor: distinct existing keys each table must see, N (default {MIN_DISTINCT_KEYS}); with "
+                        "real samples or untraced keys a table of fewer than 2N rows needs half its rows (all-zero "
+                        "padding rows not counted), with generated feeds all its rows or every key the inputs can "
+                        "reach when fewer; TABLE=N sets one table's floor (names as in the config's "
                         "embedding_table_names); repeat the option for more tables. Below it the verdict is "
                         "INCONCLUSIVE")
     p.add_argument("--atol", type=float, default=1e-6, help="absolute tolerance (default 1e-6)")
