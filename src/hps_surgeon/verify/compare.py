@@ -326,21 +326,23 @@ def _original_session(original: Path, source: onnx.ModelProto, target: onnx.Mode
 
     options = ort.SessionOptions()
     options.log_severity_level = 4  # failures come back as exceptions; no second copy on stderr
+    exposed, sources = lookups_mod.expose(source, target)
+    reason = ""
+    if any(s.how != lookups_mod.OUTPUTS_ONLY for s in sources):
+        # external data resolves next to the original, as it does when the session reads the file
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                         str(original.parent))
+        try:
+            session = ort.InferenceSession(exposed.SerializeToString(), options, providers=["CPUExecutionProvider"])
+            return session, sources
+        except Exception as exc:
+            reason = f"onnxruntime cannot load the original with the lookups as outputs: {_first_line(exc)}"
     try:
         plain = ort.InferenceSession(str(original), options, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise SurgeonError(f"{original}: onnxruntime cannot load the original model: {_first_line(exc)}") from None
-    exposed, sources = lookups_mod.expose(source, target)
-    if all(s.how == lookups_mod.OUTPUTS_ONLY for s in sources):
-        return plain, sources
-    # external data resolves next to the original, as it does for the plain session
-    options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(original.parent))
-    try:
-        return ort.InferenceSession(exposed.SerializeToString(), options, providers=["CPUExecutionProvider"]), sources
-    except Exception as exc:
-        reason = f"onnxruntime cannot load the original with the lookups as outputs: {_first_line(exc)}"
-        return plain, tuple(LookupSource(s.node, s.original, lookups_mod.OUTPUTS_ONLY, s.reason or reason)
-                            for s in sources)
+    return plain, tuple(LookupSource(s.node, s.original, lookups_mod.OUTPUTS_ONLY, s.reason or reason)
+                        for s in sources)
 
 
 def _runs(session, feed: dict[str, np.ndarray]) -> str:
