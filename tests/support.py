@@ -78,6 +78,21 @@ def tampered_copy(rewrite_dir: Path, dest: Path, change=lambda rows: rows + 1.0)
     return dest
 
 
+def tampered_row(rewrite_dir: Path, dest: Path, table: str, row: int) -> Path:
+    """A copy of a rewrite folder where one element of one row of one table is one ulp larger.
+
+    The smallest wrong table there is: no model output moves, only the lookup itself shows it.
+    """
+    copy_rewrite(rewrite_dir, dest)
+    entry = json.loads((dest / "hps_config.json").read_text())["models"][0]
+    table_id = entry["embedding_table_names"].index(table)
+    path = dest / entry["sparse_files"][table_id] / "emb_vector"
+    vectors = np.fromfile(path, dtype="<f4").reshape(-1, entry["embedding_vecsize_per_table"][table_id])
+    vectors[row, 0] = np.nextafter(vectors[row, 0], np.float32(np.inf))
+    vectors.astype("<f4").tofile(path)
+    return dest
+
+
 def lookup_model(path: Path, rows: int = 100, dim: int = 8, key_dtype=TensorProto.INT64,
                  table_dtype=np.float32, key_shape=("B", 4), axis: int | None = None,
                  external: bool = False, seed: int = 0) -> Path:

@@ -261,3 +261,24 @@ def test_sparse_model_name_that_is_neither_input_nor_embedding(tmp_path):
         f"--hugectr-sparse-model: 'tall_embedding' is not an input of {WDL} (inputs: dense, wide_data, deep_data) nor "
         "an embedding read through a HugeCTR key map (embeddings: wide_embedding_embedding_table, "
         "deep_embedding_embedding_table)")
+
+
+def test_a_floor_above_what_tracing_sampled_is_not_lowered_and_the_advice_says_why(tmp_path):
+    """At batch 1 tracing samples 64 of a 90-row table's keys: asked for 65, verify does not settle for the
+    64 it sampled (they are not all the inputs reach); it says so, and the batch size it names fixes it."""
+    source = FIXTURES / "torch/dlrm_small_legacy.onnx"
+    result = hps_surgeon.rewrite(source, tmp_path / "rw")
+    report = verify(source, result.model_path, result.config_path, batch_sizes=(1,), iterations=1,
+                    min_distinct_keys=65)
+    assert report.verdict == "inconclusive"
+    short = {t.table: t for t in report.short_tables}
+    table = short["emb_l_16_weight"]
+    assert (table.rows, table.floor, table.complete) == (90, 65, False) and table.reachable < 65
+    proc = subprocess.run([sys.executable, "-m", "hps_surgeon", "verify", source, result.model_path, "--config",
+                           result.config_path, "--batch-sizes", "1", "--iterations", "1", "--min-distinct-keys", "65"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 3
+    assert "fewer than the floor, and generated feeds draw from those (tracing samples max(64, 4 x the largest " \
+           "batch) keys per column, at most 256): raise the largest --batch-sizes" in proc.stderr
+    report = verify(source, result.model_path, result.config_path, batch_sizes=(1, 64), min_distinct_keys=65)
+    assert report.verdict == "passed"

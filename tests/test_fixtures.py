@@ -16,7 +16,7 @@ import hps_surgeon
 from hps_surgeon.verify.runner import SplitRunner
 from hps_surgeon.hps.reference import ReferenceLookup
 
-from support import FIXTURES, random_feeds, run_onnxruntime, tampered_copy
+from support import FIXTURES, random_feeds, run_onnxruntime, tampered_copy, tampered_row
 
 # fixture -> number of lookups it holds (from fixtures/README.md)
 LOOKUPS = {
@@ -139,23 +139,55 @@ def verify_cli(capsys, *args) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-@pytest.mark.parametrize("fixture", VERIFIABLE)
-def test_every_fixture_verifies_with_coverage_and_its_tampered_copy_fails(fixture, tmp_path, capsys):
-    """Exit 0 with every table at its floor of distinct keys; exit 1 once every row but row 0 changes.
+SAMPLED = {f"thirdparty/models/{name}": THIRDPARTY / e["samples"]["file"] for name, e in MANIFEST.items()
+           if "samples" in e}
 
-    The tampered copy is what a verify feeding only key 0 (HugeCTR's own test) would pass.
-    """
-    source = FIXTURES / fixture
-    result = hps_surgeon.rewrite(source, tmp_path / "rw", **REWRITE_OPTIONS.get(fixture, {}))
-    samples = ["--inputs", torchrec_samples(tmp_path / "samples.json")] if fixture in NEEDS_SAMPLES else []
-    code, out, err = verify_cli(capsys, source, result.model_path, "--config", result.config_path, *samples)
+
+def fixture_feeds(fixture: str, tmp_path: Path, source: str) -> list:
+    """verify's feed options: generated, or the fixture's own real samples (--inputs)."""
+    if source == "samples":
+        return ["--inputs", SAMPLED[fixture]]
+    return ["--inputs", torchrec_samples(tmp_path / "samples.json")] if fixture in NEEDS_SAMPLES else []
+
+
+@pytest.mark.parametrize("fixture, source", [(f, "generated") for f in VERIFIABLE] +
+                         [(f, "samples") for f in sorted(SAMPLED)])
+def test_every_fixture_verifies_with_coverage_and_its_tampered_copies_fail(fixture, source, tmp_path, capsys):
+    """Exit 0 with every table at its floor of distinct keys and every node's vectors bit-identical to
+    the lookup it replaced; exit 1 once every row but row 0 changes (what a verify feeding only key 0,
+    HugeCTR's own test, would pass); exit 1 again, naming the same node and key, when only one element
+    of that one row is one ulp off, which no model output shows."""
+    from hps_surgeon.verify import verify
+
+    source_model = FIXTURES / fixture
+    result = hps_surgeon.rewrite(source_model, tmp_path / "rw", **REWRITE_OPTIONS.get(fixture, {}))
+    feeds = fixture_feeds(fixture, tmp_path, source)
+    code, out, err = verify_cli(capsys, source_model, result.model_path, "--config", result.config_path, *feeds)
     assert code == 0, out + err
-    assert "PASSED" in out and "coverage:" in out
+    assert "PASSED" in out and "coverage (vectors:" in out
     report = json.loads((result.out_dir / "report.json").read_text())
-    for node in report["hps_trt_nodes"]:
-        assert node["node"] in out
+    nodes = [node["node"] for node in report["hps_trt_nodes"]]
+    for node in nodes:
+        assert node in out
+    # every node's own vectors were compared with the lookup it replaced, none through the outputs only
+    assert f"{len(nodes)} of {len(nodes)} HPS_TRT node(s) return exactly the original lookup's vectors" in out
     tampered = tampered_copy(result.out_dir, tmp_path / "tampered")
-    code, out, err = verify_cli(capsys, source, tampered / "model.onnx", "--config", tampered / "hps_config.json",
-                                *samples)
+    code, out, err = verify_cli(capsys, source_model, tampered / "model.onnx", "--config",
+                                tampered / "hps_config.json", *feeds)
     assert code == 1, out + err
-    assert err.startswith("hps-surgeon: verify FAILED: output '")
+    assert any(err.startswith(f"hps-surgeon: verify FAILED: HPS_TRT node '{node}' returns another vector than the "
+                              "original lookup '") for node in nodes), err
+    inputs = feeds[1] if feeds else None
+    failed = verify(source_model, tampered / "model.onnx", tampered / "hps_config.json", inputs=inputs)
+    wrong = failed.wrong_lookups[0]
+    table = next(c.table for c in failed.coverage if c.node == wrong.node)
+    one = tampered_row(result.out_dir, tmp_path / "one_row", table, wrong.row)
+    found = verify(source_model, one / "model.onnx", one / "hps_config.json", inputs=inputs)
+    assert found.verdict == "failed" and found.outputs_match, found.outputs
+    readers = {c.node for c in found.coverage if c.table == table}
+    assert {c.key for c in found.wrong_lookups} == {wrong.key} and {c.node for c in found.wrong_lookups} <= readers
+    code, out, err = verify_cli(capsys, source_model, one / "model.onnx", "--config", one / "hps_config.json", *feeds)
+    assert code == 1 and f"for key {wrong.key} (row {wrong.row} of table '{table}'; " in err, err
+    assert err.rstrip().endswith("the model outputs agree within atol 1e-06, rtol 1e-05: only the per-lookup "
+                                 "comparison sees this")
+

@@ -169,19 +169,24 @@ def test_a_column_that_reaches_no_key_is_left_to_the_data_loader(tmp_path):
     assert sorted(by_column(report)) == ["X[..., 1]"]
 
 
-def test_keys_that_do_not_follow_the_inputs_are_inconclusive(tmp_path):
-    """keys = Min(x, 3): only 4 of 100 rows can ever be reached; verify must not call that a pass."""
+def test_rows_no_input_can_reach_are_not_asked_for(tmp_path):
+    """keys = Min(x, 3): only rows 0-3 of 100 can ever be looked up. Tracing finds exactly those, the floor
+    asks for them (not for 64 rows no feed can reach), and verify passes saying so. A wrong row among them
+    fails; wrong rows the model can never read do not change what it computes."""
     source = build(tmp_path / "m.onnx", [helper.make_tensor_value_info("x", TensorProto.INT64, ["B", 2])],
                    [helper.make_node("Min", ["x", "three"], ["k"]),
                     helper.make_node("Gather", ["emb", "k"], ["out"])],
                    [table("emb", 100), const("three", 3)])
     result, report = rewritten_and_verified(source, tmp_path)
-    assert report.verdict == "inconclusive"
-    (short,) = report.short_tables
-    assert (short.existing, short.rows, short.floor) == (4, 100, 64)
-    # a tampered table still fails, whatever the coverage
-    copy = tampered_copy(result.out_dir, tmp_path / "tampered")
+    assert report.verdict == "passed"
+    (seen,) = report.tables
+    assert (seen.existing, seen.rows, seen.floor) == (4, 100, 4)
+    assert seen.rule == "every key the inputs can reach, 4" and seen.complete
+    copy = tampered_copy(result.out_dir, tmp_path / "tampered")  # rows 1-99
     assert verify(source, copy / "model.onnx", copy / "hps_config.json").verdict == "failed"
+    unreachable = tampered_copy(result.out_dir, tmp_path / "unreachable",
+                                lambda rows: np.concatenate([rows[:3], rows[3:] + 1.0]))  # rows 4-99 only
+    assert verify(source, unreachable / "model.onnx", unreachable / "hps_config.json").verdict == "passed"
 
 
 def test_column_elements_follow_the_last_axis():
@@ -202,3 +207,49 @@ def test_open_sequence_dims_take_max_keys_per_sample(dim_param, tmp_path):
     assert report.passed and report.shapes["hist"] == [[1, 6], [64, 6]]
     report = verify(source, result.model_path, result.config_path, max_keys_per_sample=3)
     assert report.shapes["hist"] == [[1, 3], [64, 3]]
+
+
+# --- keys no input's values reach (issue 20, item 3) ---------------------------------------------------
+
+def _positions_model(path: Path, add_input: bool, second_reader: bool = False) -> Path:
+    """x [B, L] int64; positions = Range(0, Shape(x)[1]) (+ x when add_input) look up `pos` [16, 4].
+
+        x ── Shape ── Gather(1) ── Range(0, ·, 1) ──[Add x]── Gather(pos) ── out
+    """
+    nodes = [helper.make_node("Shape", ["x"], ["shape"]),
+             helper.make_node("Gather", ["shape", "one"], ["length"], axis=0),
+             helper.make_node("Range", ["zero", "length", "one"], ["positions"])]
+    keys = "positions"
+    if add_input:
+        nodes.append(helper.make_node("Add", ["x", "positions"], ["shifted"]))
+        keys = "shifted"
+    looked_up = "rows" if second_reader else "out"
+    nodes.append(helper.make_node("Gather", ["pos", keys], [looked_up], name="position_lookup"))
+    if second_reader:
+        nodes += [helper.make_node("Gather", ["pos", "x"], ["by_x"], name="input_lookup"),
+                  helper.make_node("Add", ["rows", "by_x"], ["out"])]
+    return build(path, [helper.make_tensor_value_info("x", TensorProto.INT64, ["B", 4])], nodes,
+                 [table("pos", 16), const("zero", 0), const("one", 1)])
+
+
+def test_keys_from_range_over_a_shape_stay_in_the_model(tmp_path):
+    source = _positions_model(tmp_path / "m.onnx", add_input=False)
+    found = hps_surgeon.scan(source)
+    assert found.lookups == ()
+    (held,) = found.not_rewritable
+    assert held.node == "position_lookup" and "its keys 'positions' depend on no graph input's values" in held.reason
+    result = hps_surgeon.rewrite(source, tmp_path / "rw")
+    assert not result.written and [m["node"] for m in result.report["not_rewritten"]] == ["position_lookup"]
+
+
+@pytest.mark.parametrize("add_input, second_reader", [(True, False), (False, True)])
+def test_keys_an_input_moves_or_a_table_an_input_also_reads_are_rewritten(add_input, second_reader, tmp_path):
+    """x + positions reads x's values; a fixed-key lookup of a table that x also reads goes along with it."""
+    source = _positions_model(tmp_path / "m.onnx", add_input, second_reader)
+    found = hps_surgeon.scan(source)
+    assert found.not_rewritable == () and len(found.lookups) == 1 + second_reader
+    result, report = rewritten_and_verified(source, tmp_path, batch_sizes=(8,))
+    assert report.verdict == "passed"
+    fixed = {c.node: c.fixed for c in report.coverage}
+    assert fixed == ({"hps_trt/position_lookup": True, "hps_trt/input_lookup": False} if second_reader
+                     else {"hps_trt/position_lookup": False})

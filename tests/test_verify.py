@@ -18,7 +18,7 @@ import pytest
 import hps_surgeon
 from hps_surgeon.verify import verify
 
-from support import FIXTURES, tampered_copy
+from support import FIXTURES, copy_rewrite, tampered_copy
 
 DLRM = FIXTURES / "torch/dlrm_small_legacy.onnx"
 THIRDPARTY = FIXTURES / "thirdparty/models"
@@ -94,12 +94,40 @@ def test_json_report(dlrm):
     assert len(report["key_columns"]) == 26 and report["untraced_nodes"] == []
 
 
-def test_tampered_table_fails_with_exit_1_naming_the_output(dlrm, tmp_path):
+def test_tampered_table_fails_with_exit_1_naming_the_node_and_key(dlrm, tmp_path):
     _, out = dlrm
     copy = tampered_copy(out, tmp_path / "rw", lambda rows: rows + 0.5)
     proc = run(*verify_args(copy))
     assert proc.returncode == 1
-    assert proc.stderr.startswith("hps-surgeon: verify FAILED: output 'click_probability' differs: max abs error")
+    assert proc.stderr.startswith(
+        "hps-surgeon: verify FAILED: HPS_TRT node 'hps_trt//emb_l.0/Gather' returns another vector than the original "
+        "lookup '/emb_l.0/Gather' for key 25 (row 25 of table 'emb_l_0_weight'; feed 0, sample 0, key 0 of the "
+        "sample): ")
+    assert "max abs error 0.5 (and 25 more node(s)); the model outputs differ too: output 'click_probability' " \
+           "differs: max abs error" in proc.stderr
+
+
+def test_one_wrong_row_fails_even_where_the_outputs_agree(dlrm, tmp_path):
+    """One element of one row one ulp off: the outputs stay within tolerance, the lookup check does not."""
+    source, out = dlrm
+    copy = copy_rewrite(out, tmp_path / "rw")
+    config = json.loads((copy / "hps_config.json").read_text())["models"][0]
+    path = copy / config["sparse_files"][config["embedding_table_names"].index("emb_l_3_weight")] / "emb_vector"
+    vectors = np.fromfile(path, dtype="<f4").reshape(-1, 16)
+    vectors[7, 2] = np.nextafter(vectors[7, 2], np.float32(np.inf))
+    vectors.tofile(path)
+    report = verify(source, copy / "model.onnx", copy / "hps_config.json", batch_sizes=(64,), iterations=4)
+    assert report.verdict == "failed" and report.outputs_match
+    (wrong,) = report.wrong_lookups
+    assert (wrong.node, wrong.original, wrong.key, wrong.row) == ("hps_trt//emb_l.3/Gather", "/emb_l.3/Gather", 7, 7)
+    assert wrong.mismatched >= 1 and 0 < wrong.max_abs < 1e-6  # one element per time key 7 came up
+    proc = run(*verify_args(copy, "--batch-sizes", "64", "--iterations", "4"))
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("hps-surgeon: verify FAILED: HPS_TRT node 'hps_trt//emb_l.3/Gather' returns another "
+                                  "vector than the original lookup '/emb_l.3/Gather' for key 7 (row 7 of table "
+                                  "'emb_l_3_weight'; feed ")
+    assert proc.stderr.rstrip().endswith("the model outputs agree within atol 1e-06, rtol 1e-05: only the per-lookup "
+                                         "comparison sees this")
 
 
 def test_a_batch_size_the_original_cannot_run_is_skipped_with_a_note(tmp_path):
@@ -139,19 +167,25 @@ def test_nan_in_one_output_only_is_a_mismatch_named_as_nan(tmp_path):
     copy = tampered_copy(result.out_dir, tmp_path / "nan", lambda rows: rows * np.nan)
     proc = run("verify", source, copy / "model.onnx", "--config", copy / "hps_config.json")
     assert proc.returncode == 1
-    assert proc.stderr.startswith("hps-surgeon: verify FAILED: output 'dense' differs: NaN in the original only at "
-                                  "0 position(s), in the rewritten model only at ")
+    assert proc.stderr.startswith("hps-surgeon: verify FAILED: HPS_TRT node 'hps_trt/functional_1/hist_emb_1/GatherV2' "
+                                  "returns another vector than the original lookup")
+    assert "max abs error inf; the model outputs differ too: output 'dense' differs: NaN in the original only at " \
+           "0 position(s), in the rewritten model only at " in proc.stderr
     assert "(NaN in both at the same position counts as equal)" in proc.stderr
     report = verify(source, copy / "model.onnx", copy / "hps_config.json")
     (out,) = report.outputs
     assert report.verdict == "failed" and out.nan_rewritten_only > 0 and out.nan_original_only == 0
+    (wrong,) = report.wrong_lookups
+    assert wrong.key != 0 and wrong.max_abs == float("inf")  # row 0 (padding) stays; a NaN row is no NaN row
 
 
 # --- user samples: --inputs (Polygraphy's JSON), --data-loader-script ------------------------------------
 
 def test_inputs_saved_by_polygraphy_run_drive_verify_and_coverage_judges_them(dlrm, tmp_path):
-    """Samples from `polygraphy run --save-inputs` with keys 0..19: tables of 20 rows are covered, the
-    1000-row table is not: INCONCLUSIVE (exit 3), and PASSED once the floor is lowered to 20."""
+    """Samples from `polygraphy run --save-inputs` with keys 0..19: tables of up to 40 rows reach their floor
+    (half their rows), the 17 larger ones do not: INCONCLUSIVE (exit 3). The advice names what will not help
+    (more of the same samples: the second half added no key) and the flags that accept what each table saw;
+    following it PASSES."""
     source, out = dlrm
     samples = tmp_path / "inputs.json"
     saved = subprocess.run(["polygraphy", "run", str(source), "--onnxrt", "--save-inputs", str(samples),
@@ -160,15 +194,59 @@ def test_inputs_saved_by_polygraphy_run_drive_verify_and_coverage_judges_them(dl
     assert saved.returncode == 0, saved.stdout[-2000:]
     proc = run(*verify_args(out, "--inputs", samples))
     assert proc.returncode == 3, proc.stdout + proc.stderr
-    assert proc.stderr.strip() == (
-        "hps-surgeon: verify INCONCLUSIVE: the outputs match, but table 'emb_l_0_weight' (node "
-        "hps_trt//emb_l.0/Gather) saw 20 distinct existing key(s) of 1000, below the floor of 64 (and 24 more "
-        "table(s)); drive it with more samples (--inputs, --data-loader-script, --iterations, --batch-sizes) or "
-        "lower --min-distinct-keys")
+    message = proc.stderr.strip()
+    assert message.startswith(
+        "hps-surgeon: verify INCONCLUSIVE: the outputs and every compared lookup match, but table 'emb_l_0_weight' "
+        "(node hps_trt//emb_l.0/Gather) saw 20 distinct existing key(s) of 1000, below its floor of 64 "
+        "(--min-distinct-keys 64) (and 16 more table(s)); the second half of the 8 feeds added 1 new key(s): at that "
+        "rate about 176 more feeds of the same traffic would reach the floor (fewer new keys come as a field is used "
+        "up); or accept what it saw with --min-distinct-keys emb_l_0_weight=20; to accept what every short table "
+        "saw: --min-distinct-keys emb_l_0_weight=20 --min-distinct-keys "), message
+    assert "table 'emb_l_0_weight': 20 distinct existing key(s) of 1000, below its floor of 64" in proc.stdout
+    accept = message.split("to accept what every short table saw: ")[1].split()
+    assert accept[::2] == ["--min-distinct-keys"] * 17
+    assert all(flag.endswith("=20") for flag in accept[1::2])  # each saw all of 0..19
+    proc = run(*verify_args(out, "--inputs", samples, *accept))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "keys sparse_keys" not in proc.stdout  # the user's samples: nothing traced
     proc = run(*verify_args(out, "--inputs", samples, "--min-distinct-keys", "20"))
     assert proc.returncode == 0, proc.stderr
     assert f"PASSED: 8 feeds (--inputs {samples}; batch sizes 16)" in proc.stdout
+
+
+def test_a_small_table_needs_half_its_rows_without_its_padding_row(dlrm, tmp_path):
+    """Real samples over ids 1..10 of the 20-row tables (id 0 reserved, its row zeros as padding_idx leaves
+    it): 10 of 19 counted rows is enough; 9 is not, and the advice's flag accepts it. (The other tables'
+    floors are set to what the samples give them.)"""
+    source, out = dlrm
+    copy = copy_rewrite(out, tmp_path / "rw")
+    config = json.loads((copy / "hps_config.json").read_text())["models"][0]
+    path = copy / config["sparse_files"][config["embedding_table_names"].index("emb_l_1_weight")] / "emb_vector"
+    vectors = np.fromfile(path, dtype="<f4").reshape(-1, 16)
+    vectors[0] = 0.0
+    vectors.tofile(path)
+    rows = {t["name"]: t["rows"] for t in json.loads((out / "report.json").read_text())["tables"]}
+
+    def samples(ids: int) -> list:
+        rng = np.random.default_rng(0)
+        keys = (1 + (np.arange(32)[:, None] + np.arange(26)[None, :]) % ids).astype(np.int64)
+        return [{"dense_features": rng.standard_normal((32, 13)).astype(np.float32), "sparse_keys": keys}
+                for _ in range(4)]
+
+    from polygraphy.json import save_json
+
+    for ids, verdict in ((10, "passed"), (9, "inconclusive")):
+        save_json(samples(ids), str(tmp_path / f"s{ids}.json"))
+        report = verify(source, copy / "model.onnx", copy / "hps_config.json", inputs=tmp_path / f"s{ids}.json",
+                        table_floors={t: min(ids, r) for t, r in rows.items() if t != "emb_l_1_weight"})
+        (table,) = [t for t in report.tables if t.table == "emb_l_1_weight"]
+        assert (table.padding, table.floor, table.existing) == (1, 10, ids)
+        assert table.rule == "half of its 19 rows; 1 all-zero padding row(s) not counted"
+        assert report.verdict == verdict
+    assert report.short_tables == (table,)
+    report = verify(source, copy / "model.onnx", copy / "hps_config.json", inputs=tmp_path / "s9.json",
+                    table_floors={t: min(9, r) for t, r in rows.items()})
+    assert report.verdict == "passed"
 
 
 def test_data_loader_script_drives_verify(dlrm, tmp_path):
@@ -312,12 +390,17 @@ def test_a_model_that_is_not_valid_onnx_is_named_by_op_and_node(dlrm, tmp_path):
     (["--batch-sizes", "0"], "argument --batch-sizes: '0': each value must be at least 1"),
     (["--iterations", "0"], "--iterations 0: must be at least 1"),
     (["--max-keys-per-sample", "0"], "--max-keys-per-sample 0: must be at least 1"),
+    (["--min-distinct-keys", "-1"], "--min-distinct-keys -1: give N or TABLE=N, N a whole number >= 0"),
+    (["--min-distinct-keys", "emb_l_0_weight=many"],
+     "--min-distinct-keys emb_l_0_weight=many: give N or TABLE=N, N a whole number >= 0"),
+    (["--min-distinct-keys", "emb_l_0_weigth=3"], "--min-distinct-keys emb_l_0_weigth=3: {config} has no table "
+                                                  "'emb_l_0_weigth' (its tables: emb_l_0_weight, emb_l_10_weight, "),
 ])
 def test_bad_options_are_usage_errors(dlrm, option, message):
     _, out = dlrm
     proc = run(*verify_args(out, *option))
     assert proc.returncode == 2
-    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert message.format(config=out / "hps_config.json") in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_native_backend_without_library_is_one_line(dlrm, monkeypatch):
@@ -417,3 +500,62 @@ def test_polygraphy_run_hps_native_without_library_is_one_line(dlrm, monkeypatch
     assert one_error_line(proc).startswith("hps-surgeon: error: native HPS library not found (tried "
                                            "/nonexistent/libhps_plugin.so)")
 
+
+
+def test_an_fp16_table_in_external_data_is_compared_at_its_own_dtype(tmp_path):
+    """The exported table is the fp16 one widened to float32 exactly: the lookup check finds identical bits;
+    one row off by one fp16 ulp (the smallest change the original could hold) fails, naming that key."""
+    from support import lookup_model
+
+    source = lookup_model(tmp_path / "src" / "m.onnx", rows=300, dim=16, external=True, table_dtype=np.float16)
+    result = hps_surgeon.rewrite(source, tmp_path / "rw")
+    report = verify(source, result.model_path, result.config_path)
+    (check,) = report.lookups
+    assert report.verdict == "passed" and (check.how, check.original, check.mismatched) == ("exposed", "lookup", 0)
+    assert check.compared > 0
+    copy = copy_rewrite(result.out_dir, tmp_path / "one")
+    path = copy / json.loads((copy / "hps_config.json").read_text())["models"][0]["sparse_files"][0] / "emb_vector"
+    vectors = np.fromfile(path, dtype="<f4").reshape(-1, 16)
+    vectors[5, 3] = np.float32(np.nextafter(np.float16(vectors[5, 3]), np.float16(np.inf)))
+    vectors.tofile(path)
+    report = verify(source, copy / "model.onnx", copy / "hps_config.json")
+    (wrong,) = report.wrong_lookups
+    assert report.verdict == "failed" and (wrong.key, wrong.row) == (5, 5)
+
+
+def test_a_node_without_provenance_is_compared_through_the_outputs_only_and_says_why(dlrm, tmp_path):
+    """HPS_TRT nodes made by another tool carry no hps_surgeon.replaced_nodes: nothing names the lookup to
+    compare with, so that node is checked through the model outputs only, in the table and the JSON."""
+    import onnx
+
+    source, out = dlrm
+    copy = copy_rewrite(out, tmp_path / "rw")
+    model = onnx.load(str(copy / "model.onnx"))
+    (node,) = [n for n in model.graph.node if n.name == "hps_trt//emb_l.4/Gather"]
+    del node.metadata_props[:]
+    onnx.save(model, str(copy / "model.onnx"))
+    proc = run(*verify_args(copy, "--json"))
+    assert proc.returncode == 0, proc.stderr
+    checks = {c["node"]: c for c in json.loads(proc.stdout)["lookups"]}
+    assert checks["hps_trt//emb_l.4/Gather"]["how"] == "outputs only"
+    assert checks["hps_trt//emb_l.4/Gather"]["reason"] == (
+        "HPS_TRT node 'hps_trt//emb_l.4/Gather' carries no hps_surgeon.replaced_nodes provenance (made by another "
+        "tool or an older hps-surgeon): nothing names the lookup it replaced")
+    assert sum(c["how"] == "exposed" for c in checks.values()) == 25
+    proc = run(*verify_args(copy))
+    assert "vectors of hps_trt//emb_l.4/Gather: compared through the model outputs only: HPS_TRT node " in proc.stdout
+    assert "25 of 26 HPS_TRT node(s) return exactly the original lookup's vectors" in proc.stdout
+    assert any(line.startswith("  hps_trt//emb_l.4/Gather ") and line.rstrip().endswith("outputs only")
+               for line in proc.stdout.splitlines())
+
+
+def test_min_distinct_keys_takes_one_value_so_positionals_may_follow(dlrm):
+    """`--min-distinct-keys 20 ORIGINAL ...`: the option takes one value (repeat it for more tables)."""
+    source, out = dlrm
+    proc = run("verify", "--min-distinct-keys", "20", "--min-distinct-keys", "emb_l_0_weight=30", source,
+               out / "model.onnx", "--config", out / "hps_config.json", "--json")
+    assert proc.returncode == 0, proc.stderr
+    tables = {t["table"]: t for t in json.loads(proc.stdout)["tables"]}
+    assert (tables["emb_l_0_weight"]["floor"], tables["emb_l_0_weight"]["rule"]) == (
+        30, "--min-distinct-keys emb_l_0_weight=30")
+    assert (tables["emb_l_1_weight"]["floor"], tables["emb_l_1_weight"]["rule"]) == (20, "--min-distinct-keys 20")

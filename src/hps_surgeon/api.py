@@ -20,8 +20,8 @@ from .hps import config as hps_config
 from .hps.contract import CONFIG_NAME, DEFAULT_DOMAIN, MODEL_NAME, REPORT_NAME
 from .load import LoadedModel, foreign_ops, load_proto, read_model
 from .match import MatchResult, NearMiss, find_matches
-from .plan import (Options, Plan, apply_plan_file, default_model_name, plan_rewrites, read_plan_file, resolve,
-                   write_plan_file)
+from .plan import (Options, Plan, apply_plan_file, default_model_name, hold_fixed_keys, plan_rewrites, read_plan_file,
+                   resolve, write_plan_file)
 from .rewrite import removed_table_inputs, rewrite_model
 from .spec import PatternSpec, load_patterns
 
@@ -74,7 +74,8 @@ class RewriteResult:
 def scan(model: ModelLike, *, patterns: str | os.PathLike | None = None, key_dtype: str = "int32") -> ScanResult:
     """List the embedding lookups `rewrite` would replace, and those it would not (with the reason)."""
     loaded = _load(model)
-    result = resolve(_match(loaded, load_patterns(patterns), Options(key_dtype=key_dtype)))
+    found = _match(loaded, load_patterns(patterns), Options(key_dtype=key_dtype))
+    result = hold_fixed_keys(loaded.graph, resolve(found))
     tensors = all_tensors(loaded.graph)
     entries = []
     for match in result.matches:
@@ -91,7 +92,8 @@ def rewrite(model: ModelLike, out_dir: str | os.PathLike, *, model_name: str | N
             key_dtype: str = "int32", max_batch_size: int = 1024, max_keys_per_sample: int | None = None,
             gpucache_ratio: float = 1.0, domain: str = DEFAULT_DOMAIN, nul_strings: bool = True,
             ps_config_file: str | None = None, default_value: float = 0.0, min_table_rows: int = 0,
-            relative_paths: bool = False, force: bool = False, quiet: bool = True, patterns: str | os.PathLike | None = None,
+            relative_paths: bool = False, rewrite_fixed_keys: bool = False, force: bool = False, quiet: bool = True,
+            patterns: str | os.PathLike | None = None,
             hugectr_sparse_models: Sequence[str | SparseModelInput] = (), dry_run: bool = False,
             plan_file: str | os.PathLike | None = None, plan_out: str | os.PathLike | None = None) -> RewriteResult:
     """Rewrite every embedding lookup into an HPS_TRT node and write the deployable folder.
@@ -106,6 +108,8 @@ def rewrite(model: ModelLike, out_dir: str | os.PathLike, *, model_name: str | N
     embedding NAME (convert_embedding=True) store exactly the folder's keys instead of every key of
     hugectr2onnx's shared key map.
     `min_table_rows` keeps tables with fewer rows inside the model.
+    `rewrite_fixed_keys` also moves tables whose keys no graph input's values reach (a position table
+    read through Range); by default they stay in the model, with the reason in report.json.
     `plan_out` writes the plan as an editable YAML file; `plan_file` applies such a file (tables dropped,
     renamed, given another key dtype) and refuses one that no longer fits the model.
     `dry_run` plans everything (and finds every error) but writes nothing else: `report` is what
@@ -120,7 +124,7 @@ def rewrite(model: ModelLike, out_dir: str | os.PathLike, *, model_name: str | N
             model_name=model_name or default_model_name(loaded.path), key_dtype=key_dtype,
             max_batch_size=max_batch_size, max_keys_per_sample=max_keys_per_sample, gpucache_ratio=gpucache_ratio,
             domain=domain, nul_strings=nul_strings, default_value=default_value, min_table_rows=min_table_rows,
-            relative_paths=relative_paths,
+            relative_paths=relative_paths, rewrite_fixed_keys=rewrite_fixed_keys,
             ps_config_file=ps_config_file or os.path.abspath(out_dir / CONFIG_NAME)).check()
         edits = read_plan_file(Path(plan_file)) if plan_file is not None else None
         folders = [parse_sparse_model(s) if isinstance(s, str) else s for s in hugectr_sparse_models]

@@ -71,3 +71,33 @@ def attribute_value(node: gs.Node, name: str):
     except Exception:  # an op unknown to this onnx: no default to fall back on
         return None
     return onnx.helper.get_attribute_value(default) if default.type else None
+
+
+#: ops whose output depends on their input's shape only, not its values
+SHAPE_ONLY_OPS = ("Shape", "Size")
+
+
+def reads_input_values(tensor: gs.Tensor, graph: gs.Graph) -> bool:
+    """Whether the values of any input of `graph` reach `tensor` (through Shape/Size they do not).
+
+    False for keys made from constants and shapes alone (torch's `Range` over a sequence length for a
+    position table): whatever the feed, they are the same keys. Conservative where it cannot tell: a
+    tensor of another scope, or a node with a subgraph (which may read outer values), counts as reading.
+    """
+    inputs = {t.name for t in graph.inputs}
+    stack, seen = [tensor], set()
+    while stack:
+        current = stack.pop()
+        if current.name in seen or isinstance(current, gs.Constant):
+            continue
+        seen.add(current.name)
+        if current.name in inputs or not current.inputs:
+            return True  # a graph input, or a value from outside this scope
+        for producer in current.inputs:
+            if producer.op in SHAPE_ONLY_OPS:
+                continue
+            if any(isinstance(v, gs.Graph) or (isinstance(v, list) and any(isinstance(g, gs.Graph) for g in v))
+                   for v in producer.attrs.values()):
+                return True
+            stack.extend(producer.inputs)
+    return False

@@ -144,7 +144,7 @@ def load_proto(proto: onnx.ModelProto, path: Path) -> LoadedModel:
     sources = _sources(proto, path)
     proto = _with_inferred_shapes(proto)
     _inline_small_external(proto.graph, sources)
-    notes = _name_nodes_uniquely(proto.graph)
+    notes = name_nodes_uniquely(proto.graph)
     return LoadedModel(path=path, proto=proto, graph=gs.import_onnx(proto), sources=sources, notes=notes)
 
 
@@ -167,7 +167,7 @@ def _inline_small_external(graph: onnx.GraphProto, sources: dict[str, TensorSour
             tensor.data_location = TensorProto.DEFAULT
 
 
-def _name_nodes_uniquely(graph: onnx.GraphProto) -> tuple[str, ...]:
+def name_nodes_uniquely(graph: onnx.GraphProto) -> tuple[str, ...]:
     """Give every node a name of its own; notes on the renamed ones.
 
     Plans, reports and error messages refer to nodes by name, and ONNX allows nodes without one or

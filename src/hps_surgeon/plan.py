@@ -22,7 +22,7 @@ import onnx_graphsurgeon as gs
 import yaml
 
 from .errors import SurgeonError
-from .graph import all_tensors, dtype_name
+from .graph import all_tensors, dtype_name, reads_input_values
 from .hps.contract import DEFAULT_DOMAIN, KEY_DTYPES, NAME_SYNTAX, TABLES_DIR
 from .hps.tables import mapped_keys, own_key_counts
 from .load import LoadedModel
@@ -48,6 +48,7 @@ class Options:
     default_value: float = 0.0
     min_table_rows: int = 0  #: tables with fewer rows stay inside the model
     relative_paths: bool = False  #: sparse_files relative to the config (relocatable; HugeCTR wants absolute)
+    rewrite_fixed_keys: bool = False  #: also move tables read only through keys no input reaches (`hold_fixed_keys`)
 
     def as_match_options(self) -> dict[str, Any]:
         return {"key_dtype": self.key_dtype}
@@ -244,6 +245,29 @@ def _drop_lookups_of_refused_tables(matches: list[Match],
     return kept, blocked
 
 
+def hold_fixed_keys(graph: gs.Graph, result: MatchResult) -> MatchResult:
+    """Leave in the model the tables every lookup of which reads keys that no graph input's values reach.
+
+    Such keys are the same for every feed (recbole's SASRec position table reads `Range` over the
+    sequence length): the table answers one fixed question, which TensorRT folds or serves from its
+    own memory, so HPS adds a plugin call and a cache for nothing. A table that input-driven keys
+    also read moves to HPS with all its lookups (`--rewrite-fixed-keys` moves the others too).
+    """
+    tensors = all_tensors(graph)
+    fixed = [m for m in result.matches if not reads_input_values(tensors[m.keys], graph)]
+    driven = {m.table for m in result.matches if m not in fixed}
+    held = [m for m in fixed if m.table not in driven]
+    if not held:
+        return result
+    misses = [NearMiss(m.pattern, m.anchor, m.anchor_op,
+                       f"node '{m.anchor}' ({m.anchor_op}): its keys '{m.keys}' depend on no graph input's values "
+                       f"(constants and shapes only, such as positions from Range): every inference reads the same "
+                       f"rows of '{m.table}', which HPS would serve for nothing; kept in the model. Pass "
+                       "--rewrite-fixed-keys to move it to HPS anyway", table=m.table) for m in held]
+    return MatchResult(tuple(m for m in result.matches if m not in held),
+                       tuple(sorted([*result.near_misses, *misses], key=lambda n: n.node)))
+
+
 # --- planning ------------------------------------------------------------------------------------
 
 def plan_rewrites(loaded: LoadedModel, found: MatchResult, options: Options,
@@ -251,6 +275,8 @@ def plan_rewrites(loaded: LoadedModel, found: MatchResult, options: Options,
     """Decide table ids, key handling and notes for every match; raise SurgeonError on what must be fixed."""
     options.check()
     resolved = resolve(found)
+    if not options.rewrite_fixed_keys:
+        resolved = hold_fixed_keys(loaded.graph, resolved)
     tensors = all_tensors(loaded.graph)
     replaced = {name for m in resolved.matches for name in m.nodes}
     table_order: dict[tuple[str, str | None], list[Match]] = {}

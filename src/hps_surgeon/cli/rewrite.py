@@ -25,6 +25,9 @@ def add_parser(commands) -> argparse.ArgumentParser:
                    help="share of each table kept in the GPU cache, gpucacheper (default 1.0)")
     p.add_argument("--min-table-rows", type=int, default=0,
                    help="keep tables with fewer rows inside the model (TensorRT serves them; default 0)")
+    p.add_argument("--rewrite-fixed-keys", action="store_true",
+                   help="also move tables whose keys depend on no graph input's values (a position table read "
+                        "through Range); by default they stay in the model, each with its reason in the report")
     p.add_argument("--domain", default=DEFAULT_DOMAIN,
                    help=f"ONNX domain of HPS_TRT nodes (default {DEFAULT_DOMAIN}; '' = HugeCTR's default domain)")
     p.add_argument("--no-nul-strings", dest="nul_strings", action="store_false",
@@ -55,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
         args.model, args.out, model_name=args.model_name, key_dtype=args.key_dtype,
         max_batch_size=args.max_batch_size, max_keys_per_sample=args.max_keys_per_sample,
         gpucache_ratio=args.gpucache_ratio, domain=args.domain, nul_strings=args.nul_strings,
-        ps_config_file=args.ps_config_file, relative_paths=args.relative_paths, min_table_rows=args.min_table_rows, force=args.force,
+        ps_config_file=args.ps_config_file, relative_paths=args.relative_paths, min_table_rows=args.min_table_rows,
+        rewrite_fixed_keys=args.rewrite_fixed_keys, force=args.force,
         quiet=args.quiet or args.json, patterns=args.patterns, hugectr_sparse_models=args.hugectr_sparse_model,
         dry_run=args.dry_run, plan_file=args.plan, plan_out=args.plan_out)
     report = result.report

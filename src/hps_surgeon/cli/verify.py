@@ -10,17 +10,19 @@ import sys
 from ..errors import EXIT_FINDINGS, EXIT_INCONCLUSIVE, EXIT_INPUT, EXIT_OK, SurgeonError
 from ..verify import verify
 from ..verify.compare import DEFAULT_BATCH_SIZES, FAILED, PASSED, VerifyReport
+from ..verify import lookups
 from ..verify.split import BACKENDS
-from ..verify.coverage import MIN_DISTINCT_KEYS
+from ..verify.coverage import MIN_DISTINCT_KEYS, Floors, advice
 from . import _options
 
 
 def add_parser(commands) -> argparse.ArgumentParser:
     p = commands.add_parser(
         "verify", help="compare a rewritten model with the original (Polygraphy) and report the keys covered",
-        epilog="exit codes: 0 PASSED; 1 FAILED (the outputs differ, or the rewritten model fails where the "
-               "original runs); 2 bad input; 3 INCONCLUSIVE (outputs match, but a table saw fewer distinct "
-               "existing keys than the floor)")
+        epilog="exit codes: 0 PASSED; 1 FAILED (an HPS_TRT node returns other vectors than the lookup it "
+               "replaced, the outputs differ, or the rewritten model fails where the original runs); 2 bad input; "
+               "3 INCONCLUSIVE (outputs and lookups match, but a table saw fewer distinct existing keys than its "
+               "floor)")
     p.add_argument("original", help="the model before rewrite")
     p.add_argument("rewritten", help="the rewritten model (model.onnx of rewrite's output)")
     p.add_argument("--config", required=True, help="hps_config.json of the rewritten model")
@@ -41,9 +43,13 @@ def add_parser(commands) -> argparse.ArgumentParser:
     source.add_argument("--data-loader-script", metavar="SCRIPT[:FUNC]",
                         help="feeds from a Python script's function (load_data by default) yielding "
                              "{input name: array} dicts, as polygraphy run --data-loader-script takes")
-    p.add_argument("--min-distinct-keys", type=int, default=MIN_DISTINCT_KEYS, metavar="N",
-                   help=f"floor: distinct existing keys each table must see, or all its rows when fewer "
-                        f"(default {MIN_DISTINCT_KEYS}); below it the verdict is INCONCLUSIVE")
+    p.add_argument("--min-distinct-keys", action="append", metavar="N|TABLE=N",
+                   help=f"floor: distinct existing keys each table must see, N (default {MIN_DISTINCT_KEYS}); with "
+                        "real samples or untraced keys a table of fewer than 2N rows needs half its rows (all-zero "
+                        "padding rows not counted), with generated feeds all its rows or every key the inputs can "
+                        "reach when fewer; TABLE=N sets one table's floor (names as in the config's "
+                        "embedding_table_names); repeat the option for more tables. Below it the verdict is "
+                        "INCONCLUSIVE")
     p.add_argument("--atol", type=float, default=1e-6, help="absolute tolerance (default 1e-6)")
     p.add_argument("--rtol", type=float, default=1e-5, help="relative tolerance (default 1e-5)")
     p.add_argument("--seed", type=int, default=1, help="seed of the generated feeds (default 1)")
@@ -54,11 +60,13 @@ def add_parser(commands) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     batch_sizes = tuple(b for group in args.batch_sizes for b in group)
+    floors = Floors.parse(args.min_distinct_keys)
     try:
         report = verify(args.original, args.rewritten, args.config, backend=args.backend,
                         iterations=args.iterations, batch_sizes=batch_sizes,
                         max_keys_per_sample=args.max_keys_per_sample, inputs=args.inputs,
-                        data_loader_script=args.data_loader_script, min_distinct_keys=args.min_distinct_keys,
+                        data_loader_script=args.data_loader_script, min_distinct_keys=floors.default,
+                        table_floors=floors.tables,
                         atol=args.atol, rtol=args.rtol, seed=args.seed, verbose=args.verbose)
     except SurgeonError:
         raise
@@ -88,24 +96,73 @@ def _print(report: VerifyReport) -> None:
     for c in report.columns:
         if c.values.size:
             print(f"keys {c.column.label} -> {', '.join(c.nodes)}: {c.values.size} values found ({c.how})")
+    fixed = {c.node for c in report.coverage if c.fixed}
     for node in report.untraced:
-        print(f"keys of {node}: not traced to any input column (coverage below says what reached it)")
-    print("coverage:")
-    _options.table(["node", "table", "rows", "distinct keys", "in table", "of rows", "not in table"],
-                   [[c.node, c.table, c.rows, c.distinct, c.existing, f"{100 * c.fraction:.1f}%", c.missing]
-                    for c in report.coverage])
+        if node not in fixed:
+            print(f"keys of {node}: not traced to any input column (coverage below says what reached it)")
+    for c in report.coverage:
+        if c.fixed:
+            print(f"keys of {c.node}: depend on no input's values; the {c.distinct} it received are every key it "
+                  "can receive")
+    checks = {c.node: c for c in report.lookups}
+    print("coverage (vectors: each HPS_TRT node's output against the lookup it replaced, bit for bit):")
+    _options.table(["node", "table", "rows", "distinct keys", "in table", "of rows", "not in table", "vectors"],
+                   [[c.node, c.table, c.rows, c.distinct, c.existing, f"{100 * c.fraction:.1f}%", c.missing,
+                     _vectors(checks.get(c.node))] for c in report.coverage])
+    for check in report.lookups:
+        if check.how == lookups.OUTPUTS_ONLY:
+            print(f"vectors of {check.node}: compared through the model outputs only: {check.reason}")
+        elif check.failed:
+            print(f"vectors of {check.node}: {lookup_text(report, check)}")
+    for t in report.short_tables:
+        print(f"table '{t.table}': {t.existing} distinct existing key(s) of {t.rows}, below its floor of {t.floor} "
+              f"({t.rule})")
     for out in report.outputs:
         nan = f", NaN in one output only at {out.nan_mismatches} position(s)" if out.nan_mismatches else ""
         print(f"output '{out.name}': max abs error {out.max_abs:.3g}, max rel error {out.max_rel:.3g}{nan}")
     if report.verdict == PASSED:
         batches = ", ".join(map(str, report.batch_sizes))
+        exact = sum(c.exact for c in report.lookups)
         print(f"PASSED: {report.iterations} feeds ({report.inputs}; batch sizes {batches}) match within atol "
-              f"{report.atol:g}, rtol {report.rtol:g}; every table saw at least its floor of distinct keys")
+              f"{report.atol:g}, rtol {report.rtol:g}; {exact} of {len(report.lookups)} HPS_TRT node(s) return "
+              "exactly the original lookup's vectors; every table saw at least its floor of distinct keys")
+
+
+def _vectors(check) -> str:
+    if check is None:
+        return ""
+    if check.how == lookups.OUTPUTS_ONLY:
+        return "outputs only"
+    if check.failed:
+        return f"{check.mismatched} of {check.compared} differ"
+    return f"{check.compared} identical"
 
 
 def failure_text(report: VerifyReport) -> str:
     if report.failure:
         return report.failure
+    wrong = report.wrong_lookups
+    if wrong:
+        more = f" (and {len(wrong) - 1} more node(s))" if len(wrong) > 1 else ""
+        outputs = ("the model outputs differ too: " + _output_text(report) if not report.outputs_match
+                   else f"the model outputs agree within atol {report.atol:g}, rtol {report.rtol:g}: only the "
+                   "per-lookup comparison sees this")
+        return f"HPS_TRT node '{wrong[0].node}' {lookup_text(report, wrong[0])}{more}; {outputs}"
+    return _output_text(report)
+
+
+def lookup_text(report: VerifyReport, check) -> str:
+    """What one wrong HPS_TRT node returned: the first wrong key, where it was, by how much."""
+    table = next((c.table for c in report.coverage if c.node == check.node), "?")
+    if check.key is None:
+        return f"differs from the original lookup '{check.original}': {check.reason}"
+    row = f"row {check.row} of table '{table}'" if check.row is not None else f"not in table '{table}'"
+    return (f"returns another vector than the original lookup '{check.original}' for key {check.key} ({row}; "
+            f"feed {check.feed}, sample {check.sample}, key {check.slot} of the sample): {check.mismatched} of "
+            f"{check.compared} element(s) differ, max abs error {check.max_abs:.3g}")
+
+
+def _output_text(report: VerifyReport) -> str:
     worst = report.worst
     if worst.shape_mismatch:
         return f"output '{worst.name}' has another shape in the rewritten model"
@@ -121,9 +178,11 @@ def inconclusive_text(report: VerifyReport) -> str:
     short = report.short_tables
     first = short[0]
     more = f" (and {len(short) - 1} more table(s))" if len(short) > 1 else ""
-    return (f"the outputs match, but table '{first.table}' (node {', '.join(first.nodes)}) saw {first.existing} "
-            f"distinct existing key(s) of {first.rows}, below the floor of {first.floor}{more}; drive it with more "
-            "samples (--inputs, --data-loader-script, --iterations, --batch-sizes) or lower --min-distinct-keys")
+    every = (f"; to accept what every short table saw: "
+             f"{' '.join(f'--min-distinct-keys {t.table}={t.existing}' for t in short)}" if len(short) > 1 else "")
+    return (f"the outputs and every compared lookup match, but table '{first.table}' (node {', '.join(first.nodes)}) "
+            f"saw {first.existing} distinct existing key(s) of {first.rows}, below its floor of {first.floor} "
+            f"({first.rule}){more}; {advice(first, report.inputs == 'generated')}{every}")
 
 
 def _first_line(exc: BaseException) -> str:

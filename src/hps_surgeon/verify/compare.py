@@ -25,8 +25,10 @@ from ..hps.contract import HPS_OP
 from ..load import foreign_ops, read_proto
 from . import coverage as coverage_mod
 from . import feeds as feeds_mod
+from . import lookups as lookups_mod
 from .coverage import MIN_DISTINCT_KEYS, NodeCoverage, TableCoverage
 from .keyspace import ColumnKeys
+from .lookups import LookupCheck, LookupSource
 from .split import BACKENDS, SplitRunner, lookup_backend
 
 PASSED, FAILED, INCONCLUSIVE = "passed", "failed", "inconclusive"
@@ -65,6 +67,8 @@ class VerifyReport:
     rtol: float
     failure: str = ""  #: why the rewritten model failed to run, when it did
     shapes: dict[str, list[list[int]]] = field(default_factory=dict)  #: the shapes each input was fed at
+    lookups: tuple[LookupCheck, ...] = ()  #: each HPS_TRT node against the original lookup it replaced
+    outputs_match: bool = False  #: the model outputs agree within atol/rtol (whatever the lookups say)
 
     @property
     def passed(self) -> bool:
@@ -73,6 +77,10 @@ class VerifyReport:
     @property
     def worst(self) -> OutputError | None:
         return max(self.outputs, key=lambda o: (o.shape_mismatch, o.nan_mismatches > 0, o.max_abs), default=None)
+
+    @property
+    def wrong_lookups(self) -> tuple[LookupCheck, ...]:
+        return tuple(c for c in self.lookups if c.failed)
 
     @property
     def short_tables(self) -> tuple[TableCoverage, ...]:
@@ -85,7 +93,8 @@ class VerifyReport:
             "outputs": [vars(o) | {"nan_mismatches": o.nan_mismatches} for o in self.outputs],
             "coverage": [c.to_dict() for c in self.coverage], "tables": [t.to_dict() for t in self.tables],
             "key_columns": [c.to_dict() for c in self.columns], "untraced_nodes": list(self.untraced),
-            "notes": list(self.notes), "shapes": self.shapes,
+            "notes": list(self.notes), "shapes": self.shapes, "lookups": [c.to_dict() for c in self.lookups],
+            "outputs_match": self.outputs_match,
         }
 
 
@@ -93,23 +102,26 @@ def verify(original: str | Path, rewritten: str | Path, config: str | Path, *, b
            iterations: int = 2, batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES,
            max_keys_per_sample: int | None = None, inputs: str | Path | None = None,
            data_loader_script: str | None = None, min_distinct_keys: int = MIN_DISTINCT_KEYS,
-           atol: float = 1e-6, rtol: float = 1e-5, seed: int = 1, verbose: bool = False) -> VerifyReport:
-    """Compare the two models on the same feeds and measure the keys each table saw.
+           table_floors: dict[str, int] | None = None, atol: float = 1e-6, rtol: float = 1e-5, seed: int = 1,
+           verbose: bool = False) -> VerifyReport:
+    """Compare the two models on the same feeds, each HPS_TRT node with the lookup it replaced, and
+    measure the keys each table saw (`coverage`: `min_distinct_keys` and per-table `table_floors`).
 
     Raises SurgeonError (one line) on unusable input: a file that is missing or not the model it
     should be, samples that do not fit the model, an original that runs at none of the batch sizes.
     """
     original, rewritten, config = Path(original), Path(rewritten), Path(config)
-    _check_options(iterations, batch_sizes, min_distinct_keys, inputs, data_loader_script, backend)
+    _check_options(iterations, batch_sizes, min_distinct_keys, table_floors, inputs, data_loader_script, backend)
     source, target = _read_pair(original, rewritten, config)
+    floors = coverage_mod.Floors(min_distinct_keys, dict(table_floors or {}))
+    floors.check_tables(sorted(set(coverage_mod.table_names(config).values())), config)
     from polygraphy.logger import G_LOGGER
 
     G_LOGGER.colors = False  # also silences the "'colored' module is not installed" warning
     with G_LOGGER.verbosity(G_LOGGER.INFO if verbose else G_LOGGER.CRITICAL + 1):
         return _verify(source, target, original, rewritten, config, backend=backend, iterations=iterations,
                        batch_sizes=tuple(batch_sizes), max_keys_per_sample=max_keys_per_sample, inputs=inputs,
-                       data_loader_script=data_loader_script, min_distinct_keys=min_distinct_keys, atol=atol,
-                       rtol=rtol, seed=seed)
+                       data_loader_script=data_loader_script, floors=floors, atol=atol, rtol=rtol, seed=seed)
 
 
 @dataclass(frozen=True)
@@ -122,34 +134,54 @@ class _Feeds:
     notes: tuple[str, ...] = ()
     columns: tuple[ColumnKeys, ...] = ()
     untraced: tuple[str, ...] = ()
+    #: per traced node, the keys generated feeds could reach, and whether they are all it can reach
+    reachable: dict[str, tuple[np.ndarray, bool]] | None = None
 
 
 def _verify(source: onnx.ModelProto, target: onnx.ModelProto, original: Path, rewritten: Path, config: Path, *,
             backend: str, iterations: int, batch_sizes: tuple[int, ...], max_keys_per_sample: int | None,
-            inputs, data_loader_script, min_distinct_keys: int, atol: float, rtol: float, seed: int) -> VerifyReport:
+            inputs, data_loader_script, floors: coverage_mod.Floors, atol: float, rtol: float,
+            seed: int) -> VerifyReport:
     from polygraphy.comparator import Comparator
 
     specs = feeds_mod.InputSpecs.of(source, config, max_keys_per_sample)
     lookup_backend(config, backend)  # a missing plugin library fails here, before anything runs
-    session = _original_session(original)
+    session, sources = _original_session(original, source, target)
     split = SplitRunner(rewritten, None)  # the path: external data resolves next to it
     tables = feeds_mod.node_tables(split, config)
     if inputs is not None or data_loader_script is not None:
         fed = _user_feeds(session, specs, inputs, data_loader_script)
     else:
-        floors = {node: coverage_mod.floor(keys.size, min_distinct_keys) for node, keys in tables.items()}
-        generated = feeds_mod.generate(target, config, specs, batch_sizes, iterations, seed, floors, split)
+        aims = {node: coverage_mod.floor(keys.size, floors.default) for node, keys in tables.items()}
+        generated = feeds_mod.generate(target, config, specs, batch_sizes, iterations, seed, aims, split)
         fed = _runnable(session, original, generated, specs.batched)
     results, seen, failure = _run(session, original, rewritten, config, backend, fed.feeds)
-    node_coverage, table_coverage = coverage_mod.measure(split.nodes, seen, tables, config, min_distinct_keys)
-    outputs, verdict = (), FAILED
+    node_coverage, table_coverage = coverage_mod.measure(split.nodes, seen, tables, config, floors, fed.reachable,
+                                                         split.fixed_keys)
+    outputs, checks, verdict, matched = (), (), FAILED, False
     if not failure:
+        results, checks = _check_lookups(results, sources, tables)
         with np.errstate(invalid="ignore", over="ignore"):  # inf - inf in Polygraphy's statistics
             matched = bool(Comparator.compare_accuracy(results, compare_func=nan_aware(atol, rtol)))
         outputs = output_errors(results[0][1], results[1][1])
-        verdict = FAILED if not matched else PASSED if all(t.enough for t in table_coverage) else INCONCLUSIVE
+        exact = matched and not any(c.failed for c in checks)
+        verdict = FAILED if not exact else PASSED if all(t.enough for t in table_coverage) else INCONCLUSIVE
     return VerifyReport(verdict, len(fed.feeds), fed.batch_sizes, outputs, node_coverage, table_coverage, fed.columns,
-                        fed.untraced, fed.source, fed.notes, atol, rtol, failure, _shapes(fed.feeds))
+                        fed.untraced, fed.source, fed.notes, atol, rtol, failure, _shapes(fed.feeds), checks,
+                        outputs_match=matched)
+
+
+def _check_lookups(results, sources: tuple[LookupSource, ...], tables: dict[str, np.ndarray]):
+    """The results without the per-lookup extra outputs, and each HPS_TRT node checked against them."""
+    from polygraphy.comparator import RunResults
+
+    (name_a, run_a), (name_b, run_b) = results
+    plain_a, expected = lookups_mod.split_results(run_a)
+    plain_b, actual = lookups_mod.split_results(run_b)
+    plain = RunResults()
+    plain.append((name_a, plain_a))
+    plain.append((name_b, plain_b))
+    return plain, lookups_mod.check(sources, expected, actual, tables)
 
 
 def _user_feeds(session, specs: feeds_mod.InputSpecs, inputs, data_loader_script) -> _Feeds:
@@ -181,7 +213,14 @@ def _runnable(session, original: Path, generated: feeds_mod.GeneratedFeeds, batc
                            "with --inputs FILE or --data-loader-script SCRIPT")
     if not batched:
         notes.append("every input has static dims: one feed shape, whatever --batch-sizes asks for")
-    return _Feeds(feeds, tuple(used), "generated", tuple(notes), generated.space.columns, generated.space.untraced)
+    keys: dict[str, list[np.ndarray]] = {}
+    complete: dict[str, bool] = {}
+    for found in generated.space.columns:
+        for node in found.nodes:
+            keys.setdefault(node, []).append(np.asarray(found.keys, dtype=np.int64))
+            complete[node] = complete.get(node, True) and found.complete
+    return _Feeds(feeds, tuple(used), "generated", tuple(notes), generated.space.columns, generated.space.untraced,
+                  {node: (np.concatenate(k), complete[node]) for node, k in keys.items()})
 
 
 def _run(session, original: Path, rewritten: Path, config: Path, backend: str, feeds: list):
@@ -198,7 +237,7 @@ def _run(session, original: Path, rewritten: Path, config: Path, backend: str, f
         results.extend(Comparator.run([OriginalRunner(session, name="onnxrt-original")], data_loader=feeds))
     except Exception as exc:
         raise SurgeonError(f"{original}: the original model fails on a feed: {_first_line(exc)}") from None
-    hps = HpsRunner(rewritten, config, backend, name=f"hps-{backend}")
+    hps = HpsRunner(rewritten, config, backend, name=f"hps-{backend}", lookups=True)
     try:
         results.extend(Comparator.run([hps], data_loader=feeds))
     except SurgeonError:
@@ -218,13 +257,17 @@ def _shapes(feeds: list[dict[str, np.ndarray]]) -> dict[str, list[list[int]]]:
     return shapes
 
 
-def _check_options(iterations, batch_sizes, min_distinct_keys, inputs, data_loader_script, backend) -> None:
+def _check_options(iterations, batch_sizes, min_distinct_keys, table_floors, inputs, data_loader_script,
+                   backend) -> None:
     if iterations < 1:
         raise SurgeonError(f"--iterations {iterations}: must be at least 1")
     if not batch_sizes or any(b < 1 for b in batch_sizes):
         raise SurgeonError(f"--batch-sizes {','.join(map(str, batch_sizes))}: each must be at least 1")
     if min_distinct_keys < 0:
         raise SurgeonError(f"--min-distinct-keys {min_distinct_keys}: must be at least 0")
+    negative = [f"{name}={count}" for name, count in (table_floors or {}).items() if count < 0]
+    if negative:
+        raise SurgeonError(f"--min-distinct-keys {negative[0]}: must be at least 0")
     if inputs is not None and data_loader_script is not None:
         raise SurgeonError("--inputs and --data-loader-script: pass one of them, not both")
     if backend not in BACKENDS:
@@ -273,15 +316,33 @@ def _check_related(source: onnx.ModelProto, target: onnx.ModelProto, original: P
         raise SurgeonError(f"{rewritten} {what}; verify compares models that take the same inputs")
 
 
-def _original_session(original: Path):
+def _original_session(original: Path, source: onnx.ModelProto, target: onnx.ModelProto):
+    """onnxruntime on the original, with every replaced lookup's rows as extra outputs (`lookups.expose`).
+
+    Where the model with those outputs does not load, the original as it is, every lookup compared
+    through the model outputs only, with onnxruntime's reason.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 4  # failures come back as exceptions; no second copy on stderr
+    exposed, sources = lookups_mod.expose(source, target)
+    reason = ""
+    if any(s.how != lookups_mod.OUTPUTS_ONLY for s in sources):
+        # external data resolves next to the original, as it does when the session reads the file
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                         str(original.parent))
+        try:
+            session = ort.InferenceSession(exposed.SerializeToString(), options, providers=["CPUExecutionProvider"])
+            return session, sources
+        except Exception as exc:
+            reason = f"onnxruntime cannot load the original with the lookups as outputs: {_first_line(exc)}"
     try:
-        return ort.InferenceSession(str(original), options, providers=["CPUExecutionProvider"])
+        plain = ort.InferenceSession(str(original), options, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise SurgeonError(f"{original}: onnxruntime cannot load the original model: {_first_line(exc)}") from None
+    return plain, tuple(LookupSource(s.node, s.original, lookups_mod.OUTPUTS_ONLY, s.reason or reason)
+                        for s in sources)
 
 
 def _runs(session, feed: dict[str, np.ndarray]) -> str:

@@ -68,12 +68,16 @@ class ColumnKeys:
     shape: tuple[int, ...]  #: the input's shape when traced
     as_set: bool  #: followed as a set of values (Unique/NonZero in between), not element by element
     how: str  #: how the values were found: identity, bisection, scan, vocabulary
+    #: the keys found are every existing key the column reaches (the search fell short of its targets, or
+    #: took in the whole table or vocabulary), not a sample of them
+    complete: bool = False
 
     def to_dict(self) -> dict:
         numeric = not is_text(self.values.dtype) and self.values.size > 0
         return {"column": self.column.label, "nodes": list(self.nodes), "values": int(self.values.size),
                 "low": int(self.values.min()) if numeric else None,
-                "high": int(self.values.max()) if numeric else None, "how": self.how, "as_set": self.as_set}
+                "high": int(self.values.max()) if numeric else None, "how": self.how, "as_set": self.as_set,
+                "complete": self.complete}
 
 
 @dataclass(frozen=True)
@@ -177,9 +181,9 @@ class _Tracer:
                 groups.setdefault(tuple(nodes), []).append(index)
         found = []
         for nodes, members in groups.items():
-            values, keys, how = self._invert(column, elements, np.asarray(members), nodes[0], driven)
+            values, keys, how, complete = self._invert(column, elements, np.asarray(members), nodes[0], driven)
             found.append(ColumnKeys(column, nodes, values, keys, tuple(int(e) for e in elements[members]),
-                                    tuple(shape), nodes[0] in driven.as_set, how))
+                                    tuple(shape), nodes[0] in driven.as_set, how, complete))
         return found
 
     # --- 1. which keys the column drives ---------------------------------------------------------
@@ -267,7 +271,7 @@ class _Tracer:
     # --- 2. which input values reach existing keys -----------------------------------------------
 
     def _invert(self, column: Column, elements: np.ndarray, members: np.ndarray, node: str,
-                driven: _Driven) -> tuple[np.ndarray, np.ndarray, str]:
+                driven: _Driven) -> tuple[np.ndarray, np.ndarray, str, bool]:
         table = self.tables[node]
         slots = elements[members]
         if node in driven.as_set:
@@ -295,7 +299,9 @@ class _Tracer:
                 values = np.concatenate([values, scanned[exists][first]])
                 found = np.concatenate([found, scan_keys[exists][first]])
                 how = "scan"
-        return values, found, how
+        # fewer keys than aimed at: the column reaches no more; as many: a sample, unless that was the table
+        complete = np.unique(found).size < len(targets) or len(targets) == table.size
+        return values, found, how, complete
 
     def _targets(self, table: np.ndarray, slots: int) -> np.ndarray:
         count = min(table.size, max(64, 4 * slots), TARGETS)
@@ -338,17 +344,18 @@ class _Tracer:
         return candidates[hit], reached[hit]
 
     def _from_vocabulary(self, column: Column, evaluate, table: np.ndarray,
-                         as_set: bool) -> tuple[np.ndarray, np.ndarray, str]:
+                         as_set: bool) -> tuple[np.ndarray, np.ndarray, str, bool]:
         vocabulary = self.vocabularies.get(column.input, [])
-        if len(vocabulary) > SCAN:
+        whole = len(vocabulary) <= SCAN
+        if not whole:
             vocabulary = list(self.rng.choice(np.asarray(vocabulary, dtype=object), size=SCAN, replace=False))
         candidates = np.asarray(["", *vocabulary], dtype=object)
         if as_set:  # strings inside a set of keys cannot be told apart: draw the vocabulary unchecked
-            return candidates, np.full(candidates.size, MISSING, dtype=np.int64), "vocabulary, unchecked"
+            return candidates, np.full(candidates.size, MISSING, dtype=np.int64), "vocabulary, unchecked", False
         keys = evaluate(candidates)
         exists = _exists(keys, table)
         _, first = np.unique(keys[exists], return_index=True)
-        return candidates[exists][first], keys[exists][first], "vocabulary"
+        return candidates[exists][first], keys[exists][first], "vocabulary", whole
 
     def _evaluator(self, column: Column, elements: np.ndarray, slots: np.ndarray, positions: np.ndarray,
                    node: str, rest: object):

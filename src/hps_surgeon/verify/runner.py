@@ -13,6 +13,7 @@ from polygraphy.backend.onnxrt import OnnxrtRunner
 from polygraphy.common import TensorMetadata
 from polygraphy.datatype import DataType
 
+from .lookups import KEYS, ROWS
 from .split import BACKENDS, LookupFn, LookupNode, SplitRunner, lookup_backend
 
 __all__ = ["BACKENDS", "HpsRunner", "OriginalRunner", "LookupFn", "LookupNode", "SplitRunner", "lookup_backend"]
@@ -39,14 +40,16 @@ class HpsRunner(BaseRunner):
 
     Records the keys reaching each node (`seen`). With `min_distinct_keys`, it also reports them when
     deactivated (inside `polygraphy run`) and fails the run as INCONCLUSIVE when a table saw fewer
-    distinct existing keys than its floor.
+    distinct existing keys than its floor. With `lookups`, every inference also returns each node's
+    keys and vectors (`lookups.KEYS`/`lookups.ROWS` + node name), for the per-lookup comparison.
     """
 
     def __init__(self, model_path: str | Path, config_path: str | Path, backend: str = "reference",
-                 name: str | None = None, min_distinct_keys: int | None = None):
+                 name: str | None = None, min_distinct_keys: int | None = None, lookups: bool = False):
         super().__init__(name=name, prefix="hps-runner")
         self.model_path, self.config_path, self.backend = Path(model_path), Path(config_path), backend
         self.min_distinct_keys = min_distinct_keys
+        self.lookups = lookups
         self._split: SplitRunner | None = None
         #: node name -> the distinct keys it received, one array per inference (kept after deactivation)
         self.seen: dict[str, list[np.ndarray]] = {}
@@ -70,6 +73,9 @@ class HpsRunner(BaseRunner):
         start = time.perf_counter()
         outputs = OrderedDict(self._split.run({k: np.asarray(v) for k, v in feed_dict.items()}))
         self.inference_time = time.perf_counter() - start  # Comparator sums it
+        if self.lookups:
+            for node, (keys, vectors) in self._split.looked_up.items():
+                outputs[KEYS + node], outputs[ROWS + node] = keys, vectors
         return outputs
 
     def deactivate_impl(self):

@@ -17,6 +17,7 @@ import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
 from ..errors import SurgeonError
+from ..graph import reads_input_values
 from ..hps.contract import HPS_OP, field_text
 from ..hps.reference import ReferenceLookup
 
@@ -53,6 +54,11 @@ class SplitRunner:
         self.nodes = [LookupNode(n.name, field_text(n.attrs["model_name"]), int(n.attrs["table_id"]),
                                  n.inputs[0].name, n.outputs[0].name) for n in graph.nodes if n.op == HPS_OP]
         self.seen: dict[str, list[np.ndarray]] = {node.name: [] for node in self.nodes}
+        tensors = graph.tensors()
+        #: nodes whose keys no graph input's values reach: every feed gives them the same keys
+        self.fixed_keys = frozenset(n.name for n in self.nodes if not reads_input_values(tensors[n.keys], graph))
+        #: node name -> (keys, vectors) of the last `run`, what the per-lookup comparison checks
+        self.looked_up: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         # Each half from a fresh import: Graph.copy() loses sequence types inside Loop bodies
         # (onnx-graphsurgeon 0.6.1), which breaks torch's EmbeddingBag exports.
         # Key tracing runs the small key part hundreds of times: one thread, no start-up per run.
@@ -74,6 +80,7 @@ class SplitRunner:
             keys = np.asarray(values[node.keys])
             self.seen[node.name].append(np.unique(keys.astype(np.int64)))
             values[node.output] = self.lookup(node.model_name, node.table_id, keys)
+            self.looked_up[node.name] = (keys, values[node.output])
         values.update(self._run(self.post, values))
         return {name: values[name] for name in self.output_names}
 
