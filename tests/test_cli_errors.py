@@ -1,0 +1,168 @@
+"""Exit codes and messages as documented (issue 21): 2 bad input, 4 "internal error", 130 interrupted,
+everywhere including verify; a data loader script's failures said as what they are; messages one
+readable line whatever the values they quote."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import hps_surgeon
+
+from support import FIXTURES, copy_rewrite, run_in_process
+
+SOURCE = FIXTURES / "torch/embedding_int64_legacy.onnx"  # keys [batch, 26] int64, 1000 rows
+INTERNAL = ("this is a bug in hps-surgeon — please report it with the command and input (set HPS_SURGEON_DEBUG=1 for "
+            "the traceback)")
+
+
+@pytest.fixture(scope="module")
+def rewrite_folder(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("rewrite") / "rw"
+    hps_surgeon.rewrite(SOURCE, out, model_name="demo")
+    return out
+
+
+@pytest.fixture
+def rw(rewrite_folder, tmp_path) -> Path:
+    return copy_rewrite(rewrite_folder, tmp_path / "rw")
+
+
+@pytest.fixture
+def released(capfd, monkeypatch):
+    """The CLI as users run it: its last-resort handler on (no HPS_SURGEON_DEBUG)."""
+    monkeypatch.delenv("HPS_SURGEON_DEBUG", raising=False)
+    return lambda *argv: run_in_process(capfd, argv)
+
+
+def verify_args(rw: Path, *extra) -> list:
+    return ["verify", SOURCE, rw / "model.onnx", "--config", rw / "hps_config.json", *extra]
+
+
+# --- exit codes ------------------------------------------------------------------------------------
+
+def test_verify_unexpected_exception_is_exit_4_internal_error(released, rw, monkeypatch):
+    """verify said "verify stopped: <Exception>" with exit 2 (bad input) for its own bugs."""
+    def broken(*args, **kwargs):
+        raise AttributeError("'int' object has no attribute 'keys'")
+
+    monkeypatch.setattr("hps_surgeon.cli.verify.verify", broken)
+    result = released(*verify_args(rw))
+    assert (result.code, result.err) == (4, "hps-surgeon: error: internal error (AttributeError: 'int' object has "
+                                            f"no attribute 'keys'); {INTERNAL}\n")
+    with pytest.raises(AttributeError):  # --verbose: the traceback, as its help says
+        released(*verify_args(rw, "--verbose"))
+
+
+@pytest.mark.parametrize("command", ["verify", "check", "scan"])
+def test_ctrl_c_is_exit_130_in_one_line(released, rw, monkeypatch, command):
+    """A Ctrl-C during verify printed a traceback."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    target = {"verify": "hps_surgeon.cli.verify.verify", "check": "hps_surgeon.cli.check.check_models",
+              "scan": "hps_surgeon.cli.scan.scan"}[command]
+    monkeypatch.setattr(target, interrupted)
+    argv = verify_args(rw) if command == "verify" else [command, rw / "model.onnx"]
+    result = released(*argv)
+    assert (result.code, result.out, result.err) == (
+        130, "", f"hps-surgeon: error: {command} interrupted; outputs are written whole or not at all — run the same "
+                 "command again\n")
+
+
+# --- data loader scripts ---------------------------------------------------------------------------
+
+FEEDS = """\
+import numpy as np
+
+
+def load_data():
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        yield {"keys": rng.integers(0, 1000, size=(64, 26)).astype(np.int64)}
+"""
+
+
+@pytest.mark.parametrize("body, problem", [
+    ("def load_data(:\n    pass\n", "syntax error at line 1 (invalid syntax); fix the script"),
+    ("import sys\nsys.exit(3)\n", "the script called sys.exit(3) while loading; a data loader defines a function "
+                                  "verify calls"),
+    ("raise ValueError('no traffic')\n", "the script failed while loading: ValueError: no traffic"),
+    ("def load_data():\n    import sys\n    sys.exit(0)\n",
+     "load_data() called sys.exit(0); a data loader returns or yields its feeds"),
+    ("def load_data():\n    return ['a', 'b']\n", "feed 0 is str, not a mapping of input name -> array"),
+    ("def load_data():\n    return None\n", "load_data() returned NoneType, not a list or generator of feeds (input "
+                                            "name -> array)"),
+    ("def load_data():\n    while True:\n        yield {}\n", "load_data(): yielded more than 10000 feeds, the most "
+                                                                "verify reads; yield fewer"),
+    ("def other():\n    return []\n", "the script defines no function load_data(); name one with SCRIPT:FUNCTION"),
+    ("def load_data():\n    return [{'keys': [[1, 2], [3]]}]\n", "feed 0: input 'keys' is not an array (setting an "
+                                                                   "array element with a sequence. The requested array "
+                                                                   "has an inhomogeneous shape after 1 dimensions. The "
+                                                                   "detected shape was (2,) + inhomogeneous part.)"),
+])
+def test_data_loader_script_failure_said_as_what_it_is(cli, rw, tmp_path, body, problem):
+    """A syntax error was reported as KeyError: '<module>', sys.exit(3) exited 3 silently, sys.exit(0) made verify
+    exit 0 (PASSED's code) with nothing compared, a list of strings was "not a list"."""
+    script = tmp_path / "traffic.py"
+    script.write_text(body)
+    result = cli(*verify_args(rw, "--data-loader-script", script))
+    assert (result.code, result.error_line) == (2, f"hps-surgeon: error: --data-loader-script {script}: {problem}")
+
+
+def test_data_loader_script_raising_keyboard_interrupt_stops_verify(released, rw, tmp_path):
+    script = tmp_path / "traffic.py"
+    script.write_text("def load_data():\n    raise KeyboardInterrupt\n")
+    result = released(*verify_args(rw, "--data-loader-script", script))
+    assert (result.code, result.err) == (130, "hps-surgeon: error: verify interrupted; outputs are written whole or "
+                                              "not at all — run the same command again\n")
+
+
+def test_data_loader_script_named_like_a_standard_module(cli, rw, tmp_path):
+    """The script runs under a module name of its own: json.py is the user's json.py, not the standard library's
+    (Polygraphy's import_from_script imports by the file's stem)."""
+    script = tmp_path / "json.py"
+    script.write_text(FEEDS)
+    result = cli(*verify_args(rw, "--data-loader-script", script))
+    assert result.code == 0, result.err
+    assert result.out.splitlines()[-1].startswith(f"PASSED: 2 feeds (--data-loader-script {script}; batch sizes 64)")
+
+
+# --- messages --------------------------------------------------------------------------------------
+
+def test_option_value_with_terminal_escapes_and_newlines(cli, tmp_path):
+    """Values are echoed escaped: an ANSI sequence cannot clear the terminal, a newline cannot split the line."""
+    result = cli("rewrite", SOURCE, "--out", tmp_path / "out", "--model-name", "\x1b[2Jdemo\nsecond line")
+    assert (result.code, result.error_line) == (
+        2, "hps-surgeon: error: --model-name '\\x1b[2Jdemo\\nsecond line': HugeCTR's HPS aborts on model names outside "
+           "[a-zA-Z0-9_-]{1,120} (hier_parameter_server.cpp:34-36); use letters, digits, '_' and '-', at most 120")
+
+
+def test_megabytes_long_name_gives_a_readable_line(cli, rw):
+    """A 10 MB model name gave a 10 MB error line (3 MB here: a config is read up to 4 MiB)."""
+    config = json.loads((rw / "hps_config.json").read_text())
+    config["models"][0]["model"] = "n" * (3 << 20)
+    (rw / "hps_config.json").write_bytes(json.dumps(config).encode())
+    result = cli("deploy", rw, "--repo", rw.parent / "repo")
+    line = result.error_line
+    assert result.code == 2 and len(line) < 2200
+    assert line.startswith(f"hps-surgeon: error: rewrite folder fails validation: {rw / 'hps_config.json'}")
+    assert "characters cut ...]" in line and line.endswith("(and 1 more)")
+
+
+def test_check_names_a_node_whose_name_holds_a_newline_on_one_line(cli, rw):
+    import onnx
+
+    model = onnx.load(str(rw / "model.onnx"))
+    node = next(n for n in model.graph.node if n.op_type == "HPS_TRT")
+    node.name = "evil\nhps-surgeon: all clear"
+    for attr in node.attribute:
+        if attr.name == "table_id":
+            attr.i = 7
+    onnx.save(model, str(rw / "model.onnx"))
+    result = cli("check", rw / "model.onnx")
+    assert result.code == 1 and result.err == ""
+    assert all(line.startswith(f"{rw / 'model.onnx'}:") for line in result.out.splitlines())
+    assert "evil\\nhps-surgeon: all clear" in result.out
