@@ -20,22 +20,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 import hps_surgeon
 
-from support import FIXTURES, copy_rewrite, lookup_model, tree
+from support import FIXTURES, lookup_model, tree
 
 SOURCE = FIXTURES / "torch/embedding_int64_legacy.onnx"  # keys [batch, 26] int64 -> table 'emb.weight'
 PLAN_FIX = "fix the file or write a new one with --plan-out"
-
-
-@pytest.fixture(scope="module")
-def rewrite_folder(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("rewrite") / "rw"
-    hps_surgeon.rewrite(SOURCE, out, model_name="demo")
-    return out
-
-
-@pytest.fixture
-def rw(rewrite_folder, tmp_path) -> Path:
-    return copy_rewrite(rewrite_folder, tmp_path / "rw")
 
 
 @pytest.fixture

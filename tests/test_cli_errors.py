@@ -9,25 +9,12 @@ from pathlib import Path
 
 import pytest
 
-import hps_surgeon
 
-from support import FIXTURES, copy_rewrite, run_in_process
+from support import FIXTURES, run_in_process
 
 SOURCE = FIXTURES / "torch/embedding_int64_legacy.onnx"  # keys [batch, 26] int64, 1000 rows
 INTERNAL = ("this is a bug in hps-surgeon — please report it with the command and input (set HPS_SURGEON_DEBUG=1 for "
             "the traceback)")
-
-
-@pytest.fixture(scope="module")
-def rewrite_folder(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("rewrite") / "rw"
-    hps_surgeon.rewrite(SOURCE, out, model_name="demo")
-    return out
-
-
-@pytest.fixture
-def rw(rewrite_folder, tmp_path) -> Path:
-    return copy_rewrite(rewrite_folder, tmp_path / "rw")
 
 
 @pytest.fixture

@@ -38,7 +38,7 @@ a builder and a plugin with its TensorRT glue are installed). For every input an
 The contract holds with and without the native libraries (publish checks every input before it
 loads its library; without it, a valid input ends in one line naming the config): CI runs both.
 
-HPS_SURGEON_FUZZ_INPUTS inputs per run (default 300), from seed HPS_SURGEON_FUZZ_SEED (default 11);
+HPS_SURGEON_FUZZ_INPUTS inputs per run (default 500), from seed HPS_SURGEON_FUZZ_SEED (default 11);
 HPS_SURGEON_FUZZ_LOG=FILE appends every run (recipe, command, exit code, output) to FILE as JSON lines.
 Input N is the same for a given seed whatever the count: a failure names N and its recipe; rerun
 it alone with `pytest tests/test_fuzz.py -k "input[N]"`. A new command joins by adding its exit
@@ -69,16 +69,16 @@ import hps_surgeon
 
 from support import FIXTURES, copy_rewrite, run_in_process, tree
 
-INPUTS = int(os.environ.get("HPS_SURGEON_FUZZ_INPUTS", "300"))
+INPUTS = int(os.environ.get("HPS_SURGEON_FUZZ_INPUTS", "500"))
 SEED = int(os.environ.get("HPS_SURGEON_FUZZ_SEED", "11"))
 COMMAND_TIMEOUT_S = 60
 
 #: exit codes each command documents (README, `hps-surgeon -h`)
 EXIT_CODES = {"scan": {0, 2}, "rewrite": {0, 2}, "check": {0, 1}, "verify": {0, 1, 2, 3, 130}, "deploy": {0, 2},
               "publish": {0, 2, 130}, "build-engine": {0, 1, 2}}
-#: what an exit-2 line may name besides the input's files: the option at fault
+#: what an exit-2 line may name besides the input's files: the option at fault, or the database it names
 _OPTIONS = ("--out ", "--repo ", "--name ", "--plan ", "--plan-out ", "--inputs ", "--data-loader-script ",
-            "--persistent-db ", "--volatile-db ", "--num-partitions ", "--update ")
+            "--persistent-db ", "--volatile-db ", "--num-partitions ", "--update ", "redis_cluster ", "rocks_db ")
 #: small models from every exporter: tables, bags, loops, tf2onnx sparse lookups, HugeCTR
 MODELS = ["torch/embedding_int64_legacy.onnx", "torch/embedding_bag_sum_offsets_legacy.onnx",
           "torch/embedding_bag_mean_2d_legacy.onnx", "tf/keras_embedding_reduce_sum.onnx",
@@ -869,7 +869,7 @@ def _samples_input(rng: random.Random, root: Path, case: Path, item: Input) -> N
 # --- publish targets -----------------------------------------------------------------------------
 
 _REDIS_URLS = ["redis://", "redis://[::1", "redis://[::1]:x", "redis://host:0", "redis://host:99999999999999",
-               "redis://h:1,", "redis://h:\u0661", "rediss://h:1", "http://h:1", "redis://user@:1", "redis://\x1b[2J:1"]
+               "redis://h:1,,", "redis://h:\u0661", "rediss://h:1", "http://h:1", "redis://user@:1", "redis://\x1b[2J:1"]
 
 
 def _targets_input(rng: random.Random, root: Path, case: Path, item: Input) -> None:

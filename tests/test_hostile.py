@@ -331,13 +331,6 @@ def test_nodes_sharing_one_name_are_all_found(cli, tmp_path):
 
 # --- rewrite folders: configs, tables, what deploy copies ----------------------------------------
 
-@pytest.fixture(scope="module")
-def rewrite_folder(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("rewrite") / "rw"
-    hps_surgeon.rewrite(SOURCE, out, model_name="demo")
-    return out
-
-
 @pytest.fixture
 def rw(rewrite_folder, tmp_path) -> Path:
     """A copy of a rewrite folder, with a SECRET file and an outside table beside it."""

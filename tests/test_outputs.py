@@ -14,23 +14,10 @@ from pathlib import Path
 
 import pytest
 
-import hps_surgeon
 
-from support import FIXTURES, copy_rewrite, tree
+from support import FIXTURES, tree
 
 SOURCE = FIXTURES / "torch/embedding_int64_legacy.onnx"
-
-
-@pytest.fixture(scope="module")
-def rewrite_folder(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("rewrite") / "rw"
-    hps_surgeon.rewrite(SOURCE, out, model_name="demo")
-    return out
-
-
-@pytest.fixture
-def rw(rewrite_folder, tmp_path) -> Path:
-    return copy_rewrite(rewrite_folder, tmp_path / "rw")
 
 
 def assert_refused(cli, argv: list, line: str, watched: Path) -> None:
@@ -102,21 +89,17 @@ def test_update_writes_no_database_outside_the_config_folder(cli, rw, tmp_path, 
                    "that holds it, trust it with --allow-path DIR", tmp_path)
 
 
-def test_update_creates_no_database_where_none_is(cli, rw, tmp_path):
-    _with_persistent_db(rw, "db")
+@pytest.mark.parametrize("path, problem", [
+    ("db", "no RocksDB database there; publish the tables first (hps-surgeon publish DIR --persistent-db PATH)"),
+    ("tables", "holds the input {rw}/tables/emb_weight; writing there would replace or mix into what is read — "
+               "change persistent_db.path"),
+])
+def test_update_writes_only_into_an_existing_database(cli, rw, tmp_path, path, problem):
+    """An update never creates a database, nor mixes one into a folder of other files."""
+    _with_persistent_db(rw, path)
     changed = _changed_rows(tmp_path, rw)
     assert_refused(cli, ["publish", rw, "--update", changed],
-                   f"{rw / 'hps_config.json'}: persistent_db.path {rw / 'db'}: no RocksDB database there; publish the "
-                   "tables first (hps-surgeon publish DIR --persistent-db PATH)", tmp_path)
-
-
-def test_update_into_a_folder_of_other_files(cli, rw, tmp_path):
-    _with_persistent_db(rw, "tables")
-    changed = _changed_rows(tmp_path, rw)
-    assert_refused(cli, ["publish", rw, "--update", changed],
-                   f"{rw / 'hps_config.json'}: persistent_db.path {rw / 'tables'}: holds the input "
-                   f"{rw / 'tables/emb_weight'}; writing there would replace or mix into what is read — change "
-                   "persistent_db.path", tmp_path)
+                   f"{rw / 'hps_config.json'}: persistent_db.path {rw / path}: {problem.format(rw=rw)}", tmp_path)
 
 
 # --- rewrite --plan-out, deploy --repo, build-engine --out ----------------------------------------

@@ -52,6 +52,8 @@ def own_key_counts(key_map: np.ndarray, rows: dict[int, int]) -> dict[int, tuple
     map is not in that layout or shared with tables not listed.
     """
     used = key_map[key_map > 0]
+    if used.size and used.max() >= max(rows.values(), default=0):
+        return None  # an index past every table's rows: not that layout (and no bincount of that size)
     per_index = np.bincount(used, minlength=2)[1:] if used.size else np.zeros(0, np.int64)
     if per_index.size == 0 or np.any(np.diff(per_index) > 0) or per_index[0] != len(rows):
         return None
