@@ -276,23 +276,44 @@ def test_chain_of_10000_key_maps_is_walked_once(cli, tmp_path, alarm):
     assert len(varies._known) == len(tensors) - 2  # each tensor up the chain answered once (all but table, out)
 
 
-def test_invalid_source_is_blamed_before_anything_is_staged(cli, tmp_path):
-    """Models load accepts but onnx.checker refuses (here nodes out of topological order) were staged, rewritten,
-    then reported as a bug of the rewrite, naming a staging file already deleted."""
-    model = onnx.load(str(SOURCE))
+def _reversed_nodes(model):
     nodes = list(model.graph.node)
     del model.graph.node[:]
     model.graph.node.extend(reversed(nodes))
+
+
+def _node(model, op: str):
+    return next(n for n in model.graph.node if n.op_type == op)
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (_reversed_nodes, "Nodes in a graph must be topologically sorted, however input '/Flatten_output_0' of node: "
+                      "name: /fc/Gemm OpType: Gemm)"),
+    (lambda m: setattr(m, "ir_version", 99), "Your model ir_version 99 is higher than the checker's"),
+    (lambda m: _node(m, "Gemm").input.__setitem__(0, ""), "Node (/fc/Gemm)'s input 0 is marked single but has an "
+                                                          "empty string in the graph"),
+    (lambda m: _node(m, "Gemm").input.__setitem__(0, "nowhere"), "Nodes in a graph must be topologically sorted, "
+                                                                 "however input 'nowhere' of node: name: /fc/Gemm "
+                                                                 "OpType: Gemm)"),
+    (lambda m: _node(m, "Flatten").attribute[0].__setattr__("i", 5), "[ShapeInferenceError] Inference error(s): "
+                                                                     "(op_type:Flatten, node name: /Flatten)"),
+], ids=["nodes out of order", "ir_version 99", "empty input", "missing input", "axis 5"])
+def test_invalid_source_is_blamed_before_anything_is_written(cli, tmp_path, edit, problem):
+    """Models load accepts but onnx.checker refuses were staged and rewritten, then reported as a bug of the
+    rewrite ("Please report this"), naming a staging file already deleted."""
+    model = onnx.load(str(SOURCE))
+    edit(model)
     path = tmp_path / "src" / "m.onnx"
     path.parent.mkdir()
     onnx.save(model, str(path))
     before = tree(tmp_path)
-    result = cli("rewrite", path, "--out", tmp_path / "out")
-    assert result.code == 2
-    assert result.error_line.startswith(f"hps-surgeon: error: {path}: fails onnx.checker (Nodes in a graph must be "
-                                        "topologically sorted")
-    assert result.error_line.endswith("it is not valid ONNX, so it cannot be rewritten — fix or re-export the model")
-    assert tree(tmp_path) == before
+    for dry_run in ([], ["--dry-run", "--plan-out", tmp_path / "plan.yaml"]):
+        result = cli("rewrite", path, "--out", tmp_path / "out", *dry_run)
+        assert result.code == 2
+        assert result.error_line.startswith(f"hps-surgeon: error: {path}: fails onnx.checker ({problem}")
+        assert result.error_line.endswith("it is not valid ONNX, so it cannot be rewritten — fix or re-export the "
+                                          "model")
+        assert tree(tmp_path) == before
 
 
 def test_domain_of_onnx_itself_is_refused(cli, tmp_path):

@@ -153,3 +153,28 @@ def test_check_names_a_node_whose_name_holds_a_newline_on_one_line(cli, rw):
     assert result.code == 1 and result.err == ""
     assert all(line.startswith(f"{rw / 'model.onnx'}:") for line in result.out.splitlines())
     assert "evil\\nhps-surgeon: all clear" in result.out
+
+
+def test_no_library_warning_before_or_among_our_lines(cli, rw, monkeypatch):
+    """onnx-graphsurgeon prints its warnings on stdout (among check's `path:where: message` lines), and it and
+    Polygraphy print "[W] 'colored' module is not installed" on their first message; numpy warns on stderr."""
+    import warnings
+
+    import numpy as np
+    from onnx_graphsurgeon.logger import G_LOGGER as GS_LOGGER
+    from polygraphy.logger import G_LOGGER
+
+    from hps_surgeon.cli import check as check_command
+
+    real = check_command.check_models
+
+    def noisy(*args, **kwargs):
+        GS_LOGGER.warning("graph surgeon has something to say")
+        G_LOGGER.warning("polygraphy has something to say")
+        np.mean(np.zeros(0))  # "Mean of empty slice"
+        warnings.warn("a library's warning")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr("hps_surgeon.cli.check.check_models", noisy)
+    result = cli("check", rw / "model.onnx")
+    assert (result.code, result.out, result.err) == (0, "", "")

@@ -62,6 +62,21 @@ def test_publish_database_folder_that_is_no_place_for_one(cli, rw, tmp_path, mon
     assert_refused(cli, ["publish", rw, "--persistent-db", target.format(**names)], problem.format(**names), tmp_path)
 
 
+@pytest.mark.parametrize("argv, problem", [
+    (["--volatile-db", "redis://127.0.0.1:1", "--num-partitions", "0"],
+     "--num-partitions 0: Redis partitions per table, 1 to 65536, with --volatile-db"),
+    (["--volatile-db", "redis://127.0.0.1:1", "--num-partitions", str(2**64)],
+     f"--num-partitions {2**64}: Redis partitions per table, 1 to 65536, with --volatile-db"),
+    (["--persistent-db", "{tmp}/db", "--num-partitions", "4"],
+     "--num-partitions 4: Redis partitions per table, 1 to 65536, with --volatile-db; add --volatile-db or drop it"),
+    (["--volatile-db", "redis://[::1"], "--volatile-db 'redis://[::1': '[::1' is not host:port (Invalid IPv6 URL)"),
+])
+def test_publish_options_refused_before_any_database_is_reached(cli, rw, tmp_path, argv, problem):
+    """Was ignored without --volatile-db (0, 2^64 accepted); a malformed IPv6 address was exit 4."""
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    assert_refused(cli, ["publish", rw, *argv], problem, tmp_path)
+
+
 def _with_persistent_db(rw: Path, path: str) -> None:
     config = json.loads((rw / "hps_config.json").read_text())
     config["persistent_db"] = {"type": "rocks_db", "path": path}

@@ -159,3 +159,14 @@ def test_allow_path_that_names_no_folder_to_trust(cli, layout, tmp_path, value, 
     result = cli("check", model_dir / "model.onnx", "--allow-path", value.format(missing=missing))
     assert (result.code, result.error_line) == (
         2, f"hps-surgeon: error: --allow-path {problem.format(missing=missing)}")
+
+
+def test_build_engine_reads_tables_under_an_allowed_path(cli, layout, tmp_path):
+    """build-engine validates the folder (tables included) before it looks at --out or a builder: with the tables
+    trusted, it gets as far as the --out check (a folder here, so that nothing is built)."""
+    model_dir, tables = layout
+    refused = cli("build-engine", model_dir, "--out", tmp_path)
+    assert refused.code == 2 and "leads outside" in refused.error_line
+    trusted = cli("build-engine", model_dir, "--out", tmp_path, "--allow-path", tables)
+    assert (trusted.code, trusted.error_line) == (2, f"hps-surgeon: error: --out {tmp_path}: is a folder — name the "
+                                                     "engine file")

@@ -42,15 +42,21 @@ def read_text(path: str | os.PathLike, label: str, limit: int, fix: str) -> str:
     """The UTF-8 text of the regular file `path`, at most `limit` bytes; Unreadable (`label`: how messages
     name the file, `fix`: what to do) otherwise."""
     try:
-        mode = os.stat(path).st_mode
-        if not stat.S_ISREG(mode):
-            raise Unreadable(label, f"not a regular file; {fix}")
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)
+        # opened without blocking (a FIFO would wait for a writer), then checked through its descriptor:
+        # what is read is what was checked, even if the path is swapped in between
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise Unreadable(label, f"no such file; {fix}") from None
     except OSError as exc:
         raise Unreadable(label, f"cannot read it ({exc.strerror}); {fix}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise Unreadable(label, f"not a regular file; {fix}")
+    with os.fdopen(fd, "rb") as f:
+        try:
+            data = f.read(limit + 1)
+        except OSError as exc:
+            raise Unreadable(label, f"cannot read it ({exc.strerror}); {fix}") from None
     if len(data) > limit:
         raise Unreadable(label, f"larger than {limit >> 20} MiB, the most read of such a file; {fix}")
     if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
@@ -67,12 +73,8 @@ _JSON_STRING = re.compile(r'"(?:[^"\\]++|\\.)*+"?', re.DOTALL)
 _CHUNK = 1 << 24
 
 
-def nesting_depth(text: str) -> int:
-    """Deepest nesting of [ and { outside JSON strings, without parsing (no recursion, linear time)."""
-    return _depth(_JSON_STRING.sub("", text))
-
-
 def _depth(outside_strings: str) -> int:
+    """Deepest nesting of [ and { in JSON text whose strings are taken out (no recursion, linear time)."""
     brackets = re.sub(r"[^\[\]{}]+", "", outside_strings).encode()
     depth = deepest = 0
     for start in range(0, len(brackets), _CHUNK):  # chunks: memory stays flat on a file of brackets

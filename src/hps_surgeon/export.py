@@ -109,8 +109,11 @@ def check_source(loaded: LoadedModel) -> None:
 
 
 def _first_line(exc: BaseException) -> str:
+    """The checker's message in one line: its first, and the next when the first ends in ':' ("of node:")."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
+    if not lines:
+        return type(exc).__name__
+    return " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]
 
 
 def _check_onnx(path: Path, domain: str, source: Path) -> None:

@@ -10,6 +10,7 @@ unexpected exception, reported as one line; HPS_SURGEON_DEBUG=1 shows its traceb
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import warnings
@@ -26,11 +27,12 @@ COMMANDS = (scan, rewrite, verify, check, deploy, build_engine, publish)
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        with warnings.catch_warnings(), confine.trusting(getattr(args, "allow_path", None) or ()):
+        # commands that read tables take --allow-path; the others never meet a stale $HPS_SURGEON_ALLOW_PATH
+        trusted = confine.trusting(args.allow_path) if hasattr(args, "allow_path") else contextlib.nullcontext()
+        with warnings.catch_warnings(), _quiet_libraries(getattr(args, "verbose", False)), trusted:
             # our lines are the output: a library's warning (numpy's "Mean of empty slice") is noise
             # before them, and for anything it could mean there is a check of our own
             warnings.simplefilter("ignore")
-            _quiet_libraries(getattr(args, "verbose", False))
             return args.run(args)
     except SurgeonError as exc:
         print(f"hps-surgeon: error: {one_line(str(exc))}", file=sys.stderr)
@@ -51,16 +53,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BUG
 
 
-def _quiet_libraries(verbose: bool) -> None:
-    """No third-party line before ours: onnx-graphsurgeon prints its warnings to stdout (among check's
-    `path:where: message` lines), and both it and Polygraphy print "[W] 'colored' module is not installed"
-    on their first message."""
+@contextlib.contextmanager
+def _quiet_libraries(verbose: bool):
+    """No third-party line before ours: onnx-graphsurgeon and Polygraphy print their warnings on stdout
+    (among check's `path:where: message` lines), and "[W] 'colored' module is not installed" on their
+    first message (`--verbose` keeps their messages). Restored after the command (in-process callers)."""
     from onnx_graphsurgeon.logger import G_LOGGER as GS_LOGGER
     from polygraphy.logger import G_LOGGER
 
+    before = (GS_LOGGER.colors, GS_LOGGER.severity, G_LOGGER.colors, G_LOGGER.module_severity)
     GS_LOGGER.colors = G_LOGGER.colors = False
-    if not verbose:
+    if not verbose:  # what they could warn about, a check of ours says
         GS_LOGGER.severity = GS_LOGGER.ERROR
+        G_LOGGER.module_severity = G_LOGGER.ERROR
+    try:
+        yield
+    finally:
+        GS_LOGGER.colors, GS_LOGGER.severity, G_LOGGER.colors, G_LOGGER.module_severity = before
 
 
 def internal_error(exc: BaseException) -> str:

@@ -100,12 +100,13 @@ def publish(rewrite_dir: str | os.PathLike[str], *, redis: RedisTarget | None = 
         if redis is None and rocksdb is None:
             raise SurgeonError("nothing to publish to: give --volatile-db redis://host:port[,...] and/or "
                                "--persistent-db PATH")
+        if num_partitions is not None and (redis is None or not 1 <= num_partitions <= MAX_PARTITIONS):
+            raise SurgeonError(f"--num-partitions {num_partitions}: Redis partitions per table, 1 to {MAX_PARTITIONS}, "
+                               "with --volatile-db" + ("" if redis is not None else "; add --volatile-db or drop it"))
         sections = {}
         if redis is not None:
             existing = config.get("volatile_db") if isinstance(config.get("volatile_db"), dict) else None
             partitions = num_partitions or (existing or {}).get("num_partitions", DEFAULT_PARTITIONS)
-            if not 1 <= partitions <= MAX_PARTITIONS:
-                raise SurgeonError(f"--num-partitions {partitions}: must be 1 to {MAX_PARTITIONS}")
             sections["volatile_db"] = volatile_section(redis, partitions, existing)
         if rocksdb is not None:
             existing = config.get("persistent_db") if isinstance(config.get("persistent_db"), dict) else None
