@@ -5,6 +5,7 @@ readable line whatever the values they quote."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,8 @@ def load_data():
     ("import sys\nsys.exit(3)\n", "the script called sys.exit(3) while loading; a data loader defines a function "
                                   "verify calls"),
     ("raise ValueError('no traffic')\n", "the script failed while loading: ValueError: no traffic"),
+    ("open('/nonexistent/traffic.csv')\n", "the script failed while loading: FileNotFoundError: [Errno 2] No such "
+                                           "file or directory: '/nonexistent/traffic.csv'"),
     ("def load_data():\n    import sys\n    sys.exit(0)\n",
      "load_data() called sys.exit(0); a data loader returns or yields its feeds"),
     ("def load_data():\n    return ['a', 'b']\n", "feed 0 is str, not a mapping of input name -> array"),
@@ -97,6 +100,19 @@ def test_data_loader_script_failure_said_as_what_it_is(cli, rw, tmp_path, body, 
     script.write_text(body)
     result = cli(*verify_args(rw, "--data-loader-script", script))
     assert (result.code, result.error_line) == (2, f"hps-surgeon: error: --data-loader-script {script}: {problem}")
+
+
+@pytest.mark.parametrize("kind", ["FIFO", "folder", "missing"])
+def test_data_loader_script_that_is_no_file_to_run(cli, rw, tmp_path, kind):
+    script = tmp_path / "traffic.py"
+    if kind == "FIFO":
+        os.mkfifo(script)
+    elif kind == "folder":
+        script.mkdir()
+    problem = "no such file" if kind == "missing" else "not a regular file"
+    result = cli(*verify_args(rw, "--data-loader-script", script))
+    assert (result.code, result.error_line) == (2, f"hps-surgeon: error: --data-loader-script {script}: {problem}; "
+                                                   "pass a Python script, SCRIPT.py[:FUNCTION]")
 
 
 def test_data_loader_script_raising_keyboard_interrupt_stops_verify(released, rw, tmp_path):
@@ -178,3 +194,12 @@ def test_no_library_warning_before_or_among_our_lines(cli, rw, monkeypatch):
     monkeypatch.setattr("hps_surgeon.cli.check.check_models", noisy)
     result = cli("check", rw / "model.onnx")
     assert (result.code, result.out, result.err) == (0, "", "")
+
+
+@pytest.mark.parametrize("option", ["--max-batch-size", "--max-keys-per-sample"])
+def test_rewrite_option_past_what_hugectr_reads(cli, tmp_path, option):
+    """99999999999 went into the staged config, whose validation then failed naming the staging folder."""
+    result = cli("rewrite", SOURCE, "--out", tmp_path / "out", option, "99999999999")
+    assert (result.code, result.error_line) == (
+        2, f"hps-surgeon: error: {option} 99999999999: must be 1 to 2147483647 (HugeCTR reads it as an int)")
+    assert not (tmp_path / "out").exists()

@@ -16,6 +16,8 @@ Every input is built from our fixtures by one seeded mutation of one of these ki
     samples  verify's own traffic: --inputs JSON (nested, long numbers, wrong shapes and dtypes,
              bytes mutated) and --data-loader-script scripts (syntax errors, sys.exit, Ctrl-C,
              exceptions, endless generators, wrong return types)
+    options  numbers no command can honour: batch sizes, iterations, keys per sample, cache ratios
+             (0, negative, 2^40, 2^64, NaN, infinity)
     targets  publish's targets: --persistent-db folders that are no place for a database (the root,
              the inputs and their folders, a non-empty folder, special files), --volatile-db URLs,
              --num-partitions, and --update into the database a config's persistent_db.path names
@@ -143,10 +145,11 @@ def build(index: int, root: Path) -> Input:
     case = root / f"input{index}"
     case.mkdir()
     item = Input(index)
-    kind = rng.choices(["bytes", "proto", "paths", "outputs", "plans", "samples", "targets"],
-                       weights=[20, 28, 26, 8, 7, 5, 6])[0]
+    kind = rng.choices(["bytes", "proto", "paths", "outputs", "plans", "samples", "targets", "options"],
+                       weights=[20, 27, 25, 8, 7, 5, 5, 3])[0]
     {"bytes": _bytes_input, "proto": _proto_input, "paths": _paths_input, "outputs": _outputs_input,
-     "plans": _plans_input, "samples": _samples_input, "targets": _targets_input}[kind](rng, root, case, item)
+     "plans": _plans_input, "samples": _samples_input, "targets": _targets_input, "options": _options_input}[kind](
+        rng, root, case, item)
     return item
 
 
@@ -910,6 +913,32 @@ def _targets_input(rng: random.Random, root: Path, case: Path, item: Input) -> N
         item.runs.append((["publish", rw, "--update", changed, "--quiet"], (rw / "db",)))
 
 
+# --- numeric options ---------------------------------------------------------------------------
+
+_NUMBERS = ["0", "-1", str(2**31), str(2**40), str(2**64), "nan", "inf", "-inf", "1e308"]
+
+
+def _options_input(rng: random.Random, root: Path, case: Path, item: Input) -> None:
+    """Numbers past what a command can honour: refused in one line, or honoured within bounded work."""
+    rw = case / "rw"
+    copy_rewrite(root / "corpus/rw", rw)
+    value = rng.choice(_NUMBERS)
+    integer = value.lstrip("-").isdigit()
+    rewrite = ["rewrite", FIXTURES / SOURCE, "--out", case / "out"]
+    verify = ["verify", FIXTURES / SOURCE, rw / "model.onnx", "--config", rw / "hps_config.json"]
+    choices = [(rewrite, "--gpucache-ratio", (case / "out",))]
+    if integer:
+        choices += [(rewrite, option, (case / "out",))
+                    for option in ("--max-batch-size", "--max-keys-per-sample", "--min-table-rows")]
+        choices += [(verify, option, ()) for option in ("--iterations", "--max-keys-per-sample", "--min-distinct-keys")]
+        if not value.startswith(("-", "0")):  # argparse's own type check refuses the others, with its usage
+            choices.append((verify, "--batch-sizes", ()))
+        choices.append((["deploy", rw, "--repo", case / "repo"], "--max-batch", (case / "repo",)))
+    argv, option, requested = rng.choice(choices)
+    item.recipe.append(f"option {option}={value} of {argv[0]}")
+    item.runs.append(([*argv, f"{option}={value}"], requested))  # `=`: argparse would take -1 for an option
+
+
 # --- the contract --------------------------------------------------------------------------------
 
 def _changed_outside(before: dict, after: dict, requested: tuple[Path, ...]) -> list[str]:
@@ -942,7 +971,8 @@ def check_contract(argv: list[str], requested: tuple[Path, ...], result, before:
         broken.append(f"exit {result.code}, documented: {sorted(EXIT_CODES[command])}")
     err = result.err.strip().splitlines()
     names_input = lambda line: any(  # noqa: E731
-        subject in line for subject in (str(root), str(FIXTURES), *_OPTIONS))
+        subject in line for subject in (str(root), str(FIXTURES), *_OPTIONS)) or re.search(
+        r"(: |[ (])(--[a-z][a-z-]* |input ')", line)
     if result.code == 2:
         if len(err) != 1 or not err[0].startswith("hps-surgeon: error: ") or not names_input(err[0]):
             broken.append(f"exit 2 needs one line `hps-surgeon: error: ...` naming the input; stderr: {result.err!r}")

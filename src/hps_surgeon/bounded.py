@@ -1,4 +1,5 @@
-"""Reading the text files a user names (plan YAML, HPS config, --inputs JSON) with bounded work.
+"""Reading the text files a user names (plan YAML, HPS config, --inputs JSON, a data loader script)
+with bounded work.
 
 Each file is refused, in one line naming it, before it is parsed when it is not a regular file (a
 FIFO would block the read forever), larger than its limit, not UTF-8, or nested deeper than
@@ -28,6 +29,8 @@ CONFIG_MAX_BYTES = 4 << 20
 PLAN_MAX_BYTES = 16 << 20
 #: recorded traffic (`polygraphy run --save-inputs`) is held in memory whole, as Polygraphy holds it
 INPUTS_MAX_BYTES = 256 << 20
+#: a --data-loader-script's source
+SCRIPT_MAX_BYTES = 16 << 20
 
 
 class Unreadable(SurgeonError):

@@ -91,8 +91,10 @@ def check_written(model_path: Path, config_path: Path, domain: str, source: Path
     """
     _check_onnx(model_path, domain, source)
     found = errors(validate.validate(model_path, config_path))
-    if found:
-        raise SurgeonError(f"rewritten output fails validation, nothing was written: {found[0]}")
+    if found:  # named relative to the output: the staging folder is gone when this is read
+        problem = str(found[0]).replace(f"{model_path.parent}/", "")
+        raise SurgeonError(f"{source}: its rewrite fails validation ({problem}); nothing was written — this is a bug "
+                           "in hps-surgeon, please report it with the source model")
 
 
 def check_source(loaded: LoadedModel) -> None:

@@ -36,6 +36,7 @@ from .staging import replace_file
 TABLE_DTYPES = ("float32", "float16", "bfloat16")
 
 
+_INT32_MAX = 2**31 - 1
 #: domains ONNX defines operators in ("" is the default one, which HugeCTR's layout uses on purpose)
 _ONNX_DOMAINS = {"ai.onnx", "ai.onnx.ml", "ai.onnx.training", "ai.onnx.preview.training"}
 
@@ -65,10 +66,12 @@ class Options:
             raise SurgeonError(f"--model-name '{self.model_name}': HugeCTR's HPS aborts on model names outside "
                                "[a-zA-Z0-9_-]{1,120} (hier_parameter_server.cpp:34-36); use letters, digits, '_' "
                                "and '-', at most 120")
-        if self.max_batch_size < 1:
-            raise SurgeonError(f"--max-batch-size {self.max_batch_size}: must be at least 1")
-        if self.max_keys_per_sample is not None and self.max_keys_per_sample < 1:
-            raise SurgeonError(f"--max-keys-per-sample {self.max_keys_per_sample}: must be at least 1")
+        if not 1 <= self.max_batch_size <= _INT32_MAX:
+            raise SurgeonError(f"--max-batch-size {self.max_batch_size}: must be 1 to {_INT32_MAX} (HugeCTR reads "
+                               "it as an int)")
+        if self.max_keys_per_sample is not None and not 1 <= self.max_keys_per_sample <= _INT32_MAX:
+            raise SurgeonError(f"--max-keys-per-sample {self.max_keys_per_sample}: must be 1 to {_INT32_MAX} "
+                               "(HugeCTR reads it as an int)")
         if not 0.0 < self.gpucache_ratio <= 1.0:
             raise SurgeonError(f"--gpucache-ratio {self.gpucache_ratio}: must be in (0, 1]")
         if self.min_table_rows < 0:

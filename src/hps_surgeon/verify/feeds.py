@@ -364,13 +364,12 @@ def load_script(spec: str, specs: InputSpecs) -> list[Feed]:
 
     path, function = args_util.parse_script_and_func_name(spec, default_func_name="load_data")
     where = f"--data-loader-script {spec}"
-    if not Path(path).is_file():
-        raise SurgeonError(f"{where}: no such file {path}")
+    source = bounded.read_text(path, where, bounded.SCRIPT_MAX_BYTES, "pass a Python script, SCRIPT.py[:FUNCTION]")
     # as Polygraphy runs it: the script's folder first on sys.path, for the modules it keeps beside it
     folder = str(Path(path).absolute().parent)
     sys.path.insert(0, folder)
     try:
-        loader = getattr(_run_script(Path(path), where), function, None)
+        loader = getattr(_run_script(Path(path), source, where), function, None)
         if not callable(loader):
             raise SurgeonError(f"{where}: the script defines no function {function}(); name one with "
                                "SCRIPT:FUNCTION")
@@ -381,12 +380,12 @@ def load_script(spec: str, specs: InputSpecs) -> list[Feed]:
     return _checked(feeds, specs, where)
 
 
-def _run_script(path: Path, where: str):
-    """The module of the script at `path`, under a name of its own (no module it shadows is imported instead)."""
+def _run_script(path: Path, source: str, where: str):
+    """The module of the script `source` (read from `path`), under a name of its own (no module it shadows
+    is imported instead)."""
     module_spec = importlib.util.spec_from_file_location(f"_hps_surgeon_data_loader_{abs(hash(path))}", path)
     module = importlib.util.module_from_spec(module_spec)
     try:
-        source = path.read_bytes()
         code = compile(source, str(path), "exec")
         exec(code, module.__dict__)  # noqa: S102 (the user's own data loader, as Polygraphy runs it)
     except SyntaxError as exc:
@@ -394,8 +393,6 @@ def _run_script(path: Path, where: str):
     except SystemExit as exc:
         raise SurgeonError(f"{where}: the script called sys.exit({exc.code!r}) while loading; a data loader defines "
                            "a function verify calls") from None
-    except OSError as exc:
-        raise SurgeonError(f"{where}: cannot read the script ({exc.strerror})") from None
     except Exception as exc:
         raise SurgeonError(f"{where}: the script failed while loading: {type(exc).__name__}: "
                            f"{_first_line(exc)}") from None
