@@ -203,3 +203,18 @@ def test_rewrite_option_past_what_hugectr_reads(cli, tmp_path, option):
     assert (result.code, result.error_line) == (
         2, f"hps-surgeon: error: {option} 99999999999: must be 1 to 2147483647 (HugeCTR reads it as an int)")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["rewrite", "deploy", "verify"])
+def test_argument_with_bytes_that_are_not_utf8(cli, rw, tmp_path, command):
+    """A path with a byte that is not UTF-8 (Python decodes it to \\udcff) went as far as writing the config, then
+    died on encoding it (exit 4); check still reads such a file (its models are reported one by one)."""
+    odd = os.fsdecode(bytes(tmp_path / "out") + b"\xff")
+    argv = {"rewrite": ["rewrite", SOURCE, "--out", odd], "deploy": ["deploy", rw, "--repo", odd],
+            "verify": ["verify", SOURCE, rw / "model.onnx", "--config", odd]}[command]
+    result = cli(*argv)
+    shown = odd.encode("unicode_escape").decode()
+    assert (result.code, result.error_line) == (
+        2, f"hps-surgeon: error: '{shown}': holds bytes that are not UTF-8; paths and names are written into UTF-8 "
+           "files (HPS configs, model attributes) — rename it")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rw"]

@@ -706,7 +706,8 @@ def _outputs_input(rng: random.Random, root: Path, case: Path, item: Input) -> N
     os.symlink(case / "loop", case / "loop")
     values = {"''": "", ".": ".", "dangling symlink": case / "dangling", "symlink loop": case / "loop",
               "300-byte name": case / ("x" * 300), "a file": case / "file", "through a file": case / "file/sub",
-              "non-empty": case / "full", "root": "/", "the input's folder": case / "rw"}
+              "non-empty": case / "full", "root": "/", "the input's folder": case / "rw",
+              "a name that is not UTF-8": Path(os.fsdecode(bytes(case) + b"/\xffout"))}
     label = rng.choice(list(values))
     copy_rewrite(root / "corpus/rw", case / "rw")
     model = case / "rw/model.onnx"

@@ -168,3 +168,20 @@ def test_build_engine_output_over_the_model(cli, rw, tmp_path):
     assert_refused(cli, ["build-engine", rw, "--out", rw / "model.onnx", "--force"],
                    f"--out {rw / 'model.onnx'}: is the input {rw / 'model.onnx'}; writing there would overwrite what "
                    "is read — choose another --out", tmp_path)
+
+
+def test_publish_without_its_library_is_one_line_naming_the_config(rw, tmp_path):
+    """On a machine without libhps_storage.so every input is still checked first; a valid one then ends in one
+    line naming the config (a subprocess: this process may have loaded the library already)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HPS_SURGEON_STORAGE_LIB": str(tmp_path / "missing/libhps_storage.so")}
+    proc = subprocess.run([sys.executable, "-m", "hps_surgeon", "publish", str(rw), "--persistent-db",
+                           str(tmp_path / "db")], capture_output=True, text=True, env=env)
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr == (f"hps-surgeon: error: {rw / 'hps_config.json'}: cannot publish its tables: storage library "
+                           f"not found (tried {tmp_path / 'missing/libhps_storage.so'}); build it with `cmake -S plugin "
+                           "-B build/plugin && cmake --build build/plugin` (needs libhiredis-dev and librocksdb-dev) or "
+                           "set HPS_SURGEON_STORAGE_LIB\n")
+    assert not (tmp_path / "db").exists()

@@ -121,11 +121,11 @@ def bad_string(value: Any, at: str = "") -> str | None:
     while stack:
         item, where = stack.pop()
         if isinstance(item, str):
-            if _has_surrogate(item):
+            if has_surrogate(item):
                 return where or "(top level)"
         elif isinstance(item, dict):
             for key, child in item.items():
-                if isinstance(key, str) and _has_surrogate(key):
+                if isinstance(key, str) and has_surrogate(key):
                     return f"{where}.{_escaped(key)}" if where else _escaped(key)
                 stack.append((child, f"{where}.{key}" if where else str(key)))
         elif isinstance(item, list):
@@ -133,7 +133,9 @@ def bad_string(value: Any, at: str = "") -> str | None:
     return None
 
 
-def _has_surrogate(text: str) -> bool:
+def has_surrogate(text: str) -> bool:
+    """Whether `text` holds a lone surrogate: JSON's "\\ud800", or a byte that is not UTF-8 in a command-line
+    argument (Python decodes those to \\udc80-\\udcff)."""
     return any("\ud800" <= c <= "\udfff" for c in text) if not text.isascii() else False
 
 

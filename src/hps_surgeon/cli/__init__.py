@@ -16,8 +16,9 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from .. import confine
-from ..errors import DEBUG_ENV, EXIT_BUG, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK, SurgeonError, one_line
+from .. import bounded, confine
+from ..errors import (DEBUG_ENV, EXIT_BUG, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK, SurgeonError, one_line,
+                      shown)
 from . import build_engine, check, deploy, publish, rewrite, scan, verify
 
 #: every command, in the order `hps-surgeon -h` lists them
@@ -29,6 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # commands that read tables take --allow-path; the others never meet a stale $HPS_SURGEON_ALLOW_PATH
         trusted = confine.trusting(args.allow_path) if hasattr(args, "allow_path") else contextlib.nullcontext()
+        _check_text(args)
         with warnings.catch_warnings(), _quiet_libraries(getattr(args, "verbose", False)), trusted:
             # our lines are the output: a library's warning (numpy's "Mean of empty slice") is noise
             # before them, and for anything it could mean there is a check of our own
@@ -51,6 +53,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"hps-surgeon: error: {internal_error(exc)}", file=sys.stderr)
         return EXIT_BUG
+
+
+def _check_text(args: argparse.Namespace) -> None:
+    """Arguments are UTF-8: paths and names go into UTF-8 files (HPS configs, model attributes, JSON), where
+    a byte that is not UTF-8 (Python's \\udcff in argv) cannot be written."""
+    for name, value in vars(args).items():
+        if name == "models":  # check's: each is reported as a problem of its own, the others still checked
+            continue
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str) and bounded.has_surrogate(text):
+                raise SurgeonError(f"{shown(text)}: holds bytes that are not UTF-8; paths and names are written into "
+                                   "UTF-8 files (HPS configs, model attributes) — rename it")
 
 
 @contextlib.contextmanager
