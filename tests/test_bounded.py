@@ -200,6 +200,23 @@ def test_plan_file_larger_than_16_mib(cli, tmp_path, plan):
     _plan_refused(cli, tmp_path, plan, f"larger than 16 MiB, the most read of such a file; {PLAN_FIX}")
 
 
+@pytest.mark.parametrize("kind, problem", [
+    ("alias bomb", "not valid YAML (an alias (*a) at line 2; aliases are not read (write the value out)); fix the "
+                   "pattern file"),
+    ("FIFO", "not a regular file; fix the pattern file"),
+])
+def test_pattern_file_of_patterns_dir(cli, tmp_path, alarm, kind, problem):
+    """`--patterns DIR` is the user's YAML too: the same bounds as a plan file."""
+    path = tmp_path / "patterns/my.pattern/pattern.yaml"
+    path.parent.mkdir(parents=True)
+    if kind == "FIFO":
+        os.mkfifo(path)
+    else:
+        path.write_text(BILLION_LAUGHS)
+    result = cli("scan", SOURCE, "--patterns", tmp_path / "patterns")
+    assert (result.code, result.error_line) == (2, f"hps-surgeon: error: {path}: {problem}")
+
+
 # --- verify: --inputs files and generated feeds --------------------------------------------------
 
 INPUTS_FIX = "pass a JSON file written by `polygraphy run --save-inputs` or polygraphy.json.save_json"

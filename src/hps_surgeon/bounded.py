@@ -1,5 +1,5 @@
-"""Reading the text files a user names (plan YAML, HPS config, --inputs JSON, a data loader script)
-with bounded work.
+"""Reading the text files a user names (plan YAML, HPS config, --inputs JSON, a data loader script,
+--patterns YAML) with bounded work.
 
 Each file is refused, in one line naming it, before it is parsed when it is not a regular file (a
 FIFO would block the read forever), larger than its limit, not UTF-8, or nested deeper than
@@ -31,6 +31,8 @@ PLAN_MAX_BYTES = 16 << 20
 INPUTS_MAX_BYTES = 256 << 20
 #: a --data-loader-script's source
 SCRIPT_MAX_BYTES = 16 << 20
+#: a pattern.yaml of --patterns DIR (the shipped ones are at most 4 KB)
+PATTERN_MAX_BYTES = 1 << 20
 
 
 class Unreadable(SurgeonError):
