@@ -12,7 +12,8 @@ Every input is built from our fixtures by one seeded mutation of one of these ki
              unterminated strings of escapes, lone surrogates, database sections of wrong types)
     outputs  --out / --repo / --name / --plan-out values that cannot name an output
     plans    a --plan file: edited fields (names, key dtypes, mappings where names belong), YAML
-             alias bombs, deep nesting, long integers, other encodings, bytes mutated, special files
+             alias bombs, deep nesting, long integers, other encodings, bytes mutated, special files;
+             the same YAML as a pattern file of --patterns DIR
     samples  verify's own traffic: --inputs JSON (nested, long numbers, wrong shapes and dtypes,
              bytes mutated) and --data-loader-script scripts (syntax errors, sys.exit, Ctrl-C,
              exceptions, endless generators, wrong return types)
@@ -804,6 +805,11 @@ def _plans_input(rng: random.Random, root: Path, case: Path, item: Input) -> Non
         item.recipe.append(f"plan file: {choice}")
     extra = ["--dry-run"] if rng.random() < 0.5 else []
     item.runs.append((["rewrite", FIXTURES / SOURCE, "--out", case / "out", "--plan", plan, *extra], (case / "out",)))
+    if op in ("yaml", "bytes") and rng.random() < 0.5:  # the same YAML as a pattern file of --patterns DIR
+        pattern = case / "patterns/user.pattern/pattern.yaml"
+        pattern.parent.mkdir(parents=True)
+        shutil.copy(plan, pattern)
+        item.runs.append((["scan", FIXTURES / SOURCE, "--patterns", case / "patterns"], ()))
 
 
 # --- verify's own samples ----------------------------------------------------------------------------
