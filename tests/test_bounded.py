@@ -252,6 +252,18 @@ def test_generated_feed_past_its_byte_limit(cli, tmp_path, key_shape, shape):
            "--batch-sizes or --max-keys-per-sample, or pass your own samples with --inputs or --data-loader-script")
 
 
+def test_keys_per_sample_past_what_hugectr_reads(cli, tmp_path):
+    """A static keys dim of 2^31 went into maxnum_catfeature_query_per_table_per_sample, and the staged config's
+    validation then called it a bug of the rewrite."""
+    model = lookup_model(tmp_path / "m.onnx", key_shape=("B", 2**31))
+    result = cli("rewrite", model, "--out", tmp_path / "out")
+    assert (result.code, result.error_line) == (
+        2, f"hps-surgeon: error: {model}: keys 'keys' of node 'lookup' hold 2147483648 keys per sample; HugeCTR reads "
+           "maxnum_catfeature_query_per_table_per_sample as an int (at most 2147483647) — re-export the model with "
+           "fewer keys per sample")
+    assert not (tmp_path / "out").exists()
+
+
 def test_generated_feeds_past_their_total_limit(cli, rw):
     result = cli("verify", SOURCE, rw / "model.onnx", "--config", rw / "hps_config.json", "--batch-sizes",
                  "1000000", "--iterations", "100")

@@ -381,6 +381,11 @@ def _plan_table(loaded: LoadedModel, tensors: dict[str, gs.Tensor], tensor_name:
                                f"'{users[per_sample.index(None)].anchor}' have a dynamic number of keys per "
                                f"sample; pass --max-keys-per-sample N (maxnum_catfeature_query_per_table_per_sample).")
         per_sample = [options.max_keys_per_sample if n is None else n for n in per_sample]
+    if max(per_sample) > _INT32_MAX:
+        widest = users[per_sample.index(max(per_sample))]
+        raise SurgeonError(f"{loaded.path}: keys '{widest.keys}' of node '{widest.anchor}' hold {max(per_sample)} keys "
+                           f"per sample; HugeCTR reads maxnum_catfeature_query_per_table_per_sample as an int (at "
+                           f"most {_INT32_MAX}) — re-export the model with fewer keys per sample")
     readers = [n.name for n in _readers(tensor) if n.name not in replaced]
     return TablePlan(table_id=table_id, tensor=tensor.name, name=name, rows=rows, dim=dim, source_dtype=dtype,
                      max_keys_per_sample=max(per_sample), kept_in_model=bool(readers), key_dtype=options.key_dtype,
