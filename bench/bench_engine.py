@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import hps_surgeon
-from hps_surgeon.deploy import engine, repository as deploy, triton
+from hps_surgeon.deploy import engine, rewrite_folder, triton
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fixtures"
@@ -36,9 +36,9 @@ def rewritten(fixture: Path, workdir: Path) -> Path | None:
 
 
 def profile(folder: Path) -> triton.Profile:
-    source = deploy.read_rewrite(folder)
+    source = rewrite_folder.read_rewrite(folder)
     where = str(folder / "model.onnx")
-    return triton.profile(triton.model_io(source.model, where)[0], deploy.batch_range(deploy.DeployOptions(), source),
+    return triton.profile(triton.model_io(source.model, where)[0], rewrite_folder.batch_range(source),
                           where)
 
 

@@ -4,7 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from support import CliRun, lookup_model, run_in_process
+import hps_surgeon
+
+from support import FIXTURES, CliRun, copy_rewrite, lookup_model, run_in_process
 
 
 @pytest.fixture
@@ -21,3 +23,17 @@ def cli(capfd, monkeypatch):
         return run_in_process(capfd, argv)
 
     return run
+
+
+@pytest.fixture(scope="module")
+def rewrite_folder(tmp_path_factory) -> Path:
+    """The rewrite of torch/embedding_int64_legacy.onnx (keys [batch, 26], one table of 1000 x 16), model 'demo'."""
+    out = tmp_path_factory.mktemp("rewrite") / "rw"
+    hps_surgeon.rewrite(FIXTURES / "torch/embedding_int64_legacy.onnx", out, model_name="demo")
+    return out
+
+
+@pytest.fixture
+def rw(rewrite_folder, tmp_path) -> Path:
+    """A copy of `rewrite_folder` to change, its config pointing at its own tables."""
+    return copy_rewrite(rewrite_folder, tmp_path / "rw")

@@ -104,7 +104,8 @@ def lookup_model(path: Path, rows: int = 100, dim: int = 8, key_dtype=TensorProt
     graph = helper.make_graph(
         [helper.make_node("Gather", ["table", "keys"], ["out"], name="lookup", **attrs)], "g",
         [helper.make_tensor_value_info("keys", key_dtype, list(key_shape))],
-        [helper.make_tensor_value_info("out", out_type, None)], [table])
+        # a shape of unknown dims: onnx.checker requires one on every graph output
+        [helper.make_tensor_value_info("out", out_type, [None] * (len(key_shape) + 1))], [table])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     path.parent.mkdir(parents=True, exist_ok=True)
     if external:

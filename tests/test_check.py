@@ -19,10 +19,8 @@ from support import FIXTURES, ROOT
 
 
 @pytest.fixture(scope="module")
-def rewritten(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("rw") / "out"
-    hps_surgeon.rewrite(FIXTURES / "torch/embedding_int64_legacy.onnx", out, model_name="demo")
-    return out
+def rewritten(rewrite_folder) -> Path:
+    return rewrite_folder  # conftest's: the rewrite of torch/embedding_int64_legacy.onnx, model 'demo'
 
 
 @pytest.fixture

@@ -197,8 +197,8 @@ def _model_with_computed_table(path: Path) -> Path:
          helper.make_node("Gather", ["scaled", "keys"], ["computed"], name="computed_lookup"),
          helper.make_node("Gather", ["table", "keys"], ["plain"], name="plain_lookup")], "g",
         [helper.make_tensor_value_info("keys", TensorProto.INT64, ["B", 3])],
-        [helper.make_tensor_value_info("computed", TensorProto.FLOAT, None),
-         helper.make_tensor_value_info("plain", TensorProto.FLOAT, None)], [table, scale])
+        [helper.make_tensor_value_info("computed", TensorProto.FLOAT, ["B", 3, None]),
+         helper.make_tensor_value_info("plain", TensorProto.FLOAT, ["B", 3, None])], [table, scale])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
 
@@ -253,8 +253,8 @@ def test_dry_run_plans_and_writes_nothing(one_lookup, tmp_path):
 def test_out_dir_holding_the_source_is_refused_even_with_force(one_lookup):
     proc = run_cli("rewrite", one_lookup, "--out", one_lookup.parent, "--force")
     assert proc.returncode == 2
-    assert error_line(proc) == (f"hps-surgeon: error: {one_lookup.parent}: holds the source model {one_lookup}; "
-                                "choose another --out (--force would delete the source)")
+    assert error_line(proc) == (f"hps-surgeon: error: --out {one_lookup.parent}: holds the input {one_lookup}; "
+                                "writing there would replace or mix into what is read — choose another --out")
     assert one_lookup.exists()
 
 
@@ -288,7 +288,7 @@ def test_failure_after_staging_leaves_nothing(one_lookup, tmp_path, monkeypatch)
     import hps_surgeon.api as api
     from hps_surgeon.errors import SurgeonError
 
-    def broken_check(model_path, config_path, domain):
+    def broken_check(model_path, config_path, domain, source):
         raise SurgeonError("checker exploded")
 
     monkeypatch.setattr(export, "check_written", broken_check)

@@ -27,7 +27,7 @@ import onnx
 import pytest
 
 import hps_surgeon
-from hps_surgeon.deploy import engine, repository as deploy, triton
+from hps_surgeon.deploy import engine, rewrite_folder, triton
 from hps_surgeon.hps.native import library_path
 
 from support import FIXTURES
@@ -92,8 +92,8 @@ def build_rewritten(fixture: str, tmp_path: Path) -> tuple[engine.EngineBuild, P
     lib = plugin_with_glue()
     out = tmp_path / "rw"
     assert hps_surgeon.rewrite(FIXTURES / fixture, out, quiet=True).written
-    source = deploy.read_rewrite(out)
-    prof = profile_of(source.model, str(out), deploy.batch_range(deploy.DeployOptions(), source))
+    source = rewrite_folder.read_rewrite(out)
+    prof = profile_of(source.model, str(out), rewrite_folder.batch_range(source))
     options = engine.EngineOptions(compute_capabilities=("8.6",), plugin_lib=lib)
     return engine.build_serialized(out / "model.onnx", prof, options), out
 

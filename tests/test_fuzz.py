@@ -1,14 +1,27 @@
 """Fuzz: mutated and hostile inputs through every command, each held to one contract.
 
-Every input is built from our fixtures by one seeded mutation of one of four kinds:
+Every input is built from our fixtures by one seeded mutation of one of these kinds:
 
     bytes    a model file with bytes flipped, cut, inserted, repeated or zeroed
     proto    one thing changed through the onnx API: a table's dims, data or dtype, external-data
              entries, names (invalid UTF-8, shared, long), graph edges (cycles, double producers,
              dangling inputs), input types, opsets, the HPS_TRT node's attributes
     paths    a rewrite folder whose config, table files or external data lead outside it (../,
-             absolute paths, symlinks), are FIFOs or folders, or whose config is malformed
-    outputs  --out / --repo / --name values that cannot name an output folder
+             absolute paths, symlinks), are FIFOs or folders, or whose config is malformed or
+             oversized (megabyte strings and lists, thousands of models, 5000-digit numbers,
+             unterminated strings of escapes, lone surrogates, database sections of wrong types)
+    outputs  --out / --repo / --name / --plan-out values that cannot name an output
+    plans    a --plan file: edited fields (names, key dtypes, mappings where names belong), YAML
+             alias bombs, deep nesting, long integers, other encodings, bytes mutated, special files;
+             the same YAML as a pattern file of --patterns DIR
+    samples  verify's own traffic: --inputs JSON (nested, long numbers, wrong shapes and dtypes,
+             bytes mutated) and --data-loader-script scripts (syntax errors, sys.exit, Ctrl-C,
+             exceptions, endless generators, wrong return types)
+    options  numbers no command can honour: batch sizes, iterations, keys per sample, cache ratios
+             (0, negative, 2^40, 2^64, NaN, infinity)
+    targets  publish's targets: --persistent-db folders that are no place for a database (the root,
+             the inputs and their folders, a non-empty folder, special files), --volatile-db URLs,
+             --num-partitions, and --update into the database a config's persistent_db.path names
 
 and run through the commands that read it (`_model_runs`, `_folder_runs`; build-engine only where
 a builder and a plugin with its TensorRT glue are installed). For every input and command:
@@ -17,15 +30,18 @@ a builder and a plugin with its TensorRT glue are installed). For every input an
   command runs longer than COMMAND_TIMEOUT_S (a FIFO opened for reading would block forever);
 - the exit code is one the command documents (EXIT_CODES);
 - exit 2 prints exactly one line, `hps-surgeon: error: ...`, naming a file of the input or the
-  option at fault; check prints only `path:where: message` lines about the input; verify's exit 1
-  is one `verify FAILED` line;
+  option at fault; exit 130 (a script's Ctrl-C) one `interrupted` line; check prints only
+  `path:where: message` lines about the input; verify's exit 1 is one `verify FAILED` line;
 - nothing outside the requested outputs (--out, --repo, the database and config publish writes) is
   created, changed or removed;
 - no output (files written, stdout, stderr) holds bytes of SECRET, a file planted outside every
   input's folder at which the hostile paths point: neither a run of its bytes nor a number made
   of 8 of them (the review saw `stored keys reach 8460079263663478611`).
 
-HPS_SURGEON_FUZZ_INPUTS inputs per run (default 300), from seed HPS_SURGEON_FUZZ_SEED (default 11);
+The contract holds with and without the native libraries (publish checks every input before it
+loads its library; without it, a valid input ends in one line naming the config): CI runs both.
+
+HPS_SURGEON_FUZZ_INPUTS inputs per run (default 500), from seed HPS_SURGEON_FUZZ_SEED (default 11);
 HPS_SURGEON_FUZZ_LOG=FILE appends every run (recipe, command, exit code, output) to FILE as JSON lines.
 Input N is the same for a given seed whatever the count: a failure names N and its recipe; rerun
 it alone with `pytest tests/test_fuzz.py -k "input[N]"`. A new command joins by adding its exit
@@ -49,19 +65,23 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import yaml
 from onnx import TensorProto, helper, numpy_helper
 
 import hps_surgeon
 
 from support import FIXTURES, copy_rewrite, run_in_process, tree
 
-INPUTS = int(os.environ.get("HPS_SURGEON_FUZZ_INPUTS", "300"))
+INPUTS = int(os.environ.get("HPS_SURGEON_FUZZ_INPUTS", "500"))
 SEED = int(os.environ.get("HPS_SURGEON_FUZZ_SEED", "11"))
 COMMAND_TIMEOUT_S = 60
 
 #: exit codes each command documents (README, `hps-surgeon -h`)
-EXIT_CODES = {"scan": {0, 2}, "rewrite": {0, 2}, "check": {0, 1}, "verify": {0, 1, 2, 3}, "deploy": {0, 2},
-              "publish": {0, 2}, "build-engine": {0, 1, 2}}
+EXIT_CODES = {"scan": {0, 2}, "rewrite": {0, 2}, "check": {0, 1}, "verify": {0, 1, 2, 3, 130}, "deploy": {0, 2},
+              "publish": {0, 2, 130}, "build-engine": {0, 1, 2}}
+#: what an exit-2 line may name besides the input's files: the option at fault, or the database it names
+_OPTIONS = ("--out ", "--repo ", "--name ", "--plan ", "--plan-out ", "--inputs ", "--data-loader-script ",
+            "--persistent-db ", "--volatile-db ", "--num-partitions ", "--update ", "redis_cluster ", "rocks_db ")
 #: small models from every exporter: tables, bags, loops, tf2onnx sparse lookups, HugeCTR
 MODELS = ["torch/embedding_int64_legacy.onnx", "torch/embedding_bag_sum_offsets_legacy.onnx",
           "torch/embedding_bag_mean_2d_legacy.onnx", "tf/keras_embedding_reduce_sum.onnx",
@@ -106,6 +126,11 @@ def root(tmp_path_factory) -> Path:
     model.graph.output.append(helper.make_tensor_value_info("big_out", TensorProto.FLOAT, [32, 32]))
     onnx.save_model(model, str(with_data / "model.onnx"), save_as_external_data=True, location="model.onnx.data",
                     size_threshold=1024)
+    hps_surgeon.rewrite(FIXTURES / SOURCE, corpus / "plan_out", dry_run=True, plan_out=corpus / "plan.yaml")
+    from polygraphy.json import save_json
+
+    keys = np.random.default_rng(0).integers(0, 1000, size=(64, 26)).astype(np.int64)
+    save_json([{"keys": keys}], str(corpus / "inputs.json"))
     outside = root / "outside"
     (outside / "table").mkdir(parents=True)
     (outside / "SECRET").write_bytes(SECRET)
@@ -121,8 +146,10 @@ def build(index: int, root: Path) -> Input:
     case = root / f"input{index}"
     case.mkdir()
     item = Input(index)
-    kind = rng.choices(["bytes", "proto", "paths", "outputs"], weights=[25, 35, 30, 10])[0]
-    {"bytes": _bytes_input, "proto": _proto_input, "paths": _paths_input, "outputs": _outputs_input}[kind](
+    kind = rng.choices(["bytes", "proto", "paths", "outputs", "plans", "samples", "targets", "options"],
+                       weights=[20, 27, 25, 8, 7, 5, 5, 3])[0]
+    {"bytes": _bytes_input, "proto": _proto_input, "paths": _paths_input, "outputs": _outputs_input,
+     "plans": _plans_input, "samples": _samples_input, "targets": _targets_input, "options": _options_input}[kind](
         rng, root, case, item)
     return item
 
@@ -492,7 +519,7 @@ def _paths_input(rng: random.Random, root: Path, case: Path, item: Input) -> Non
     rw = case / "rw"
     copy_rewrite(base, rw)
     op = rng.choice(["sparse_files", "sparse_files", "table file", "table file", "config field", "config bytes",
-                     "model file"] + (["external"] * 4 if base.name == "rw_data" else []))
+                     "config size", "model file"] + (["external"] * 4 if base.name == "rw_data" else []))
     item.recipe.append(f"paths {op} on {base.name}")
     item.recipe.append(globals()[f"_paths_{op.replace(' ', '_')}"](rng, root, rw))
     _folder_runs(item, rw, case, FIXTURES / SOURCE)
@@ -606,6 +633,42 @@ def _paths_config_bytes(rng, root, rw):
     return f"config: {choice}"
 
 
+def _paths_config_size(rng, root, rw):
+    """Configs that cost unbounded work to read, or hold what no path or output can carry."""
+    choice = rng.choice(["unterminated escapes", "5000-digit number", "3 MB name", "lone surrogate name",
+                         "lone surrogate sparse_files", "2000 models", "2^20 devices", "5 MB", "num_threads many",
+                         "num_threads 10^9", "ANSI and newline name", "volatile_db address list"])
+    config = rw / "hps_config.json"
+    if choice == "unterminated escapes":
+        config.write_text('{"models": "' + '\\"' * 50_000)
+    elif choice == "5000-digit number":
+        config.write_text(config.read_text().replace('"max_batch_size": 1024', '"max_batch_size": ' + "9" * 5000))
+    elif choice == "5 MB":
+        _edit_config(rw, lambda c: c.update(padding="x" * (5 << 20)))
+    else:
+        def change(c):
+            entry = c["models"][0]
+            if choice == "3 MB name":
+                entry["model"] = "n" * (3 << 20)
+            elif choice == "lone surrogate name":
+                entry["model"] = "de\ud800mo"
+            elif choice == "lone surrogate sparse_files":
+                entry["sparse_files"] = ["tables/emb\udfff"]
+            elif choice == "2000 models":
+                c["models"] = [dict(entry, model=f"m{i}") for i in range(2000)]
+            elif choice == "2^20 devices":
+                entry["deployed_device_list"] = [0] * (1 << 20)
+            elif choice.startswith("num_threads"):
+                c["persistent_db"] = {"type": "rocks_db", "path": "db",
+                                      "num_threads": "many" if choice.endswith("many") else 10**9}
+            elif choice == "ANSI and newline name":
+                entry["model"] = "\x1b[2J\nhps-surgeon: ok"
+            else:
+                c["volatile_db"] = {"type": "redis_cluster", "address": "[::1" + ",h:1" * 1000}
+        _edit_config(rw, change)
+    return f"config: {choice}"
+
+
 def _paths_model_file(rng, root, rw):
     model = rw / "model.onnx"
     choice = rng.choice(["no HPS_TRT node", "garbage", "empty", "symlink to SECRET", "folder", "FIFO"])
@@ -644,14 +707,25 @@ def _outputs_input(rng: random.Random, root: Path, case: Path, item: Input) -> N
     os.symlink(case / "loop", case / "loop")
     values = {"''": "", ".": ".", "dangling symlink": case / "dangling", "symlink loop": case / "loop",
               "300-byte name": case / ("x" * 300), "a file": case / "file", "through a file": case / "file/sub",
-              "non-empty": case / "full", "root": "/", "the input's folder": case / "rw"}
+              "non-empty": case / "full", "root": "/", "the input's folder": case / "rw",
+              "a name that is not UTF-8": Path(os.fsdecode(bytes(case) + b"/\xffout"))}
     label = rng.choice(list(values))
     copy_rewrite(root / "corpus/rw", case / "rw")
     model = case / "rw/model.onnx"
     item.recipe.append(f"output folder: {label}")
     target = values[label]
     requested = () if target in ("", "/") else (Path(os.path.abspath(case / target)),)
-    if rng.random() < 0.5:
+    draw = rng.random()
+    if draw < 0.2:  # the plan written where nobody asked: over the source, a folder, a special file
+        source = case / "src.onnx"
+        shutil.copy(FIXTURES / SOURCE, source)
+        os.mkfifo(case / "fifo")
+        plan_out = rng.choice([source, case / "fifo", case, case / "full", "", "/dev/null", case / "out/plan.yaml"])
+        item.recipe.append(f"--plan-out {plan_out}")
+        named = () if plan_out in ("", "/dev/null") or Path(plan_out).is_dir() else (Path(plan_out),)
+        item.runs.append((["rewrite", source, "--out", case / "out", "--plan-out", plan_out,
+                           *(["--dry-run"] if rng.random() < 0.7 else [])], (*named, case / "out")))
+    elif draw < 0.6:
         item.runs.append((["rewrite", FIXTURES / SOURCE, "--out", target, *(["--force"] if rng.random() < 0.3 else [])],
                           requested))
     else:
@@ -661,6 +735,215 @@ def _outputs_input(rng: random.Random, root: Path, case: Path, item: Input) -> N
         item.runs.append((["deploy", case / "rw", "--repo", target, *extra,
                            *(["--force"] if rng.random() < 0.3 else [])], requested))
     item.runs.append((["check", model], ()))
+
+
+# --- plan files --------------------------------------------------------------------------------------
+
+_PLAN_FIELDS = ["name", "key_dtype", "rows", "dim", "tensor", "table_id", "source_dtype", "max_keys_per_sample"]
+_PLAN_VALUES = ["", "a b", "x" * 200, "emb_weight", "int16", {"a": 1}, [1, 2], None, -1, 2**70, 1.5, True, "\u00e9",
+                "\x1b[2J", "line\nbreak"]
+
+
+def _plans_input(rng: random.Random, root: Path, case: Path, item: Input) -> None:
+    """A --plan file for the model it was written for: edited, broken, or no file at all."""
+    plan = case / "plan.yaml"
+    shutil.copy(root / "corpus/plan.yaml", plan)
+    op = rng.choice(["field", "field", "field", "drop", "duplicate", "yaml", "yaml", "bytes", "file"])
+    text = plan.read_text()
+    if op in ("field", "drop", "duplicate"):
+        data = yaml.safe_load(text)
+        tables = data["tables"]
+        if op == "field":
+            field, value = rng.choice(_PLAN_FIELDS), rng.choice(_PLAN_VALUES)
+            tables[0][field] = value
+            item.recipe.append(f"plan: tables[0].{field} = {value!r}"[:200])
+        elif op == "drop":
+            key = rng.choice(["tables", "hps_trt_nodes", "options", "notes", "not_rewritten"])
+            data.pop(key)
+            item.recipe.append(f"plan: no {key}")
+        else:
+            tables.append(dict(tables[0]))
+            item.recipe.append("plan: a table listed twice")
+        plan.write_text(yaml.safe_dump(data, allow_unicode=True))
+    elif op == "yaml":
+        choice = rng.choice(["alias bomb", "1000 deep", "5000 digits", "a list", "empty", "tabs", "surrogate",
+                             "custom tag"])
+        plan.write_text({
+            "alias bomb": "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+                f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi")),
+            "1000 deep": "[" * 1000 + "]" * 1000, "5000 digits": text.replace("rows: 1000", "rows: " + "9" * 5000),
+            "a list": "[1, 2, 3]", "empty": "", "tabs": "\t" + text, "surrogate": 'name: "\\ud800"',
+            "custom tag": "!!python/object/apply:os.system ['echo owned > owned']\n"}[choice])
+        item.recipe.append(f"plan: {choice}")
+    elif op == "bytes":
+        data = bytearray(text.encode())
+        choice = rng.choice(["flip", "cut", "utf-16", "latin-1", "nul"])
+        if choice == "flip":
+            for _ in range(rng.choice([1, 8, 64])):
+                data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+        elif choice == "cut":
+            data = data[:rng.randrange(len(data))]
+        elif choice == "utf-16":
+            data = bytearray(text.encode("utf-16"))
+        elif choice == "latin-1":
+            data = bytearray(("\u00e9" + text).encode("latin-1"))
+        else:
+            data[rng.randrange(len(data)):0] = b"\0"
+        plan.write_bytes(bytes(data))
+        item.recipe.append(f"plan bytes: {choice}")
+    else:
+        choice = rng.choice(["FIFO", "folder", "/dev/zero", "missing", "symlink to SECRET"])
+        plan.unlink()
+        if choice == "FIFO":
+            os.mkfifo(plan)
+        elif choice == "folder":
+            plan.mkdir()
+        elif choice == "/dev/zero":
+            plan = Path("/dev/zero")
+        elif choice == "symlink to SECRET":
+            os.symlink(root / "outside/SECRET", plan)
+        item.recipe.append(f"plan file: {choice}")
+    extra = ["--dry-run"] if rng.random() < 0.5 else []
+    item.runs.append((["rewrite", FIXTURES / SOURCE, "--out", case / "out", "--plan", plan, *extra], (case / "out",)))
+    if op in ("yaml", "bytes") and rng.random() < 0.5:  # the same YAML as a pattern file of --patterns DIR
+        pattern = case / "patterns/user.pattern/pattern.yaml"
+        pattern.parent.mkdir(parents=True)
+        shutil.copy(plan, pattern)
+        item.runs.append((["scan", FIXTURES / SOURCE, "--patterns", case / "patterns"], ()))
+
+
+# --- verify's own samples ----------------------------------------------------------------------------
+
+_SCRIPTS = {
+    "syntax error": "def load_data(:\n    pass\n",
+    "sys.exit(0) while loading": "import sys\nsys.exit(0)\n",
+    "sys.exit(3) in load_data": "def load_data():\n    import sys\n    sys.exit(3)\n",
+    "Ctrl-C": "def load_data():\n    raise KeyboardInterrupt\n",
+    "raises": "def load_data():\n    raise RuntimeError('no traffic')\n",
+    "endless": "import numpy as np\ndef load_data():\n    while True:\n        yield {'keys': np.zeros((1, 26), np.int64)}\n",
+    "strings": "def load_data():\n    return ['a', 'b']\n",
+    "None": "def load_data():\n    return None\n",
+    "no load_data": "x = 1\n",
+    "ragged": "def load_data():\n    return [{'keys': [[1, 2], [3]]}]\n",
+    "wrong dtype": "import numpy as np\ndef load_data():\n    return [{'keys': np.zeros((2, 26), np.float32)}]\n",
+    "huge": "import numpy as np\ndef load_data():\n    while True:\n        yield {'keys': np.zeros((1 << 24, 26), np.int64)}\n",
+    "valid": "import numpy as np\ndef load_data():\n    rng = np.random.default_rng(0)\n    return [{'keys': "
+             "rng.integers(0, 1000, size=(64, 26)).astype(np.int64)}]\n",
+}
+
+
+def _samples_input(rng: random.Random, root: Path, case: Path, item: Input) -> None:
+    """--inputs files and --data-loader-script scripts for a valid rewrite folder."""
+    rw = case / "rw"
+    copy_rewrite(root / "corpus/rw", rw)
+    verify = ["verify", FIXTURES / SOURCE, rw / "model.onnx", "--config", rw / "hps_config.json", "--iterations", "1"]
+    if rng.random() < 0.4:
+        name = rng.choice(list(_SCRIPTS))
+        # a module name a script could shadow (Polygraphy imports scripts by their file's stem)
+        script = case / rng.choice(["traffic.py", "json.py", "numpy.py", "os.py"])
+        script.write_text(_SCRIPTS[name])
+        item.recipe.append(f"--data-loader-script {script.name}: {name}")
+        item.runs.append(([*verify, "--data-loader-script", script], ()))
+        return
+    inputs = case / "inputs.json"
+    shutil.copy(root / "corpus/inputs.json", inputs)
+    choice = rng.choice(["100000 deep", "5000 digits", "not JSON", "ints", "mapping", "empty list", "flip", "cut",
+                         "FIFO", "folder", "surrogate name", "wrong shape", "wrong dtype", "extra input"])
+    text = inputs.read_text()
+    if choice in ("FIFO", "folder"):
+        inputs.unlink()
+        os.mkfifo(inputs) if choice == "FIFO" else inputs.mkdir()
+    elif choice in ("flip", "cut"):
+        data = bytearray(text.encode())
+        if choice == "flip":
+            for _ in range(rng.choice([1, 8, 64])):
+                data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+        else:
+            data = data[:rng.randrange(len(data))]
+        inputs.write_bytes(bytes(data))
+    elif choice in ("wrong shape", "wrong dtype", "extra input"):
+        from polygraphy.json import save_json
+
+        keys = {"wrong shape": np.zeros((2, 25), np.int64), "wrong dtype": np.zeros((2, 26), np.float64),
+                "extra input": np.zeros((2, 26), np.int64)}[choice]
+        feed = {"keys": keys, **({"extra": keys} if choice == "extra input" else {})}
+        save_json([feed], str(inputs))
+    else:
+        inputs.write_text({"100000 deep": "[" * 100_000 + "]" * 100_000, "5000 digits": "[" + "9" * 5000 + "]",
+                           "not JSON": "{keys: 1", "ints": "[1, 2, 3]", "mapping": '{"keys": 1}',
+                           "empty list": "[]", "surrogate name": '[{"\\ud800": 1}]'}[choice])
+    item.recipe.append(f"--inputs: {choice}")
+    item.runs.append(([*verify, "--inputs", inputs], ()))
+
+
+# --- publish targets -----------------------------------------------------------------------------
+
+_REDIS_URLS = ["redis://", "redis://[::1", "redis://[::1]:x", "redis://host:0", "redis://host:99999999999999",
+               "redis://h:1,,", "redis://h:\u0661", "rediss://h:1", "http://h:1", "redis://user@:1", "redis://\x1b[2J:1"]
+
+
+def _targets_input(rng: random.Random, root: Path, case: Path, item: Input) -> None:
+    """Where publish would write: --persistent-db folders, --volatile-db URLs, a config's persistent_db.path."""
+    rw = case / "rw"
+    copy_rewrite(root / "corpus/rw", rw)
+    (case / "photos").mkdir()
+    (case / "photos/keep.txt").write_text("keep")
+    (case / "file").write_text("a file")
+    os.mkfifo(case / "fifo")
+    os.symlink(case / "loop", case / "loop")
+    config = rw / "hps_config.json"
+    op = rng.choice(["persistent", "persistent", "volatile", "partitions", "update"])
+    if op == "persistent":
+        target = rng.choice(["/", "", ".", rw, rw / "tables", rw / "tables/emb_weight", case, case / "photos",
+                             case / "file", case / "fifo", case / "loop", case / "db", rw / "db", "/dev/null"])
+        item.recipe.append(f"--persistent-db {target!s}")
+        named = () if target in ("/", "", ".", "/dev/null") else (Path(target),)
+        item.runs.append((["publish", rw, "--persistent-db", target, "--quiet"], (*named, config)))
+    elif op == "volatile":
+        url = rng.choice(_REDIS_URLS)
+        item.recipe.append(f"--volatile-db {url!r}")
+        item.runs.append((["publish", rw, "--volatile-db", url, "--quiet"], (config,)))
+    elif op == "partitions":
+        count = rng.choice(["0", "-1", str(10**9), str(2**64)])
+        item.recipe.append(f"--num-partitions {count}")
+        item.runs.append((["publish", rw, "--persistent-db", case / "db", "--num-partitions", count, "--quiet"],
+                          (case / "db", config)))
+    else:
+        where = rng.choice(["../photos", str(case / "photos"), "tables", ".", "/", "db", "../../outside", "", 5,
+                            str(case / "fifo")])
+        _edit_config(rw, lambda c: c.update(persistent_db={"type": "rocks_db", "path": where}))
+        changed = case / "delta/emb_weight"
+        changed.mkdir(parents=True)
+        for name in ("key", "emb_vector"):
+            shutil.copy(rw / "tables/emb_weight" / name, changed / name)
+        item.recipe.append(f"--update into persistent_db.path {where!r}")
+        item.runs.append((["publish", rw, "--update", changed, "--quiet"], (rw / "db",)))
+
+
+# --- numeric options ---------------------------------------------------------------------------
+
+_NUMBERS = ["0", "-1", str(2**31), str(2**40), str(2**64), "nan", "inf", "-inf", "1e308"]
+
+
+def _options_input(rng: random.Random, root: Path, case: Path, item: Input) -> None:
+    """Numbers past what a command can honour: refused in one line, or honoured within bounded work."""
+    rw = case / "rw"
+    copy_rewrite(root / "corpus/rw", rw)
+    value = rng.choice(_NUMBERS)
+    integer = value.lstrip("-").isdigit()
+    rewrite = ["rewrite", FIXTURES / SOURCE, "--out", case / "out"]
+    verify = ["verify", FIXTURES / SOURCE, rw / "model.onnx", "--config", rw / "hps_config.json"]
+    choices = [(rewrite, "--gpucache-ratio", (case / "out",))]
+    if integer:
+        choices += [(rewrite, option, (case / "out",))
+                    for option in ("--max-batch-size", "--max-keys-per-sample", "--min-table-rows")]
+        choices += [(verify, option, ()) for option in ("--iterations", "--max-keys-per-sample", "--min-distinct-keys")]
+        if not value.startswith(("-", "0")):  # argparse's own type check refuses the others, with its usage
+            choices.append((verify, "--batch-sizes", ()))
+        choices.append((["deploy", rw, "--repo", case / "repo"], "--max-batch", (case / "repo",)))
+    argv, option, requested = rng.choice(choices)
+    item.recipe.append(f"option {option}={value} of {argv[0]}")
+    item.runs.append(([*argv, f"{option}={value}"], requested))  # `=`: argparse would take -1 for an option
 
 
 # --- the contract --------------------------------------------------------------------------------
@@ -695,10 +978,14 @@ def check_contract(argv: list[str], requested: tuple[Path, ...], result, before:
         broken.append(f"exit {result.code}, documented: {sorted(EXIT_CODES[command])}")
     err = result.err.strip().splitlines()
     names_input = lambda line: any(  # noqa: E731
-        subject in line for subject in (str(root), str(FIXTURES), "--out ", "--repo ", "--name "))
+        subject in line for subject in (str(root), str(FIXTURES), *_OPTIONS)) or re.search(
+        r"(: |[ (])(--[a-z][a-z-]* |input ')", line)
     if result.code == 2:
         if len(err) != 1 or not err[0].startswith("hps-surgeon: error: ") or not names_input(err[0]):
             broken.append(f"exit 2 needs one line `hps-surgeon: error: ...` naming the input; stderr: {result.err!r}")
+    elif result.code == 130:
+        if len(err) != 1 or not re.match(r"hps-surgeon: error: \w+ interrupted", err[0]):
+            broken.append(f"exit 130 needs one `interrupted` line; stderr: {result.err!r}")
     elif command == "check":
         lines = result.out.strip().splitlines()
         if result.err or not all(line.startswith(str(root)) and ": " in line for line in lines):

@@ -27,6 +27,7 @@ def build(path: Path, inputs: list, nodes: list, initializers: list, output: str
     graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info(output, TensorProto.FLOAT, None)],
                               initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets])
+    model = onnx.shape_inference.infer_shapes(model)  # onnx.checker requires a shape on every graph output
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path

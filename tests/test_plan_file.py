@@ -182,7 +182,7 @@ def test_rewrite_refuses_glue_the_pattern_did_not_declare(tmp_path):
     table = numpy_helper.from_array(np.ones((10, 4), np.float32), "table")
     graph = helper.make_graph([helper.make_node("Gather", ["table", "keys"], ["out"], name="lookup")], "g",
                               [helper.make_tensor_value_info("keys", TensorProto.INT64, ["B", 2])],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], [table])
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["B", 2, 4])], [table])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     with pytest.raises(SurgeonError) as info:
         hps_surgeon.rewrite(model, tmp_path / "out", patterns=tmp_path / "patterns")

@@ -12,7 +12,7 @@ from typing import Any
 
 import onnx
 
-from . import export, staging
+from . import export, outputs, staging
 from .attach import SparseModelInput, is_embedding_input, parse_sparse_model, plan_attached, with_own_keys
 from .errors import SurgeonError
 from .graph import all_tensors, dtype_name
@@ -116,10 +116,14 @@ def rewrite(model: ModelLike, out_dir: str | os.PathLike, *, model_name: str | N
     report.json would hold.
     Raises SurgeonError with a one-line message on bad input.
     """
-    out_dir = staging.output_folder(out_dir)
+    out_dir = outputs.output_folder(out_dir)
     with _no_gc_pauses():
         loaded = _load(model)
-        staging.check_spares(out_dir, loaded.path)
+        folders = [parse_sparse_model(s) if isinstance(s, str) else s for s in hugectr_sparse_models]
+        inputs = _inputs(loaded, folders)
+        outputs.output_folder(out_dir, "--out", [*inputs, *([Path(plan_file)] if plan_file is not None else [])])
+        if plan_out is not None:  # may be the --plan file: a plan edited in place
+            plan_out = _plan_output(plan_out, inputs, None if dry_run else out_dir)
         options = Options(
             model_name=model_name or default_model_name(loaded.path), key_dtype=key_dtype,
             max_batch_size=max_batch_size, max_keys_per_sample=max_keys_per_sample, gpucache_ratio=gpucache_ratio,
@@ -127,12 +131,13 @@ def rewrite(model: ModelLike, out_dir: str | os.PathLike, *, model_name: str | N
             relative_paths=relative_paths, rewrite_fixed_keys=rewrite_fixed_keys,
             ps_config_file=ps_config_file or os.path.abspath(out_dir / CONFIG_NAME)).check()
         edits = read_plan_file(Path(plan_file)) if plan_file is not None else None
-        folders = [parse_sparse_model(s) if isinstance(s, str) else s for s in hugectr_sparse_models]
         attached = tuple(plan_attached(loaded, s, options) for s in folders if is_embedding_input(loaded, s))
         plan = plan_rewrites(loaded, _match(loaded, load_patterns(patterns), options), options, attached)
         plan = with_own_keys(loaded, plan, [s for s in folders if not is_embedding_input(loaded, s)])
         if edits is not None:
             plan = apply_plan_file(plan, edits, Path(plan_file))
+        if plan.lookups:  # before anything is written: a model onnx.checker refuses is the source's fault
+            export.check_source(loaded)
         if plan_out is not None:
             write_plan_file(plan, Path(plan_out))
         report = export.report(loaded.path, plan, removed_table_inputs(loaded.proto, plan))
@@ -140,6 +145,21 @@ def rewrite(model: ModelLike, out_dir: str | os.PathLike, *, model_name: str | N
             return RewriteResult(written=False, out_dir=out_dir, plan=plan, report=report)
         _write(loaded, plan, report, out_dir, force, quiet)
     return RewriteResult(written=True, out_dir=out_dir, plan=plan, report=report)
+
+
+def _inputs(loaded: LoadedModel, sparse_models: list[SparseModelInput]) -> list[Path]:
+    """What a rewrite reads, which no output may replace: the model (unless in memory), its external data,
+    the sparse-model folders."""
+    found = [loaded.path, *(s.file for s in loaded.sources.values() if s.file is not None)]
+    return [p for p in found if os.path.lexists(p)] + [Path(s.folder) for s in sparse_models]
+
+
+def _plan_output(plan_out, inputs: list[Path], out_dir: Path | None) -> Path:
+    path = outputs.output_file(plan_out, "--plan-out", inputs)
+    if out_dir is not None and Path(os.path.realpath(path)).is_relative_to(os.path.realpath(out_dir)):
+        raise SurgeonError(f"--plan-out {plan_out}: lies inside --out {out_dir}, which the rewrite replaces whole; "
+                           "write the plan elsewhere")
+    return path
 
 
 def _write(loaded: LoadedModel, plan: Plan, report: dict[str, Any], out_dir: Path, force: bool, quiet: bool) -> None:
@@ -150,7 +170,7 @@ def _write(loaded: LoadedModel, plan: Plan, report: dict[str, Any], out_dir: Pat
         # Checked with paths relative to the staging folder, then pointed at where the folder will be.
         staging.write_json(stage / CONFIG_NAME, hps_config.build(plan))
         staging.write_json(stage / REPORT_NAME, report)
-        export.check_written(model_path, stage / CONFIG_NAME, plan.options.domain)
+        export.check_written(model_path, stage / CONFIG_NAME, plan.options.domain, loaded.path)
         if not plan.options.relative_paths:
             staging.write_json(stage / CONFIG_NAME, hps_config.build(plan, Path(os.path.abspath(out_dir))))
 

@@ -27,7 +27,7 @@ import onnx_graphsurgeon as gs
 
 from .errors import SurgeonError
 from .graph import dtype_name
-from .hps.tables import KEY_FILE, VECTOR_FILE
+from .hps.tables import KEY_FILE, VECTOR_FILE, TableSizeError, table_rows
 from .load import LoadedModel
 from .plan import LookupPlan, Options, Plan, TablePlan, lookup_notes
 
@@ -161,8 +161,8 @@ def _check_folder(spec: SparseModelInput, dim: int, dim_from: str) -> int:
     if not key_file.is_file() or not vector_file.is_file():
         raise SurgeonError(f"--hugectr-sparse-model: {spec.folder} has no key and emb_vector files; pass a "
                            "HugeCTR sparse-model folder")
-    rows, extra = divmod(key_file.stat().st_size, 8)
-    if extra or vector_file.stat().st_size != rows * dim * 4:
-        raise SurgeonError(f"--hugectr-sparse-model: {vector_file} has {vector_file.stat().st_size} bytes, expected "
-                           f"{rows} keys x {dim} ({dim_from}) x 4 = {rows * dim * 4}")
-    return rows
+    try:
+        return table_rows(key_file, vector_file, dim)
+    except TableSizeError as exc:
+        raise SurgeonError(f"--hugectr-sparse-model: {exc} ({dim} is {dim_from}); pass the sparse model of this "
+                           "embedding") from None

@@ -84,15 +84,41 @@ def write_model(model: onnx.ModelProto, loaded: LoadedModel, folder: Path) -> Pa
     return path
 
 
-def check_written(model_path: Path, config_path: Path, domain: str) -> None:
-    """The written output passes onnx.checker (full_check) and our own validation, or SurgeonError."""
-    _check_onnx(model_path, domain)
+def check_written(model_path: Path, config_path: Path, domain: str, source: Path) -> None:
+    """The written output passes onnx.checker (full_check) and our own validation, or SurgeonError.
+
+    The source passed the checker (`check_source`): a failure here is ours, said against `source`.
+    """
+    _check_onnx(model_path, domain, source)
     found = errors(validate.validate(model_path, config_path))
-    if found:
-        raise SurgeonError(f"rewritten output fails validation, nothing was written: {found[0]}")
+    if found:  # named relative to the output: the staging folder is gone when this is read
+        problem = str(found[0]).replace(f"{model_path.parent}/", "")
+        raise SurgeonError(f"{source}: its rewrite fails validation ({problem}); nothing was written — this is a bug "
+                           "in hps-surgeon, please report it with the source model")
 
 
-def _check_onnx(path: Path, domain: str) -> None:
+def check_source(loaded: LoadedModel) -> None:
+    """The source model passes onnx.checker (full_check), or SurgeonError blaming it: checked before
+    anything is staged, so that a model ONNX itself refuses is never taken for a bug of the rewrite."""
+    try:
+        if loaded.path.is_file():
+            onnx.checker.check_model(str(loaded.path), full_check=True)
+        else:  # an in-memory model (the Python API): its proto, external data left out
+            onnx.checker.check_model(loaded.proto, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError) as exc:
+        raise SurgeonError(f"{loaded.path}: fails onnx.checker ({_first_line(exc)}); it is not valid ONNX, so it "
+                           "cannot be rewritten — fix or re-export the model") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    """The checker's message in one line: its first, and the next when the first ends in ':' ("of node:")."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]
+
+
+def _check_onnx(path: Path, domain: str, source: Path) -> None:
     target = path
     if domain == "":
         # The checker rejects unknown ops in the default domain; check a copy with the nodes moved.
@@ -106,8 +132,9 @@ def _check_onnx(path: Path, domain: str) -> None:
     try:
         onnx.checker.check_model(str(target), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError) as exc:
-        raise SurgeonError(f"{path}: rewritten model fails onnx.checker ({str(exc).splitlines()[0]}); "
-                           "nothing was written. Please report this with the source model.") from None
+        raise SurgeonError(f"{source}: its rewrite fails onnx.checker ({_first_line(exc)}) although the source "
+                           "passes it; nothing was written — this is a bug in hps-surgeon, please report it with the "
+                           "source model") from None
     finally:
         if target != path:
             target.unlink(missing_ok=True)

@@ -166,6 +166,7 @@ def find_matches(graph: gs.Graph, specs: list[PatternSpec], options: dict[str, A
     found: list[Match] = []
     misses: dict[str, list[NearMiss | tuple[int, NearMiss]]] = {}
     top_level = set(graph.tensors())
+    varies = _VariesWithInputs()
     for spec in specs:
         anchor_op = spec.nodes[spec.anchor].op
         # HPS_TRT lives in the main graph: a lookup inside a loop body is rewritten only by
@@ -174,7 +175,7 @@ def find_matches(graph: gs.Graph, specs: list[PatternSpec], options: dict[str, A
         for node in nodes:
             if node.op != anchor_op:
                 continue
-            outcome = _match_at(spec, node, options, explain, top_level)
+            outcome = _match_at(spec, node, options, explain, top_level, varies)
             if isinstance(outcome, Match):
                 found.append(outcome)
             elif outcome is not None:
@@ -184,8 +185,8 @@ def find_matches(graph: gs.Graph, specs: list[PatternSpec], options: dict[str, A
                        tuple(sorted(near, key=lambda n: n.node)))
 
 
-def _match_at(spec: PatternSpec, node: gs.Node, options: dict, explain: bool,
-              top_level: set[str]) -> Match | tuple[int, NearMiss] | None:
+def _match_at(spec: PatternSpec, node: gs.Node, options: dict, explain: bool, top_level: set[str],
+              varies: _VariesWithInputs) -> Match | tuple[int, NearMiss] | None:
     out_ref = spec.outputs[spec.out]
     if len(node.outputs) <= out_ref.index:
         return None
@@ -220,7 +221,7 @@ def _match_at(spec: PatternSpec, node: gs.Node, options: dict, explain: bool,
                      nodes=(*nodes, node.name), keys=binder.tensors[spec.keys].name, table=table,
                      out=binder.value_of(spec.out).name, out_shape=tuple(out_shape) if out_shape else None,
                      size=len(binder.nodes), priority=spec.priority, anchor_op=node.op, glue_ops=spec.glue_ops)
-    if best is None or not (explain or _is_candidate(spec, node)):
+    if best is None or not (explain or _is_candidate(spec, node, varies)):
         return None
     reason = f"node '{node.name}' ({node.op}): {best.reason}; not rewritten"
     return (best.progress, NearMiss(spec.id, node.name, node.op, reason))
@@ -249,7 +250,7 @@ def _refusal(spec: PatternSpec, binder: _Binder, options: dict) -> str:
     return ""
 
 
-def _is_candidate(spec: PatternSpec, node: gs.Node) -> bool:
+def _is_candidate(spec: PatternSpec, node: gs.Node, varies: _VariesWithInputs) -> bool:
     """Whether `node` looks like a lookup: its slot leading to the candidate input has that rank."""
     if spec.candidate is None:
         return False
@@ -259,17 +260,17 @@ def _is_candidate(spec: PatternSpec, node: gs.Node) -> bool:
         return False
     if varying is not None:
         key_slot = _slot_leading_to(spec, spec.nodes[spec.anchor], varying)
-        if key_slot is None or key_slot >= len(node.inputs) or not _varies_with_inputs(node.inputs[key_slot]):
+        if key_slot is None or key_slot >= len(node.inputs) or not varies(node.inputs[key_slot]):
             return False
     tensor = node.inputs[slot]
     while tensor.shape is None and tensor.inputs and tensor.inputs[0].op == "Identity":
         tensor = tensor.inputs[0].inputs[0]
     dtype = dtype_name(tensor)
     return (tensor.shape is not None and len(tensor.shape) == rank
-            and (not dtypes or dtype is None or dtype in dtypes) and _could_be_table(tensor))
+            and (not dtypes or dtype is None or dtype in dtypes) and _could_be_table(tensor, varies))
 
 
-def _could_be_table(tensor: gs.Tensor) -> bool:
+def _could_be_table(tensor: gs.Tensor, varies: _VariesWithInputs) -> bool:
     """Whether a lookup's data could be a table: fixed rows, or values that do not depend on the inputs.
 
     Gathers over rows already looked up (tf's embedding_lookup_sparse re-expands its unique rows)
@@ -277,31 +278,39 @@ def _could_be_table(tensor: gs.Tensor) -> bool:
     that could not be rewritten reads as missed lookups.
     """
     rows = tensor.shape[0] if tensor.shape else None
-    return is_constant(tensor) or not tensor.inputs or isinstance(rows, int) or not _varies_with_inputs(tensor)
+    return is_constant(tensor) or not tensor.inputs or isinstance(rows, int) or not varies(tensor)
 
 
-def _varies_with_inputs(tensor: gs.Tensor) -> bool:
-    """Whether the tensor's values depend on graph input values (not only on shapes and constants).
+class _VariesWithInputs:
+    """Whether a tensor's values depend on graph input values (not only on shapes and constants).
 
     Index arithmetic on shapes (an exporter's Shape -> Gather -> Mul -> Add) selects fixed
-    positions, it does not look keys up; such Gathers are not reported as lookups.
+    positions, it does not look keys up; such Gathers are not reported as lookups. Answers are
+    remembered for every tensor on the way, so one `find_matches` walks each tensor once: a chain
+    of 10,000 key maps costs 10,000 steps, not 10,000 walks of up to 10,000.
     """
-    seen: set[int] = set()
-    stack = [tensor]
-    while stack:
-        current = stack.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        if not current.inputs:
-            if not isinstance(current, gs.Constant):
-                return True  # a graph input
-            continue
-        producer = current.inputs[0]
-        if producer.op in ("Shape", "Size", "Constant"):
-            continue
-        stack.extend(producer.inputs)
-    return False
+
+    def __init__(self) -> None:
+        self._known: dict[int, bool] = {}
+
+    def __call__(self, tensor: gs.Tensor) -> bool:
+        known = self._known
+        stack = [(tensor, False)]
+        while stack:
+            current, expanded = stack.pop()
+            if id(current) in known:
+                continue
+            producer = current.inputs[0] if current.inputs else None
+            if producer is None:
+                known[id(current)] = not isinstance(current, gs.Constant)  # a graph input varies
+            elif producer.op in ("Shape", "Size", "Constant"):
+                known[id(current)] = False
+            elif expanded:
+                known[id(current)] = any(known.get(id(t), False) for t in producer.inputs)
+            else:
+                stack.append((current, True))
+                stack.extend((t, False) for t in producer.inputs if id(t) not in known)
+        return known[id(tensor)]
 
 
 def _slot_leading_to(spec: PatternSpec, node_spec: NodeSpec, name: str) -> int | None:

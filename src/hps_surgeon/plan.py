@@ -13,7 +13,8 @@ one serialisation (report.json, the --dry-run print and the pattern snapshots co
 from __future__ import annotations
 
 import dataclasses
-import re
+import types
+import typing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -21,16 +22,23 @@ from typing import Any
 import onnx_graphsurgeon as gs
 import yaml
 
+from . import bounded
+from .confine import shown
 from .errors import SurgeonError
 from .graph import all_tensors, dtype_name, reads_input_values
-from .hps.contract import DEFAULT_DOMAIN, KEY_DTYPES, NAME_SYNTAX, TABLES_DIR
+from .hps.contract import DEFAULT_DOMAIN, KEY_DTYPES, NAME_SYNTAX, TABLES_DIR, hugectr_name, hugectr_names
 from .hps.tables import mapped_keys, own_key_counts
 from .load import LoadedModel
 from .match import Match, MatchResult, NearMiss
+from .staging import replace_file
 
 #: table dtypes HPS_TRT can serve; fp16/bf16 are widened to float32 exactly on export.
 TABLE_DTYPES = ("float32", "float16", "bfloat16")
-_NAME_LIMIT = 120  #: HugeCTR's name syntax allows 1..120 characters
+
+
+_INT32_MAX = 2**31 - 1
+#: domains ONNX defines operators in ("" is the default one, which HugeCTR's layout uses on purpose)
+_ONNX_DOMAINS = {"ai.onnx", "ai.onnx.ml", "ai.onnx.training", "ai.onnx.preview.training"}
 
 
 @dataclass(frozen=True)
@@ -59,14 +67,20 @@ class Options:
             raise SurgeonError(f"--model-name '{self.model_name}': HugeCTR's HPS aborts on model names outside "
                                "[a-zA-Z0-9_-]{1,120} (hier_parameter_server.cpp:34-36); use letters, digits, '_' "
                                "and '-', at most 120")
-        if self.max_batch_size < 1:
-            raise SurgeonError(f"--max-batch-size {self.max_batch_size}: must be at least 1")
-        if self.max_keys_per_sample is not None and self.max_keys_per_sample < 1:
-            raise SurgeonError(f"--max-keys-per-sample {self.max_keys_per_sample}: must be at least 1")
+        if not 1 <= self.max_batch_size <= _INT32_MAX:
+            raise SurgeonError(f"--max-batch-size {self.max_batch_size}: must be 1 to {_INT32_MAX} (HugeCTR reads "
+                               "it as an int)")
+        if self.max_keys_per_sample is not None and not 1 <= self.max_keys_per_sample <= _INT32_MAX:
+            raise SurgeonError(f"--max-keys-per-sample {self.max_keys_per_sample}: must be 1 to {_INT32_MAX} "
+                               "(HugeCTR reads it as an int)")
         if not 0.0 < self.gpucache_ratio <= 1.0:
             raise SurgeonError(f"--gpucache-ratio {self.gpucache_ratio}: must be in (0, 1]")
         if self.min_table_rows < 0:
             raise SurgeonError(f"--min-table-rows {self.min_table_rows}: must be at least 0")
+        if self.domain in _ONNX_DOMAINS:
+            raise SurgeonError(f"--domain {self.domain}: a domain of ONNX's own operators, where no HPS_TRT is "
+                               f"defined (onnx.checker refuses the node); use {DEFAULT_DOMAIN} (the default) or '' "
+                               "(HugeCTR's layout)")
         if self.key_dtype not in KEY_DTYPES:
             raise SurgeonError(f"--key-dtype {self.key_dtype}: HPS_TRT keys are {' or '.join(KEY_DTYPES)}")
         return self
@@ -74,7 +88,7 @@ class Options:
 
 def default_model_name(model_path: Path) -> str:
     """The HPS model name when none is given: the model file's stem in HugeCTR's name syntax."""
-    return re.sub(r"[^A-Za-z0-9_-]+", "_", model_path.stem).strip("_")[:_NAME_LIMIT] or "model"
+    return hugectr_name(model_path.stem, "model")
 
 
 @dataclass(frozen=True)
@@ -177,6 +191,7 @@ def _plain(value: Any) -> Any:
 def _build(kind: type, data: dict[str, Any]) -> Any:
     if not isinstance(data, dict):
         raise TypeError(f"expected a mapping for {kind.__name__}, got {type(data).__name__}")
+    hints = typing.get_type_hints(kind)
     values = {}
     for f in dataclasses.fields(kind):
         if f.name not in data:
@@ -184,9 +199,39 @@ def _build(kind: type, data: dict[str, Any]) -> Any:
                 raise KeyError(f.name)
             continue
         value = data[f.name]
+        if not _conforms(value, hints[f.name]):
+            raise TypeError(f"{kind.__name__} field '{f.name}' is {_kind_of(value)}, expected "
+                            f"{_type_text(hints[f.name])}")
         values[f.name] = tuple(tuple(v) if isinstance(v, list) else v for v in value) \
             if isinstance(value, list) else value
     return kind(**values)
+
+
+def _conforms(value: Any, hint: Any) -> bool:
+    """Whether plain data `value` (from YAML) has the dataclass field type `hint`."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return _conforms(value, str | int | float | bool | None)
+    if origin in (typing.Union, types.UnionType):
+        return any(_conforms(value, arg) for arg in args)
+    if origin is tuple:
+        if not isinstance(value, list):
+            return False
+        items = [args[0]] * len(value) if args[-1] is Ellipsis else list(args)
+        return len(items) == len(value) and all(_conforms(v, a) for v, a in zip(value, items))
+    if hint is type(None):
+        return value is None
+    if hint in (int, float):  # a float field takes an integer (YAML writes 1.0 as 1.0, a person may write 1)
+        return isinstance(value, (int, float) if hint is float else int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _kind_of(value: Any) -> str:
+    return {dict: "a mapping", list: "a list"}.get(type(value), f"{type(value).__name__} {shown(value)}")
+
+
+def _type_text(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
 # --- resolving matches ---------------------------------------------------------------------------
@@ -282,7 +327,7 @@ def plan_rewrites(loaded: LoadedModel, found: MatchResult, options: Options,
     table_order: dict[tuple[str, str | None], list[Match]] = {}
     for match in resolved.matches:
         table_order.setdefault((match.table, match.key_map), []).append(match)
-    names = table_names([table for table, _ in table_order])
+    names = hugectr_names([table for table, _ in table_order])
     tables = []
     for table_id, ((tensor_name, key_map), users) in enumerate(table_order.items()):
         table = _plan_table(loaded, tensors, tensor_name, table_id, names[table_id], users, replaced, options)
@@ -292,7 +337,7 @@ def plan_rewrites(loaded: LoadedModel, found: MatchResult, options: Options,
                for m in users]
     for table, lookup in attached:  # tables from HugeCTR sparse-model folders (see attach.py)
         table_id = len(tables)
-        tables.append(replace(table, table_id=table_id, name=table_names([*[t.name for t in tables], table.name])[-1]))
+        tables.append(replace(table, table_id=table_id, name=hugectr_names([*[t.name for t in tables], table.name])[-1]))
         lookups.append(replace(lookup, table_id=table_id))
     lookups.sort(key=lambda lp: lp.node)
     plan = Plan(options=options, tables=tuple(tables), lookups=tuple(lookups),
@@ -362,6 +407,11 @@ def _plan_table(loaded: LoadedModel, tensors: dict[str, gs.Tensor], tensor_name:
                                f"'{users[per_sample.index(None)].anchor}' have a dynamic number of keys per "
                                f"sample; pass --max-keys-per-sample N (maxnum_catfeature_query_per_table_per_sample).")
         per_sample = [options.max_keys_per_sample if n is None else n for n in per_sample]
+    if max(per_sample) > _INT32_MAX:
+        widest = users[per_sample.index(max(per_sample))]
+        raise SurgeonError(f"{loaded.path}: keys '{widest.keys}' of node '{widest.anchor}' hold {max(per_sample)} keys "
+                           f"per sample; HugeCTR reads maxnum_catfeature_query_per_table_per_sample as an int (at "
+                           f"most {_INT32_MAX}) — re-export the model with fewer keys per sample")
     readers = [n.name for n in _readers(tensor) if n.name not in replaced]
     return TablePlan(table_id=table_id, tensor=tensor.name, name=name, rows=rows, dim=dim, source_dtype=dtype,
                      max_keys_per_sample=max(per_sample), kept_in_model=bool(readers), key_dtype=options.key_dtype,
@@ -468,23 +518,6 @@ def _keys_per_sample(shape: tuple[Any, ...] | None) -> int | None:
     return n
 
 
-def table_names(tensor_names: list[str]) -> list[str]:
-    """Distinct table names in HugeCTR's syntax ([a-zA-Z0-9_-]{1,120}), in the order given.
-
-    Readable and deterministic: `emb_l.0.weight` -> `emb_l_0_weight`; clashes get `_2`, `_3`...
-    """
-    names: list[str] = []
-    for tensor in tensor_names:
-        base = re.sub(r"[^A-Za-z0-9_-]+", "_", tensor).strip("_")[:_NAME_LIMIT] or "table"
-        name, suffix = base, 1
-        while name in names:
-            suffix += 1
-            tail = f"_{suffix}"
-            name = base[:_NAME_LIMIT - len(tail)] + tail
-        names.append(name)
-    return names
-
-
 def _global_notes(options: Options) -> tuple[str, ...]:
     notes = []
     if options.domain == "":
@@ -507,20 +540,23 @@ _CHECKED = ("rows", "dim", "source_dtype")
 
 
 def write_plan_file(plan: Plan, path: Path) -> None:
+    """The plan as YAML at `path` (an output `outputs.output_file` accepted), replaced atomically."""
+    text = _PLAN_HEADER + yaml.safe_dump(plan.to_dict(), sort_keys=False, width=120)
     try:
-        Path(path).write_text(_PLAN_HEADER + yaml.safe_dump(plan.to_dict(), sort_keys=False, width=120))
+        replace_file(Path(path), text.encode(), f"--plan-out {path}: cannot write the plan ({{reason}}); choose "
+                                                "another path")
     except OSError as exc:
         raise SurgeonError(f"--plan-out {path}: cannot write the plan ({exc.strerror}); choose another path") from None
 
 
 def read_plan_file(path: Path) -> Plan:
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except OSError as exc:
-        raise SurgeonError(f"--plan {path}: cannot read the plan ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise SurgeonError(f"--plan {path}: not valid YAML ({str(exc).splitlines()[0]}); fix the file or "
-                           "write a new one with --plan-out") from None
+    """The plan file at `path` (bounded.PLAN_MAX_BYTES, no YAML aliases, nesting and numbers bounded)."""
+    label, fix = f"--plan {path}", "fix the file or write a new one with --plan-out"
+    text = bounded.read_text(path, label, bounded.PLAN_MAX_BYTES, fix)
+    data = bounded.load_yaml(text, label, fix)
+    if not isinstance(data, dict):
+        raise SurgeonError(f"{label}: holds {_kind_of(data)}, not the mapping of options, tables and hps_trt_nodes "
+                           "that --plan-out writes; write a new one with --plan-out")
     try:
         return Plan.from_dict(data)
     except (KeyError, TypeError, ValueError) as exc:

@@ -16,9 +16,8 @@ from typing import Any
 
 import jsonschema
 import onnx
-import yaml
 
-from . import expr
+from . import bounded, expr
 from .errors import SurgeonError
 
 # Ops a rewrite may put around HPS_TRT; all are in onnx-tensorrt's operator support list.
@@ -109,10 +108,9 @@ def load_patterns(directory: Path | None = None) -> list[PatternSpec]:
 
 def load_pattern(path: Path) -> PatternSpec:
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise SurgeonError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    # `--patterns DIR` is the user's: read with bounded work, as plan files are
+    text = bounded.read_text(path, str(path), bounded.PATTERN_MAX_BYTES, "fix the pattern file")
+    data = bounded.load_yaml(text, str(path), "fix the pattern file")
     errors = sorted(jsonschema.Draft202012Validator(_schema()).iter_errors(data), key=lambda e: list(e.path))
     if errors:
         where = ".".join(str(p) for p in errors[0].absolute_path) or "(top level)"

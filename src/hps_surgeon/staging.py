@@ -20,47 +20,10 @@ from .errors import SurgeonError
 _COPY_CHUNK = 256 << 20
 
 
-#: room the staging folder's name needs beyond the output's own name: "." + ".tmp-" + 8 random characters
-_STAGE_NAME_EXTRA = 16
-_NAME_MAX = 255
-
-
-def output_folder(out_dir: str | os.PathLike, option: str = "--out") -> Path:
-    """`out_dir` as the absolute path of a folder to write, or SurgeonError naming `option`.
-
-    Refused: an empty path, the root, a name too long to stage beside, a symlink to nothing or a
-    symlink loop. A symlink to a folder stands for that folder.
-    """
-    text = os.fspath(out_dir)
-    if not text:
-        raise SurgeonError(f"{option} '': an empty path; name the output folder")
-    try:
-        path = Path(os.path.abspath(text))
-    except OSError as exc:  # a relative path while the working folder is gone
-        raise SurgeonError(f"{option} {text}: cannot use it ({exc.strerror}); pass an absolute path") from None
-    if path == Path(path.anchor):
-        raise SurgeonError(f"{option} {path}: the root folder cannot be an output; name a folder inside it")
-    if len(os.fsencode(path.name)) > _NAME_MAX - _STAGE_NAME_EXTRA:
-        raise SurgeonError(f"{option} {path.name[:40]}...: the name is {len(os.fsencode(path.name))} bytes; names "
-                           f"are at most {_NAME_MAX} bytes and the staging folder beside it adds "
-                           f"{_STAGE_NAME_EXTRA} — choose a shorter name")
-    try:
-        if path.is_symlink():
-            target = Path(os.path.realpath(path))
-            if not target.exists():
-                raise SurgeonError(f"{option} {path}: a symbolic link to nothing (or a loop of links); remove it "
-                                   f"or choose another {option}")
-            path = target
-        path.exists()
-    except OSError as exc:
-        raise SurgeonError(f"{option} {path}: cannot use it ({exc.strerror}); choose another {option}") from None
-    return path
-
-
 @contextlib.contextmanager
 def staged_output(out_dir: Path, force: bool) -> Iterator[Path]:
-    """Yield an empty staging folder; on success it replaces `out_dir`, on error it is removed."""
-    out_dir = output_folder(out_dir)
+    """Yield an empty staging folder; on success it replaces `out_dir` (an `outputs.output_folder`), on
+    error it is removed."""
     try:
         if out_dir.exists() and not out_dir.is_dir():
             raise SurgeonError(f"{out_dir}: exists and is not a folder; choose another --out")
@@ -80,14 +43,6 @@ def staged_output(out_dir: Path, force: bool) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-
-
-def check_spares(out_dir: Path, source: Path) -> None:
-    """Refuse an output folder that holds `source`: --force replaces the whole folder."""
-    out_dir = output_folder(out_dir)
-    if source.absolute().resolve().is_relative_to(out_dir.resolve()):
-        raise SurgeonError(f"{out_dir}: holds the source model {source}; choose another --out (--force would "
-                           "delete the source)")
 
 
 def make_stage(target: Path, kind: str, error: str) -> Path:

@@ -63,7 +63,8 @@ def test_bad_urls_and_options(rewrite_copy, capsys, storage_lib):
     assert "nothing to publish to" in _fails(capsys, ["publish", str(rewrite_copy)], config)
     line = _fails(capsys, ["publish", str(rewrite_copy / "nope"), "--persistent-db", "/tmp/x"],
                   config)
-    assert "hps_config.json: not found" in line
+    assert line == (f"hps-surgeon: error: {rewrite_copy / 'nope/hps_config.json'}:(file): no such file; pass the "
+                    "hps_config.json that rewrite wrote")
 
 
 def test_standalone_redis_is_refused(rewrite_copy, capsys, tmp_path, storage_lib):

@@ -34,6 +34,14 @@ def positive_ints(text: str) -> tuple[int, ...]:
     return values
 
 
+def add_allow_path(p: argparse.ArgumentParser) -> None:
+    """Trusted roots (confine.trusting): folders outside the config's whose tables may be read."""
+    p.add_argument("--allow-path", action="append", default=[], metavar="DIR",
+                   help="also read tables the HPS config names under DIR (repeatable; a folder you own, e.g. "
+                        "/data/embeddings; also $HPS_SURGEON_ALLOW_PATH, ':'-separated). Default: only tables inside "
+                        "the config's folder")
+
+
 def add_batch(p: argparse.ArgumentParser) -> None:
     """The batch range of the engine's optimization profile (deploy.repository.batch_range)."""
     p.add_argument("--min-batch", type=int, default=1, help="smallest batch of the engine's profile (default 1)")

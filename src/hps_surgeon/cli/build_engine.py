@@ -24,6 +24,7 @@ def add_parser(commands) -> argparse.ArgumentParser:
     _options.add_batch(p)
     p.add_argument("--fp16", action="store_true", help="TensorRT's FP16 flag (builders with weakly typed networks)")
     _options.add_engine(p)
+    _options.add_allow_path(p)
     _options.add_force(p, "replace an existing --out")
     _options.add_quiet(p)
     return p

@@ -22,6 +22,7 @@ def add_parser(commands) -> argparse.ArgumentParser:
     p.add_argument("--engine", action="store_true",
                    help="also parse and build each rewritten model with the installed NVIDIA builder and the HPS_TRT "
                         "plugin (TensorRT-RTX needs no GPU)")
+    _options.add_allow_path(p)
     _options.add_engine(p)
     _options.add_json(p, "problems")
     return p

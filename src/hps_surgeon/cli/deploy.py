@@ -28,6 +28,7 @@ def add_parser(commands) -> argparse.ArgumentParser:
                    help=f"libhps_plugin.so inside the container (default {DEFAULT_PLUGIN_LIB})")
     p.add_argument("--build-engine", action="store_true",
                    help="also build NAME/1/model.plan here with TensorRT (the repository must be at --deploy-root)")
+    _options.add_allow_path(p)
     _options.add_force(p, "write into a non-empty repository, replacing model NAME and start_triton.sh")
     return p
 

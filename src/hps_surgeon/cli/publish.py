@@ -9,13 +9,10 @@ import sys
 
 from tqdm import tqdm
 
-from ..errors import EXIT_OK
+from ..errors import EXIT_INTERRUPTED, EXIT_OK
 from ..storage.config import parse_redis_url
 from ..storage.publish import publish
-from ._options import add_force, add_json, add_quiet
-
-#: exit code when the user interrupted a publish (what was written stays valid; re-run completes it).
-EXIT_INTERRUPTED = 130
+from ._options import add_allow_path, add_force, add_json, add_quiet
 
 HELP = "publish a rewrite's tables into Redis Cluster / RocksDB in HugeCTR's layout"
 
@@ -35,6 +32,7 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="publish the changed rows in this sparse-model folder (key, emb_vector) into the databases "
                         "the config names, while the plugin serves")
     p.add_argument("--table", help="with --update: the table's name (default: TABLE_DIR's folder name)")
+    add_allow_path(p)
     add_force(p, "drop what the databases hold for these tables first (e.g. another partition count)")
     add_json(p, "the report")
     add_quiet(p)

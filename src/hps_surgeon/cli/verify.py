@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from ..errors import EXIT_FINDINGS, EXIT_INCONCLUSIVE, EXIT_INPUT, EXIT_OK, SurgeonError
+from ..errors import EXIT_FINDINGS, EXIT_INCONCLUSIVE, EXIT_OK
 from ..verify import verify
 from ..verify.compare import DEFAULT_BATCH_SIZES, FAILED, PASSED, VerifyReport
 from ..verify import lookups
@@ -22,7 +22,7 @@ def add_parser(commands) -> argparse.ArgumentParser:
         epilog="exit codes: 0 PASSED; 1 FAILED (an HPS_TRT node returns other vectors than the lookup it "
                "replaced, the outputs differ, or the rewritten model fails where the original runs); 2 bad input; "
                "3 INCONCLUSIVE (outputs and lookups match, but a table saw fewer distinct existing keys than its "
-               "floor)")
+               "floor); 4 internal error (a bug: please report it); 130 interrupted")
     p.add_argument("original", help="the model before rewrite")
     p.add_argument("rewritten", help="the rewritten model (model.onnx of rewrite's output)")
     p.add_argument("--config", required=True, help="hps_config.json of the rewritten model")
@@ -54,6 +54,7 @@ def add_parser(commands) -> argparse.ArgumentParser:
     p.add_argument("--rtol", type=float, default=1e-5, help="relative tolerance (default 1e-5)")
     p.add_argument("--seed", type=int, default=1, help="seed of the generated feeds (default 1)")
     _options.add_json(p, "the report (verdict, errors per output, coverage per node and table)")
+    _options.add_allow_path(p)
     p.add_argument("--verbose", action="store_true", help="show Polygraphy's logs, and tracebacks")
     return p
 
@@ -61,22 +62,13 @@ def add_parser(commands) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     batch_sizes = tuple(b for group in args.batch_sizes for b in group)
     floors = Floors.parse(args.min_distinct_keys)
-    try:
-        report = verify(args.original, args.rewritten, args.config, backend=args.backend,
-                        iterations=args.iterations, batch_sizes=batch_sizes,
-                        max_keys_per_sample=args.max_keys_per_sample, inputs=args.inputs,
-                        data_loader_script=args.data_loader_script, min_distinct_keys=floors.default,
-                        table_floors=floors.tables,
-                        atol=args.atol, rtol=args.rtol, seed=args.seed, verbose=args.verbose)
-    except SurgeonError:
-        raise
-    except Exception as exc:
-        if args.verbose:
-            raise
-        # Never a traceback: an internal failure is still one line, with the way to see more.
-        print(f"hps-surgeon: error: verify stopped: {type(exc).__name__}: {_first_line(exc)} "
-              "(rerun with --verbose for the traceback)", file=sys.stderr)
-        return EXIT_INPUT
+    # an exception no check anticipated is the CLI's "internal error" (exit 4), its traceback with --verbose
+    report = verify(args.original, args.rewritten, args.config, backend=args.backend,
+                    iterations=args.iterations, batch_sizes=batch_sizes,
+                    max_keys_per_sample=args.max_keys_per_sample, inputs=args.inputs,
+                    data_loader_script=args.data_loader_script, min_distinct_keys=floors.default,
+                    table_floors=floors.tables,
+                    atol=args.atol, rtol=args.rtol, seed=args.seed, verbose=args.verbose)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -184,7 +176,3 @@ def inconclusive_text(report: VerifyReport) -> str:
             f"saw {first.existing} distinct existing key(s) of {first.rows}, below its floor of {first.floor} "
             f"({first.rule}){more}; {advice(first, report.inputs == 'generated')}{every}")
 
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else ""

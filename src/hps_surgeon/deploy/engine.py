@@ -1,6 +1,6 @@
 """A serialized engine from a rewritten model, built by a real NVIDIA builder with our HPS_TRT plugin.
 
-    REWRITE_DIR --(repository: checked folder, the profile deploy derives)--> model.onnx + Profile
+    REWRITE_DIR --(rewrite_folder: checked folder, the profile deploy derives)--> model.onnx + Profile
     model.onnx + Profile  --(builders.find_builder: TensorRT or TensorRT-RTX)-->  EngineBuild
       1. the plugin library goes into the builder's plugin registry (IPluginRegistry::loadLibrary)
       2. TensorRT's ONNX parser creates one plugin layer per HPS_TRT node (our createPlugin, build phase)
@@ -26,10 +26,12 @@ import onnx
 from ..errors import Problem, SurgeonError
 from ..hps import config as hps_config
 from ..hps import validate
-from ..hps.contract import MODEL_NAME
+from ..hps.contract import CONFIG_NAME, MODEL_NAME
+from ..outputs import output_file
 from ..staging import replace_file
-from . import repository, triton
+from . import triton
 from .builders import NvidiaBuilder, find_builder
+from .rewrite_folder import RewriteFolder, batch_range, read_rewrite, used_entries
 
 #: What our plugin writes before each message (trt_plugin.cpp: log).
 PLUGIN_PREFIX = "HPS_TRT: "
@@ -119,15 +121,15 @@ def build_engine(rewrite_dir: str | os.PathLike, out: str | os.PathLike, options
 
     Nothing is written unless the build succeeds; SurgeonError for bad input.
     """
-    source = repository.read_rewrite(Path(rewrite_dir))
-    batch = repository.batch_range(
-        repository.DeployOptions(min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch), source)
+    source = read_rewrite(Path(rewrite_dir))
+    batch = batch_range(source, min_batch, opt_batch, max_batch)
     where = str(source.path / MODEL_NAME)
     prof = triton.profile(triton.model_io(source.model, where)[0], batch, where)
     out = Path(out)
     if out.is_dir() or (out.exists() and not force):
         raise SurgeonError(f"--out {out}: {'is a folder' if out.is_dir() else 'exists'} — "
                            f"{'name the engine file' if out.is_dir() else 'pass --force to replace it'}")
+    out = output_file(out, "--out", [source.path / MODEL_NAME, source.path / CONFIG_NAME, *source.external.values()])
     build = build_serialized(source.path / MODEL_NAME, prof, options, progress)
     if build.ok:
         replace_file(out, build.plan, f"--out {out}: cannot write there ({{reason}}) — choose a writable --out")
@@ -141,10 +143,9 @@ def check_engine(model_path: Path, config_path: Path, options: EngineOptions = E
     if config is None:
         return []  # an unusable config: `check` reports why through validate
     # only for the batch range: nothing is copied, so its external-data files are not listed
-    folder = repository.RewriteFolder(model_path.parent, model, config, repository.used_entries(model, config),
-                                      external={})
+    folder = RewriteFolder(model_path.parent, model, config, used_entries(model, config), external={})
     try:
-        batch = repository.batch_range(repository.DeployOptions(), folder)
+        batch = batch_range(folder)
         prof = triton.profile(triton.model_io(model, str(model_path))[0], batch, str(model_path))
     except SurgeonError as exc:
         return [Problem(str(model_path), "(engine)", str(exc))]

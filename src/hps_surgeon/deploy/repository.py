@@ -27,24 +27,23 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import onnx
 from onnx import AttributeProto
 
 from .. import confine, wellformed
-from ..errors import SurgeonError, errors
+from ..errors import SurgeonError
 from ..hps import config as hps_config
 from ..hps import validate
-from ..hps.contract import CONFIG_NAME, MODEL_NAME, TABLES_DIR, field_text
+from ..hps.contract import CONFIG_NAME, MODEL_NAME, TABLES_DIR
 from ..hps.tables import KEY_FILE, VECTOR_FILE, table_files
-from ..load import external_tensors, read_proto
-from ..staging import output_folder
-from ..verify import keyspace
+from ..load import external_tensors
+from ..outputs import output_folder
+from ..verify import feeds
 from . import triton
-
-if TYPE_CHECKING:
-    from .engine import EngineBuild
+from .builders import find_builder
+from .engine import EngineBuild, EngineOptions, build_engine, ready
+from .rewrite_folder import RewriteFolder, batch_range, read_rewrite
 
 #: Where HugeCTR's HPS containers install the plugin (HPS_TRT creator, version "1").
 DEFAULT_PLUGIN_LIB = "/usr/local/hps_trt/lib/libhps_plugin.so"
@@ -69,21 +68,6 @@ class DeployOptions:
 
 
 @dataclass(frozen=True)
-class RewriteFolder:
-    """A checked `rewrite` output."""
-
-    path: Path
-    model: onnx.ModelProto  #: without external data
-    config: dict
-    entries: tuple[dict, ...]  #: the config's models used by the HPS_TRT nodes
-    external: dict[str, Path]  #: external-data files of the model: path relative to `path` -> real path
-
-    @property
-    def max_batch_size(self) -> int:
-        return min(e["max_batch_size"] for e in self.entries)
-
-
-@dataclass(frozen=True)
 class DeployResult:
     repo: Path
     model_dir: Path
@@ -105,24 +89,25 @@ def deploy(rewrite_dir: str | os.PathLike, repo: str | os.PathLike,
     source = read_rewrite(Path(rewrite_dir))
     name = _model_name(options.name, source)
     root = _deploy_root(options.deploy_root)
-    batch = batch_range(options, source)
+    batch = batch_range(source, options.min_batch, options.opt_batch, options.max_batch)
     where = str(source.path / MODEL_NAME)
     inputs, outputs = triton.model_io(source.model, where)
     prof = triton.profile(inputs, batch, where)
     if options.instances < 1:
         raise SurgeonError(f"--instances {options.instances}: must be at least 1")
-    repo = output_folder(repo, "--repo")
+    tables = _table_folders(source)
+    read = [source.path, *source.external.values(), *(file for files, _ in tables.values() for file in files)]
+    repo = output_folder(repo, "--repo", read)
     _check_repo(repo, name, options.force, source.path)
     deployed_config = posixpath.join(root, name, "hps", CONFIG_NAME)
     if options.build_engine:
         _check_engine_build(repo, root, deployed_config, options.fp16)
-    tables = _table_folders(source)
     gpus = serving_gpus(options, source)
     files = {
         "config.pbtxt": triton.config_pbtxt(name, inputs, outputs, options.instances, gpus),
         "build_engine.sh": triton.build_engine_sh(name, deployed_config, options.plugin_lib, prof, options.fp16),
         "perf_data.json": json.dumps(triton.perf_data(
-            inputs, batch.opt, keyspace.rewritten_key_ranges(source.model, source.path / CONFIG_NAME))),
+            inputs, batch.opt, feeds.rewritten_key_ranges(source.model, source.path / CONFIG_NAME))),
     }
     deployed = _deployed_hps_config(source, tables, posixpath.join(root, name, "hps"), gpus)
     model = _deployed_model(source, deployed_config)
@@ -137,8 +122,6 @@ def deploy(rewrite_dir: str | os.PathLike, repo: str | os.PathLike,
             script.chmod(0o755)
     built = None
     if options.build_engine:
-        from .engine import EngineOptions, build_engine
-
         built = build_engine(repo / name / "hps", repo / name / "1" / triton.PLAN_NAME, EngineOptions(fp16=options.fp16),
                              batch.min, batch.opt, batch.max, force=True, progress=progress)
     return DeployResult(repo=repo, model_dir=repo / name, name=name, batch=batch, engine=built)
@@ -146,9 +129,6 @@ def deploy(rewrite_dir: str | os.PathLike, repo: str | os.PathLike,
 
 def _check_engine_build(repo: Path, root: str, deployed_config: str, fp16: bool) -> None:
     """--build-engine builds here what Triton will load there: the same paths, and TensorRT itself."""
-    from .builders import find_builder
-    from .engine import EngineOptions, ready
-
     if Path(root) != Path(os.path.abspath(repo)):
         raise SurgeonError(f"--build-engine: the HPS_TRT plugin opens {deployed_config} while the engine builds, "
                            f"but --repo {repo} is not at --deploy-root {root} on this machine — pass --deploy-root "
@@ -161,60 +141,6 @@ def _check_engine_build(repo: Path, root: str, deployed_config: str, fp16: bool)
                            "build_engine.sh in the container (hps-surgeon build-engine and check --engine build with "
                            "TensorRT-RTX to prove the model builds)")
     ready(EngineOptions(fp16=fp16))
-
-
-# --- reading and checking the rewrite folder -----------------------------------------------------
-
-def read_rewrite(path: Path) -> RewriteFolder:
-    """The rewrite folder's model and config, checked with `wellformed` and `validate` (tables included)."""
-    fix = "run hps-surgeon rewrite MODEL --out DIR first and pass DIR"
-    model_path, config_path = path / MODEL_NAME, path / CONFIG_NAME
-    try:
-        if not path.is_dir():
-            raise SurgeonError(f"{path}: no such rewrite folder — {fix}")
-        for needed in (model_path, config_path):
-            if not needed.is_file():
-                what = "not a regular file in" if needed.exists() else "missing from"
-                raise SurgeonError(f"{needed}: {what} the rewrite folder — {fix}")
-            real = Path(os.path.realpath(needed))
-            if not real.is_relative_to(Path(os.path.realpath(path))):
-                # deploy writes what the folder holds into the repository: nothing from elsewhere
-                raise SurgeonError(f"{needed}: a symbolic link out of the rewrite folder (to {real}); refusing to "
-                                   "deploy it — copy the file into the folder")
-    except OSError as exc:
-        raise SurgeonError(f"{path}: cannot read the rewrite folder ({exc.strerror}) — {fix}") from None
-    model = read_proto(model_path)  # external data: confined to the folder, regular files, sizes right
-    nodes = validate.hps_nodes(model)
-    if not nodes:
-        raise SurgeonError(f"{model_path}: has no HPS_TRT node, so there is nothing for the HPS plugin to serve — "
-                           f"{fix}")
-    problems = errors(validate.validate(model_path, config_path, model=model))
-    if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise SurgeonError(f"rewrite folder fails validation: {problems[0]}{more}")
-    config, _ = hps_config.load(config_path)  # valid (checked above), with HugeCTR's defaults filled in
-    return RewriteFolder(path=path, model=model, config=config, entries=used_entries(model, config),
-                         external=_external_files(model, model_path))
-
-
-def used_entries(model: onnx.ModelProto, config: dict) -> tuple[dict, ...]:
-    """The config's `models` entries that the model's HPS_TRT nodes name."""
-    used = {field_text(onnx.helper.get_node_attr_value(n, "model_name")) for n in validate.hps_nodes(model)}
-    return tuple(m for m in config["models"] if m.get("model", "") in used)
-
-
-def _external_files(model: onnx.ModelProto, model_path: Path) -> dict[str, Path]:
-    """Each external-data file of the model, by its path relative to the model's folder (its deployed name)."""
-    root = Path(os.path.realpath(model_path.parent))
-    files = {}
-    for tensor in external_tensors(model.graph):
-        real = wellformed.external_range(tensor, model_path, f"tensor '{tensor.name}'").file
-        rel = real.relative_to(root).as_posix()
-        if rel in (MODEL_NAME, CONFIG_NAME) or rel.split("/")[0] == TABLES_DIR:
-            raise SurgeonError(f"{model_path}: tensor '{tensor.name}': external data '{rel}' is a file deploy writes "
-                               "itself; re-run hps-surgeon rewrite")
-        files[rel] = real
-    return files
 
 
 def _model_name(name: str | None, source: RewriteFolder) -> str:
@@ -234,22 +160,6 @@ def _deploy_root(root: str) -> str:
         raise SurgeonError(f"--deploy-root '{root}': must be an absolute path inside the serving container — "
                            "e.g. --deploy-root /models")
     return posixpath.normpath(root)
-
-
-def batch_range(options: DeployOptions, source: RewriteFolder) -> triton.Batch:
-    """--min/--opt/--max-batch, checked against the HPS config's max_batch_size."""
-    limit = source.max_batch_size
-    high = limit if options.max_batch is None else options.max_batch
-    if high > limit:
-        raise SurgeonError(
-            f"--max-batch {high} exceeds max_batch_size {limit} in {source.path / CONFIG_NAME} (HPS sizes its "
-            f"buffers for that batch) — lower --max-batch or re-run rewrite with --max-batch-size {high}")
-    low = options.min_batch
-    opt = min(1024, high) if options.opt_batch is None else options.opt_batch
-    if not 1 <= low <= opt <= high:
-        raise SurgeonError(f"batch range --min-batch {low} --opt-batch {opt} --max-batch {high}: needs "
-                           "1 <= min <= opt <= max — adjust the three options")
-    return triton.Batch(low, opt, high)
 
 
 def _check_repo(repo: Path, name: str, force: bool, source: Path) -> None:

@@ -11,16 +11,14 @@ from __future__ import annotations
 import copy
 import json
 import os
-import re
 from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jsonschema
-import numpy as np
 
-from .. import confine
+from .. import bounded, confine
 from ..errors import Problem
 from .config_fields import BY_NAME, MODEL_DEFAULTS, UNSERVED_SECTIONS, default_table_name
 from .contract import NAME_SYNTAX
@@ -36,15 +34,19 @@ PER_TABLE_FIELDS = {
     "embedding_vecsize_per_table": "hier_parameter_server.cpp:259 refuses another count",
     "maxnum_catfeature_query_per_table_per_sample": "embedding_cache.cpp:180-182 reads one per table",
 }
-#: An HPS config nests 4 levels deep; anything much deeper is not one (and would exhaust the
-#: recursion of a JSON parser before any field is read).
-MAX_DEPTH = 32
+#: entries of any list of a config (the schema's largest maxItems: tables per model)
+MAX_LIST_ITEMS = 65536
+#: schema problems reported of one config (a 20,000-model config with one bad field each is 20,000)
+_SCHEMA_PROBLEMS = 20
 _FORMAT = "see the README's table of HPS config fields"
 _SCHEMA_HINTS = {
     ("models", "minItems"): "HugeCTR refuses it (\"No model configurations in JSON\", inference_utils.cpp:508) — "
                             "add a model entry",
     ("deployed_device_list", "minItems"): "HugeCTR reads its last entry (inference_utils.cpp:564) — list the GPUs "
                                           "HPS serves, e.g. [0]",
+    ("deployed_device_list", "maxItems"): "HugeCTR makes an embedding cache on every GPU listed "
+                                          "(hier_parameter_server.cpp:646-649) — list the GPUs HPS serves",
+    ("models", "maxItems"): "one HPS serves them all from one process — split the config",
 }
 
 
@@ -87,7 +89,8 @@ def table_folder(config_path: Path, entry: dict, table_id: int) -> Path:
 
     Absolute paths are used as they are; relative ones are taken relative to the config's folder
     (what our plugin does; HugeCTR takes them relative to its working directory, `check` warns).
-    Relative or absolute, the folder must lie inside the config's folder (else `confine.PathRefused`).
+    Relative or absolute, the folder must lie inside the config's folder or a trusted root (else
+    `confine.PathRefused`).
     """
     value = entry["sparse_files"][table_id]
     # rewrite writes absolute paths: a folder copied or moved elsewhere still names the old tables
@@ -96,7 +99,7 @@ def table_folder(config_path: Path, entry: dict, table_id: int) -> Path:
     moved = (" (an absolute path, as rewrite writes them: point it at this folder, or rewrite with "
              "--relative-paths for a folder that moves)") if named_elsewhere else ""
     return confine.inside(Path(config_path), f"model '{entry.get('model')}' sparse_files[{table_id}]", value,
-                          hint=moved)
+                          hint=moved, trusted=True)
 
 
 def table_default(entry: dict, table_id: int) -> float:
@@ -122,50 +125,54 @@ def load(path: Path) -> tuple[dict | None, list[Problem]]:
     The config is None when it cannot be used at all (unreadable, not an HPS config, or per-table
     lists of different lengths).
     """
+    return read(path)[1:]
+
+
+def read(path: Path) -> tuple[Any, dict | None, list[Problem]]:
+    """`load`, and the file's JSON value as written (what publish edits and writes back): one read."""
     where = str(path)
-    config, unreadable = parse(path)
+    raw, unreadable = parse(path)
     if unreadable is not None:
-        return None, [unreadable]
-    found = sorted(jsonschema.Draft202012Validator(_schema()).iter_errors(config),
+        return raw, None, [unreadable]
+    found = sorted(jsonschema.Draft202012Validator(_schema()).iter_errors(raw),
                    key=lambda e: [str(p) for p in e.absolute_path])
-    problems = [_schema_problem(where, e) for e in found]
+    problems = [_schema_problem(where, e) for e in found[:_SCHEMA_PROBLEMS]]
     if problems:
-        return None, problems
-    config = _with_defaults(config)
+        return raw, None, problems
+    config = _with_defaults(raw)
     miscounted = [p for index, model in enumerate(config["models"]) for p in _count_problems(where, index, model)]
     if miscounted:
-        return None, miscounted
+        return raw, None, miscounted
     for index, model in enumerate(config["models"]):
         problems += _check_model_entry(path, index, model)
-    return config, problems + _hugectr_differences(where, config)
+    return raw, config, problems + _hugectr_differences(where, config)
 
 
 def parse(path: Path) -> tuple[Any, Problem | None]:
-    """The JSON value of `path` (any shape), or the one problem that keeps it from being read:
-    unreadable, not UTF-8, nested deeper than MAX_DEPTH (checked before parsing), not JSON."""
+    """The JSON value of `path` (any shape), or the one problem that keeps it from being read: not a
+    regular file, over CONFIG_MAX_BYTES, not UTF-8, nested deeper than MAX_DEPTH (checked before
+    parsing) or holding an integer of more than MAX_INT_DIGITS digits, not JSON, a list past
+    MAX_LIST_ITEMS entries, a lone surrogate in a string."""
     where = str(path)
     try:
-        text = Path(path).read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        return None, Problem(where, "(file)", f"cannot read the HPS config ({reason}) — pass the hps_config.json "
-                                              "that rewrite wrote")
-    depth = _nesting_depth(text)
-    if depth > MAX_DEPTH:
-        return None, Problem(where, "(file)", f"JSON nested {depth} levels deep; an HPS config nests 4 and at most "
-                                              f"{MAX_DEPTH} are read — this is not an HPS config")
+        text = bounded.read_text(path, where, bounded.CONFIG_MAX_BYTES, "pass the hps_config.json that rewrite wrote")
+        bounded.check_json(text, where, "an HPS config nests 4", "this is not an HPS config")
+    except bounded.Unreadable as exc:
+        return None, Problem(where, "(file)", exc.problem)
     try:
-        return json.loads(text), None
+        value = json.loads(text)
     except json.JSONDecodeError as exc:
         return None, Problem(where, f"line {exc.lineno}", f"not valid JSON ({exc.msg}) — fix the file or re-run "
                                                            "hps-surgeon rewrite")
-
-
-def _nesting_depth(text: str) -> int:
-    """Deepest nesting of [ and { outside JSON strings, without parsing (so without recursion)."""
-    data = np.frombuffer(re.sub(r'"(?:[^"\\]|\\.)*"', '""', text).encode(), dtype=np.uint8)
-    step = np.isin(data, (ord("["), ord("{"))).astype(np.int64) - np.isin(data, (ord("]"), ord("}")))
-    return int(np.cumsum(step).max()) if step.size else 0
+    long = bounded.long_list(value, MAX_LIST_ITEMS)
+    if long is not None:
+        return None, Problem(where, long[0], f"a list of {long[1]} entries; HPS config lists hold one entry per table "
+                                             f"or GPU, at most {MAX_LIST_ITEMS} are read — fix the file")
+    bad = bounded.bad_string(value)
+    if bad is not None:
+        return None, Problem(where, bad, "holds a lone surrogate (\\ud800-\\udfff), which is no character and can "
+                                         "name no file — fix the string")
+    return value, None
 
 
 def _schema_problem(where: str, error: jsonschema.ValidationError) -> Problem:
@@ -177,6 +184,9 @@ def _schema_problem(where: str, error: jsonschema.ValidationError) -> Problem:
                                   f"{name}\", {field.required}) — add it")
     field_name = next((str(p) for p in reversed(error.absolute_path) if isinstance(p, str)), "")
     hint = _SCHEMA_HINTS.get((field_name, error.validator), _FORMAT)
+    if error.validator == "maxItems":  # jsonschema's message quotes the whole list
+        return Problem(where, at, f"has {len(error.instance)} entries, more than the {error.validator_value} read — "
+                                  f"{hint}")
     return Problem(where, at, f"{error.message} — {hint}")
 
 

@@ -28,14 +28,15 @@ FIELDS: tuple[Field, ...] = (
     Field("supportlonglong", "top", "required bool (inference_utils.cpp:383); its TensorRT plugin refuses true "
           "(plugin/lookup_manager.cpp:133)", "required bool; true when a table takes int64 keys; our plugin takes "
           "int32 and int64 keys either way, `check` warns when true", required=f"{PARSER}:383"),
-    Field("models", "top", "required, at least one entry (inference_utils.cpp:507-509)", "same",
-          required=f"{PARSER}:507"),
+    Field("models", "top", "required, at least one entry (inference_utils.cpp:507-509)", "same; at most 1024 "
+          "entries", required=f"{PARSER}:507"),
     Field("fuse_embedding_table", "top", "optional, false (inference_utils.cpp:376); its TensorRT plugin refuses "
           "true (plugin/lookup_manager.cpp:138)", "accepted; each table is served on its own, `check` warns when true",
           default=False),
     Field("volatile_db, persistent_db", "top", "optional database tiers (inference_utils.cpp:386-500)",
           "read as HugeCTR reads them; a redis_cluster volatile_db or a rocks_db persistent_db serves the tables "
-          "(README \"Storage tiers\"); hash_map types mean host memory"),
+          "(README \"Storage tiers\"); hash_map types mean host memory; numbers of the right type and range "
+          "(num_threads 1 to 1024, num_partitions 1 to 65536), persistent_db.path a string"),
     Field("update_source", "top", "optional, type null (inference_utils.cpp:386-408)", "read as HugeCTR reads it; "
           "a kafka_message_queue source is not consumed: `check` and the plugin's log warn, naming the section"),
     Field("model", "model", "optional, \"\" (inference_utils.cpp:513); must match [a-zA-Z0-9_-]{1,120} or HPS "
@@ -46,9 +47,10 @@ FIELDS: tuple[Field, ...] = (
           "(plugin/lookup_manager.cpp:197-204)", "optional, 64, at least 1; our plugin serves lookups of any size; "
           "`deploy` keeps the engine's batch within it", default=64),
     Field("sparse_files", "model", "required, one folder per table (inference_utils.cpp:521), opened relative to "
-          "the process's working directory (io/local_filesystem.cpp:31-36)", "required; `rewrite` writes absolute "
-          "paths (`--relative-paths`: relative to the config's folder, which our plugin accepts and `check` warns "
-          "about)", required=f"{PARSER}:521"),
+          "the process's working directory (io/local_filesystem.cpp:31-36)", "required, at most 65536 tables; "
+          "`rewrite` writes absolute paths (`--relative-paths`: relative to the config's folder, which our plugin "
+          "accepts and `check` warns about); inside the config's folder or one trusted with `--allow-path` (README "
+          "Security)", required=f"{PARSER}:521"),
     Field("gpucache", "model", "optional, true (inference_utils.cpp:529)", "same", default=True),
     Field("hit_rate_threshold", "model", "optional, 0.9 (inference_utils.cpp:531); when a batch's GPU-cache hit "
           "rate reaches it, misses return the default value (embedding_cache.cpp:398-429)", "any number; lookups are "
@@ -62,8 +64,9 @@ FIELDS: tuple[Field, ...] = (
           "unused; a number when given", default=0.0),
     Field("deployed_device_list", "model", "required and not empty: its last entry is read "
           "(inference_utils.cpp:557-564); lookups on other GPUs are skipped, leaving the output unwritten "
-          "(plugin/lookup_manager.cpp:168-172)", "required, not empty; our plugin serves any GPU; `deploy` gives "
-          "Triton's instance groups these GPUs", required=f"{PARSER}:557"),
+          "(plugin/lookup_manager.cpp:168-172); an embedding cache is made on every GPU listed "
+          "(hier_parameter_server.cpp:646-649)", "required, not empty, at most 1024 GPU ids; our plugin serves any "
+          "GPU; `deploy` gives Triton's instance groups these GPUs", required=f"{PARSER}:557"),
     Field("maxnum_catfeature_query_per_table_per_sample", "model", "required (inference_utils.cpp:567), one per "
           "table (embedding_cache.cpp:180-182)", "required, one per table, each at least 1 and at least the keys "
           "per sample of every HPS_TRT node of the table", required=f"{PARSER}:567"),

@@ -2,6 +2,7 @@
 and the names of the files a rewrite folder holds."""
 
 import re
+from collections.abc import Sequence
 
 from onnx import AttributeProto
 
@@ -18,6 +19,7 @@ KEY_DTYPES = ("int32", "int64")
 #: HugeCTR aborts unless model and table names match this (HugeCTR/src/hps/hier_parameter_server.cpp:34,
 #: HierParameterServerBase::make_tag_name, called for every table when HPS starts).
 NAME_SYNTAX = re.compile(r"[a-zA-Z0-9_\-]{1,120}")
+NAME_LIMIT = 120
 
 # A rewrite folder: MODEL_NAME (+ .data), CONFIG_NAME, REPORT_NAME, TABLES_DIR/<name>/{key, emb_vector}.
 MODEL_NAME = "model.onnx"
@@ -28,6 +30,33 @@ TABLES_DIR = "tables"
 PROVENANCE_PATTERN = "hps_surgeon.pattern"
 PROVENANCE_REPLACED = "hps_surgeon.replaced_nodes"
 PROVENANCE_LOOKUP = "hps_surgeon.lookup"
+
+
+def hugectr_name(text: str, fallback: str) -> str:
+    """`text` in HugeCTR's name syntax, readable: `emb_l.0.weight` -> `emb_l_0_weight` (`fallback` if nothing is left)."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", str(text)).strip("_")[:NAME_LIMIT] or fallback
+
+
+def hugectr_names(names: Sequence[str]) -> list[str]:
+    """Distinct table names in HugeCTR's syntax, in the order given: the one place they are made.
+
+    A valid name is kept as it is; any other becomes `hugectr_name(name)`, with `_2`, `_3`... when that
+    is taken or is another entry's own name (a valid name is never taken from the entry that has it).
+    """
+    out: list[str] = []
+    taken, given = set(), set(names)
+    for name in names:
+        candidate = name
+        if not (isinstance(name, str) and NAME_SYNTAX.fullmatch(name) and name not in taken):
+            base = candidate = hugectr_name(name, "table")
+            suffix = 1
+            while candidate in taken or (candidate != name and candidate in given):
+                suffix += 1
+                tail = f"_{suffix}"
+                candidate = base[:NAME_LIMIT - len(tail)] + tail
+        out.append(candidate)
+        taken.add(candidate)
+    return out
 
 
 def field_text(value: bytes | str) -> str:

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import SurgeonError, errors
 from . import config as hps_config
-from .tables import table_files
+from .tables import table_files, table_rows
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,7 @@ class ReferenceLookup:
         folder = hps_config.table_folder(self.config_path, model, table_id)
         key_file, vector_file = table_files(self.config_path, folder, f"model '{model_name}' table {table_id}")
         dim = int(model["embedding_vecsize_per_table"][table_id])
+        table_rows(key_file, vector_file, dim)  # the sizes agree, or one line naming the file
         keys = np.fromfile(key_file, dtype="<i8")
         vectors = np.memmap(vector_file, dtype="<f4", mode="r").reshape(-1, dim)
         order = np.argsort(keys, kind="stable")

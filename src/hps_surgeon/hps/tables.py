@@ -17,6 +17,7 @@ import numpy as np
 from onnx import TensorProto
 
 from .. import confine
+from ..errors import SurgeonError
 from ..staging import copy_range, fsync
 
 if TYPE_CHECKING:
@@ -51,6 +52,8 @@ def own_key_counts(key_map: np.ndarray, rows: dict[int, int]) -> dict[int, tuple
     map is not in that layout or shared with tables not listed.
     """
     used = key_map[key_map > 0]
+    if used.size and used.max() >= max(rows.values(), default=0):
+        return None  # an index past every table's rows: not that layout (and no bincount of that size)
     per_index = np.bincount(used, minlength=2)[1:] if used.size else np.zeros(0, np.int64)
     if per_index.size == 0 or np.any(np.diff(per_index) > 0) or per_index[0] != len(rows):
         return None
@@ -161,10 +164,28 @@ def _key_summary(path: str, _inode: int, size: int, _mtime_ns: int, _ctime_ns: i
     return KeySummary(unique, int(low), int(high), frozenset(reserved))
 
 
+class TableSizeError(SurgeonError):
+    """A table folder's `key` and `emb_vector` sizes disagree (the message names the file and both counts)."""
+
+
+def table_rows(key_file: Path, vector_file: Path, dim: int) -> int:
+    """Rows of a table folder, from its file sizes: the one place they are checked against each other and
+    `dim` (8 bytes per key, dim x 4 bytes per vector); TableSizeError otherwise."""
+    key_bytes, vector_bytes = key_file.stat().st_size, vector_file.stat().st_size
+    rows, extra = divmod(key_bytes, 8)
+    if extra:
+        raise TableSizeError(f"{key_file} has {key_bytes} bytes, not a whole number of int64 keys")
+    if vector_bytes != rows * dim * 4:
+        raise TableSizeError(f"{vector_file} has {vector_bytes} bytes, expected {rows} rows x {dim} x 4 = "
+                             f"{rows * dim * 4}")
+    return rows
+
+
 def table_files(config_path: Path, folder: Path, field: str) -> tuple[Path, Path]:
-    """Real paths of a table folder's `key` and `emb_vector`: regular files inside the config's folder
-    (the confinement rule: a symlink in the folder may not lead elsewhere); `confine.PathRefused` if not."""
-    key, vector = (confine.regular_file(Path(config_path), f"{field}/{name}", str(folder / name))
+    """Real paths of a table folder's `key` and `emb_vector`: regular files inside the config's folder or a
+    trusted root (the confinement rule: a symlink in the folder may not lead elsewhere); `confine.PathRefused`
+    if not."""
+    key, vector = (confine.regular_file(Path(config_path), f"{field}/{name}", str(folder / name), trusted=True)
                    for name in (KEY_FILE, VECTOR_FILE))
     return key, vector
 
@@ -180,14 +201,14 @@ def check_table_files(config_path: Path, folder: Path, table_id: int, dim: int, 
     except confine.PathRefused as exc:
         bad(f"{exc.field}: {exc.problem}")
         return
-    key_bytes, vector_bytes = key_file.stat().st_size, vector_file.stat().st_size
-    rows = key_bytes // 8
-    if key_bytes % 8:
-        bad(f"table {table_id}: {key_file} has {key_bytes} bytes, not a whole number of int64 keys — re-export")
-        return
-    if vector_bytes != rows * dim * 4:
-        bad(f"table {table_id}: {vector_file} has {vector_bytes} bytes, expected {rows} rows x {dim} x 4 = "
-            f"{rows * dim * 4} — the file is truncated or emb_vec_size is wrong; re-export the table")
+    try:
+        rows = table_rows(key_file, vector_file, dim)
+    except TableSizeError as exc:
+        bad(f"table {table_id}: {exc} — the file is truncated or emb_vec_size is wrong; re-export the table")
+        if key_file.stat().st_size % 8:
+            return
+        rows = key_file.stat().st_size // 8
+    vector_bytes = vector_file.stat().st_size
     if rows == 0:
         bad(f"table {table_id}: {key_file} is empty: HugeCTR's HPS refuses it (\"embeddings key file is empty\", "
             "modelloader.cpp:143-145); our plugin returns the default value for every key", severity="warning")

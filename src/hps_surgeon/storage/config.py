@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from hps_surgeon.errors import SurgeonError
+from hps_surgeon.errors import SurgeonError, shown
 from hps_surgeon.staging import replace_file
 
 #: HugeCTR's documented default partition count for Redis (docs hps_database_backend.md, num_partitions).
@@ -33,7 +33,7 @@ class RedisTarget:
 def parse_redis_url(url: str) -> RedisTarget:
     """`redis://[user[:password]@]host:port[,host:port...]` -> RedisTarget (SurgeonError on anything else)."""
     if not url.startswith("redis://"):
-        raise SurgeonError(f"--volatile-db '{url}': expected redis://host:port[,host:port...] "
+        raise SurgeonError(f"--volatile-db {shown(url)}: expected redis://host:port[,host:port...] "
                            "(rediss:// is not supported: Debian's hiredis has no TLS)")
     rest = url[len("redis://"):]
     user, password = "default", ""
@@ -43,12 +43,15 @@ def parse_redis_url(url: str) -> RedisTarget:
         user, password = unquote(name) or "default", unquote(secret)
     nodes = [n.strip() for n in rest.strip("/").split(",") if n.strip()]
     if not nodes:
-        raise SurgeonError(f"--volatile-db '{url}': names no host:port")
+        raise SurgeonError(f"--volatile-db {shown(url)}: names no host:port")
     for node in nodes:
         host, _, port = node.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise SurgeonError(f"--volatile-db '{url}': '{node}' is not host:port")
-        urlsplit(f"redis://{node}")  # rejects malformed IPv6 literals
+        if not host or not port.isascii() or not port.isdigit() or not 0 < int(port[:6]) < 65536:
+            raise SurgeonError(f"--volatile-db {shown(url)}: {shown(node)} is not host:port")
+        try:
+            urlsplit(f"redis://{node}")  # rejects malformed IPv6 literals
+        except ValueError as exc:
+            raise SurgeonError(f"--volatile-db {shown(url)}: {shown(node)} is not host:port ({exc})") from None
     return RedisTarget(",".join(nodes), user, password)
 
 

@@ -11,25 +11,28 @@ Order of work, so that a failure leaves nothing half-done that matters:
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from hps_surgeon import confine
 from hps_surgeon.errors import SurgeonError, errors
 from hps_surgeon.hps import config as hps_config
-from hps_surgeon.hps.tables import KEY_FILE, VECTOR_FILE, key_summary, table_files
+from hps_surgeon.hps.config_fields import default_table_name
+from hps_surgeon.hps.contract import CONFIG_NAME, hugectr_names
+from hps_surgeon.hps.tables import KEY_FILE, VECTOR_FILE, TableSizeError, key_summary, table_files, table_rows
+from hps_surgeon.outputs import database_folder
 
 from . import _native
 from .config import (DEFAULT_PARTITIONS, RedisTarget, persistent_section, volatile_section, write_config)
 
-CONFIG_NAME = "hps_config.json"
 _SAMPLE_ROWS = 1024
+#: Redis partitions per table, at most: the config schema's bound (hps_config.schema.json)
+MAX_PARTITIONS = 65536
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,7 @@ class TableSource:
     model: str
     table_id: int
     name: str  #: embedding_table_names entry after renaming to HugeCTR's tag rule
-    tag: str  #: "hps_et.<model>.<name>"
+    tag: str  #: "hps_et.<model>.<name>" ("" until every input is checked: `_tagged`)
     folder: Path  #: sparse-model folder (key, emb_vector)
     dim: int
     rows: int
@@ -79,6 +82,8 @@ def publish(rewrite_dir: str | os.PathLike[str], *, redis: RedisTarget | None = 
     key_bits = 64 if config.get("supportlonglong", True) else 32
     report = PublishReport(config_path, update=update is not None)
     tables = _tables(config_path, config, report.renamed)
+    # what publish reads, which no database it writes may replace or mix into (outputs.py)
+    inputs = [config_path.parent, *(t.folder for t in tables), *([Path(update)] if update is not None else [])]
     if update is not None:
         if redis is not None or rocksdb is not None or num_partitions is not None:
             raise SurgeonError("--update writes into the databases named in the config; drop --volatile-db, "
@@ -88,22 +93,28 @@ def publish(rewrite_dir: str | os.PathLike[str], *, redis: RedisTarget | None = 
         if not sections:
             raise SurgeonError(f"{config_path}: has no redis_cluster volatile_db or rocks_db persistent_db section; "
                                "publish the tables first (hps-surgeon publish DIR --volatile-db/--persistent-db)")
+        if "persistent_db" in sections:
+            _configured_database(config_path, sections["persistent_db"], inputs)
         tables = [_update_source(tables, Path(update), table)]
     else:
         if redis is None and rocksdb is None:
             raise SurgeonError("nothing to publish to: give --volatile-db redis://host:port[,...] and/or "
                                "--persistent-db PATH")
+        if num_partitions is not None and (redis is None or not 1 <= num_partitions <= MAX_PARTITIONS):
+            raise SurgeonError(f"--num-partitions {num_partitions}: Redis partitions per table, 1 to {MAX_PARTITIONS}, "
+                               "with --volatile-db" + ("" if redis is not None else "; add --volatile-db or drop it"))
         sections = {}
         if redis is not None:
             existing = config.get("volatile_db") if isinstance(config.get("volatile_db"), dict) else None
-            partitions = num_partitions or int((existing or {}).get("num_partitions", DEFAULT_PARTITIONS))
-            if partitions < 1:
-                raise SurgeonError(f"--num-partitions {partitions}: must be at least 1")
+            partitions = num_partitions or (existing or {}).get("num_partitions", DEFAULT_PARTITIONS)
             sections["volatile_db"] = volatile_section(redis, partitions, existing)
         if rocksdb is not None:
             existing = config.get("persistent_db") if isinstance(config.get("persistent_db"), dict) else None
-            sections["persistent_db"] = persistent_section(Path(rocksdb), existing)
+            folder = database_folder(rocksdb, "--persistent-db", inputs)
+            sections["persistent_db"] = persistent_section(folder, existing)
     _check_keys(tables, key_bits)
+    # every input is checked: only now is the storage library needed (HugeCTR's tags, the databases)
+    tables = _tagged(tables, config_path)
 
     databases = _open(sections, key_bits, config_path)
     try:
@@ -150,79 +161,62 @@ _DB_TYPES = {"volatile_db": ("redis_cluster", "redis"), "persistent_db": ("rocks
 
 
 def _read_config(path: Path) -> dict:
-    if path.exists() and not path.is_file():  # a FIFO would block forever
-        raise SurgeonError(f"{path}: not a regular file; pass the folder `hps-surgeon rewrite --out` wrote")
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise SurgeonError(f"{path}: not found; pass the folder `hps-surgeon rewrite --out` wrote") from None
-    except OSError as exc:
-        raise SurgeonError(f"{path}: cannot read ({exc.strerror})") from None
-    except UnicodeDecodeError as exc:
-        raise SurgeonError(f"{path}: not UTF-8 text at byte {exc.start}, so not JSON; pass the hps_config.json "
-                           "that rewrite wrote") from None
-    # JSON syntax and depth, every field's type and every path (the confinement rule) checked before any
-    # is used; table names HugeCTR refuses are no reason to stop: publish renames them (_valid_names)
-    found = [p for p in errors(hps_config.load(path)[1]) if ".embedding_table_names[" not in p.where]
+    """The config as written, read once; every field's type and every path (the confinement rule)
+    checked before any is used. Table names HugeCTR refuses are no reason to stop: publish renames
+    them (contract.hugectr_names)."""
+    raw, config, problems = hps_config.read(path)
+    found = [p for p in errors(problems) if config is None or ".embedding_table_names[" not in p.where]
     if found:
         raise SurgeonError(f"{found[0]}" + (f" (and {len(found) - 1} more)" if len(found) > 1 else ""))
-    return json.loads(text)
+    return raw
 
 
 def _names(model: dict) -> list[str]:
     count = len(model.get("sparse_files", []))
     names = model.get("embedding_table_names")
     # HugeCTR's default names (inference_utils.cpp:627-632).
-    return list(names) if isinstance(names, list) else [f"sparse_embedding{i}" for i in range(count)]
+    return list(names) if isinstance(names, list) else [default_table_name(i) for i in range(count)]
 
 
 def _tables(path: Path, config: dict, renamed: dict[str, str]) -> list[TableSource]:
+    """Every table of the config (folder confined, file sizes checked), without its tag yet (`_tagged`)."""
     tables = []
     for index, model in enumerate(config["models"]):
         # _read_config refused invalid model names and per-table lists of different lengths
         name = model["model"]
-        where = f"{path}: models[{index}]"
         dims, names = model["embedding_vecsize_per_table"], _names(model)
-        valid = _valid_names(names)
-        for table_id, (dim, old, new) in enumerate(zip(dims, names, valid)):
+        for table_id, (dim, old, new) in enumerate(zip(dims, names, hugectr_names(names))):
             if old != new:
                 renamed[f"{name}/{old}"] = new
             # the confinement rule (confine.py): the table and its files lie inside the config's folder
+            # (or a folder trusted with --allow-path)
+            where = f"models[{index}].sparse_files[{table_id}]"
             folder = hps_config.table_folder(path, model, table_id)
-            if (folder / KEY_FILE).is_file() and (folder / VECTOR_FILE).is_file():
-                table_files(path, folder, f"models[{index}].sparse_files[{table_id}]")
-            tag = _native.tag_name(name, new)
-            try:
-                rows = _native_rows(folder, int(dim))
-            except _native.StorageError as exc:
-                raise SurgeonError(f"{where}.sparse_files[{table_id}]: {exc}") from None
-            tables.append(TableSource(name, table_id, new, tag, folder, int(dim), rows))
+            rows = _rows(*table_files(path, folder, where), dim, f"{path}: {where}")
+            tables.append(TableSource(name, table_id, new, "", folder, dim, rows))
     return tables
 
 
-def _valid_names(names: list[str]) -> list[str]:
-    """HugeCTR-valid, distinct table names; valid ones are kept as they are."""
-    out: list[str] = []
-    for name in names:
-        base = re.sub(r"[^A-Za-z0-9_\-]", "_", str(name))[:110] or "table"
-        candidate, suffix = base, 1
-        while candidate in out or (candidate != name and candidate in names):
-            suffix += 1
-            candidate = f"{base}_{suffix}"
-        out.append(candidate)
-    return out
+def _rows(key_file: Path, vector_file: Path, dim: int, where: str) -> int:
+    try:
+        return table_rows(key_file, vector_file, dim)
+    except TableSizeError as exc:
+        raise SurgeonError(f"{where}: {exc}; re-export the table") from None
 
 
-def _native_rows(folder: Path, dim: int) -> int:
-    key, vec = folder / "key", folder / "emb_vector"
-    for f in (key, vec):
-        if not f.is_file():
-            raise _native.StorageError(3, f"{f} is missing")
-    key_bytes, vec_bytes = key.stat().st_size, vec.stat().st_size
-    if key_bytes % 8 or vec_bytes != key_bytes // 8 * dim * 4:
-        raise _native.StorageError(3, f"{folder}: key has {key_bytes} bytes and emb_vector {vec_bytes}; expected 8 "
-                                      f"and {dim * 4} bytes per row; re-export the table")
-    return key_bytes // 8
+def _tagged(tables: list[TableSource], config_path: Path) -> list[TableSource]:
+    """The tables with HugeCTR's tag ("hps_et.<model>.<table>", made by the storage library)."""
+    try:
+        return [replace(t, tag=_native.tag_name(t.model, t.name)) for t in tables]
+    except _native.StorageUnavailableError as exc:
+        raise SurgeonError(f"{config_path}: cannot publish its tables: {exc}") from None
+
+
+def _configured_database(config_path: Path, section: dict, inputs: list[Path]) -> None:
+    """--update writes the RocksDB that persistent_db.path names: confined as a table is, and an existing
+    database (an update never creates one where nobody asked for it)."""
+    path = confine.inside(config_path, "persistent_db.path", section.get("path"), trusted=True, verb="write")
+    database_folder(path, f"{config_path}: persistent_db.path", inputs, existing=True)
 
 
 def _update_source(tables: list[TableSource], folder: Path, table: str | None) -> TableSource:
@@ -233,11 +227,13 @@ def _update_source(tables: list[TableSource], folder: Path, table: str | None) -
         raise SurgeonError(f"--update {folder}: {'no' if not matches else 'more than one'} table named '{wanted}' in "
                            f"the config (tables: {names}); pass --table NAME")
     target = matches[0]
-    try:
-        rows = _native_rows(folder, target.dim)
-    except _native.StorageError as exc:
-        raise SurgeonError(f"--update {folder}: {exc} (table '{target.name}' has emb_vec_size {target.dim})") from None
-    return TableSource(target.model, target.table_id, target.name, target.tag, folder, target.dim, rows)
+    key_file, vector_file = folder / KEY_FILE, folder / VECTOR_FILE
+    for file in (key_file, vector_file):
+        if not file.is_file():
+            raise SurgeonError(f"--update {folder}: {file.name} is missing or not a regular file; pass a sparse-model "
+                               "folder (key, emb_vector)")
+    rows = _rows(key_file, vector_file, target.dim, f"--update {folder}")
+    return replace(target, folder=folder, rows=rows)
 
 
 def _check_keys(tables: list[TableSource], key_bits: int) -> None:

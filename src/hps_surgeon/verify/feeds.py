@@ -5,14 +5,17 @@ open: the first is the batch, the others take the tables' `maxnum_catfeature_que
 or `--max-keys-per-sample`; static dims stay as the model declares them); string inputs come from
 the model's vocabularies; then every traced key column is filled from `keyspace` with stratified
 draws (each column cycles through the values found, so N draws reach min(N, found) distinct keys).
-User samples are read with Polygraphy's own loaders: `load_json` for `--inputs` (the format of
-`polygraphy run --save-inputs`/`--load-inputs`) and `mod.import_from_script` for
-`--data-loader-script` (`script.py[:function]`, `load_data` by default).
+User samples are read with Polygraphy's own `from_json` for `--inputs` (the format of `polygraphy run
+--save-inputs`/`--load-inputs`), and for `--data-loader-script` (`script.py[:function]`, `load_data`
+by default, Polygraphy's convention) from the script run under a module name of its own; both bounded
+in size (`bounded`, FEEDS_MAX_BYTES).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +23,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from .. import bounded
 from ..errors import SurgeonError
 from ..hps import config as hps_config
+from ..hps.contract import MODEL_NAME
 from ..hps.tables import table_files
 from . import keyspace
 from .keyspace import ColumnKeys, KeySpace
@@ -29,6 +34,13 @@ from .split import SplitRunner
 
 #: feeds added at the largest batch size, at most, until every traced table reaches its floor
 MAX_EXTRA_FEEDS = 64
+#: bytes of one generated input at one batch size (a keys input declaring a static dim of 2^31 would
+#: take 16 GiB), and of every feed a verification generates or reads from the user, together
+INPUT_MAX_BYTES = 256 << 20
+FEEDS_MAX_BYTES = 2 << 30
+#: feeds read from a --data-loader-script, at most (a generator may never end)
+MAX_SCRIPT_FEEDS = 10_000
+_FIX_SIZE = "lower --batch-sizes or --max-keys-per-sample, or pass your own samples with --inputs or --data-loader-script"
 
 Feed = OrderedDict  #: input name -> array, in the model's input order
 
@@ -66,6 +78,25 @@ class InputSpecs:
         return {spec.name: tuple(d if isinstance(d, int) else (batch if i == 0 else self.sequence_length)
                                  for i, d in enumerate(spec.dims)) for spec in self.inputs}
 
+    def check_size(self, batch: int) -> int:
+        """Bytes of one generated feed at `batch`; SurgeonError naming the input and its largest dim when
+        one input would take more than INPUT_MAX_BYTES."""
+        total = 0
+        for spec in self.inputs:
+            shape = self.shapes(batch)[spec.name]
+            nbytes = int(np.prod(shape, dtype=object)) * spec.dtype.itemsize
+            if nbytes > INPUT_MAX_BYTES:
+                axis = int(np.argmax(shape))
+                how = "static in the model" if isinstance(spec.dims[axis], int) else (
+                    "the batch" if axis == 0 else "--max-keys-per-sample or the config's largest "
+                                                  "maxnum_catfeature_query_per_table_per_sample")
+                at = "" if spec.dims and isinstance(spec.dims[0], int) else f" at batch {batch}"
+                raise SurgeonError(f"input '{spec.name}': shape {list(shape)}{at} is {_size(nbytes)} "
+                                   f"(dim {axis} = {shape[axis]}, {how}); verify generates at most "
+                                   f"{_size(INPUT_MAX_BYTES)} per input — {_FIX_SIZE}")
+            total += nbytes
+        return total
+
     @property
     def batched(self) -> bool:
         """Whether any input leaves its first dim open (otherwise every batch size gives the same feed)."""
@@ -80,7 +111,10 @@ class InputSpecs:
             what = f"lacks input '{missing[0]}'" if missing else f"has input '{extra[0]}', which the model does not take"
             raise SurgeonError(f"{where} {what} (the model takes {', '.join(names)})")
         for spec in self.inputs:
-            value = np.asarray(feed[spec.name])
+            try:
+                value = np.asarray(feed[spec.name])
+            except (ValueError, TypeError) as exc:  # a ragged list, an object numpy cannot hold
+                raise SurgeonError(f"{where}: input '{spec.name}' is not an array ({_first_line(exc)})") from None
             text = keyspace.is_text(spec.dtype)
             if keyspace.is_text(value.dtype) != text or (not text and value.dtype != spec.dtype):
                 raise SurgeonError(f"{where}: input '{spec.name}' is {_dtype(value.dtype)}, the model takes "
@@ -100,6 +134,10 @@ def _configured_keys_per_sample(config: Path) -> int:
     counts = [c for m in data.get("models", []) for c in m.get("maxnum_catfeature_query_per_table_per_sample", [])
               if isinstance(c, int)]
     return max(counts, default=1)
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / (1 << 30):.1f} GiB" if nbytes >= 1 << 30 else f"{nbytes >> 20} MiB"
 
 
 def _dtype(dtype: np.dtype) -> str:
@@ -130,6 +168,28 @@ def node_tables(split: SplitRunner, config: Path) -> dict[str, np.ndarray]:
     return tables
 
 
+def rewritten_key_ranges(model: onnx.ModelProto, config: Path) -> list[keyspace.KeyRange]:
+    """Per numeric column of a rewritten model's inputs, the span of input values found to reach
+    existing keys (empty when the key subgraph cannot be traced)."""
+    try:
+        specs = InputSpecs.of(model, Path(config))
+        # the rewrite folder's model file when there is one: its external data resolves next to it
+        beside = Path(config).parent / MODEL_NAME
+        split = SplitRunner(beside if beside.is_file() else model, None)
+        space = trace_model(model, Path(config), specs, batch=8, seed=0, split=split)
+    except Exception:  # perf data is a convenience: without traced keys, deploy falls back to zeros
+        return []
+    ranges = {}
+    for found in space.columns:
+        if found.values.size and not keyspace.is_text(found.values.dtype):
+            key = (found.column.input, found.column.index)
+            low, high = int(found.values.min()), int(found.values.max())
+            old = ranges.get(key, (low, high))
+            ranges[key] = (min(low, old[0]), max(high, old[1]))
+    return [keyspace.KeyRange(name, column, low, high) for (name, column), (low, high) in sorted(
+        ranges.items(), key=lambda item: (item[0][0], -1 if item[0][1] is None else item[0][1]))]
+
+
 # --- generated feeds ------------------------------------------------------------------------------
 
 def base_feeds(specs: InputSpecs, batch: int, count: int, seed: int,
@@ -138,6 +198,7 @@ def base_feeds(specs: InputSpecs, batch: int, count: int, seed: int,
     from polygraphy.common import TensorMetadata
     from polygraphy.comparator import DataLoader
 
+    specs.check_size(batch)
     shapes = specs.shapes(batch)
     meta = TensorMetadata()
     for spec in specs.inputs:
@@ -243,6 +304,7 @@ def generate(model: onnx.ModelProto, config: Path, specs: InputSpecs, batch_size
     batch while a traced table's planned distinct keys stay below `floors[node]`."""
     if not specs.batched:
         batch_sizes = batch_sizes[:1]  # every input is static: one feed shape whatever the batch
+    _check_total(specs, batch_sizes, iterations)
     words = keyspace.vocabularies(model)
     space = KeySpace(untraced=tuple(n.name for n in split.nodes))
     # Trace at the largest batch the key subgraph runs on (more candidates per run), at most 256.
@@ -263,46 +325,118 @@ def generate(model: onnx.ModelProto, config: Path, specs: InputSpecs, batch_size
     return GeneratedFeeds(by_batch, space)
 
 
+def _check_total(specs: InputSpecs, batch_sizes: tuple[int, ...], iterations: int) -> None:
+    total = sum(iterations * specs.check_size(b) for b in batch_sizes) + MAX_EXTRA_FEEDS * specs.check_size(
+        max(batch_sizes))
+    if total > FEEDS_MAX_BYTES:
+        raise SurgeonError(f"--iterations {iterations} at --batch-sizes {','.join(map(str, batch_sizes))} (and up to "
+                           f"{MAX_EXTRA_FEEDS} more feeds at the largest) would generate {_size(total)} of feeds; "
+                           f"verify holds at most {_size(FEEDS_MAX_BYTES)} — lower --iterations or --batch-sizes")
+
+
 # --- user samples ---------------------------------------------------------------------------------
 
 def load_inputs(path: str | Path, specs: InputSpecs) -> list[Feed]:
-    """Feeds from a JSON file in Polygraphy's --load-inputs format, read with Polygraphy's load_json."""
+    """Feeds from a JSON file in Polygraphy's --load-inputs format, read with Polygraphy's load_json
+    (after bounded's checks: a regular UTF-8 file of at most INPUTS_MAX_BYTES, nested at most MAX_DEPTH)."""
     from polygraphy.exception import PolygraphyException
-    from polygraphy.json import load_json
+    from polygraphy.json import from_json
 
-    path = Path(path)
-    if not path.is_file():
-        raise SurgeonError(f"--inputs {path}: no such file; pass a JSON file written by "
-                           "`polygraphy run --save-inputs` or polygraphy.json.save_json")
+    label = f"--inputs {path}"
+    fix = "pass a JSON file written by `polygraphy run --save-inputs` or polygraphy.json.save_json"
+    text = bounded.read_text(path, label, bounded.INPUTS_MAX_BYTES, fix)
+    bounded.check_json(text, label, "Polygraphy's input data nests 5", fix)
     try:
-        loaded = load_json(str(path), description="input data")
-    except (PolygraphyException, ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
-        raise SurgeonError(f"--inputs {path}: not Polygraphy input data ({_first_line(exc)}); write it with "
-                           "`polygraphy run --save-inputs` or polygraphy.json.save_json") from None
-    return _checked(loaded, specs, f"--inputs {path}")
+        loaded = from_json(text)
+    except (PolygraphyException, ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+        raise SurgeonError(f"{label}: not Polygraphy input data ({_first_line(exc)}); {fix}") from None
+    return _checked(loaded, specs, label)
 
 
 def load_script(spec: str, specs: InputSpecs) -> list[Feed]:
-    """Feeds from a data loader script (`script.py[:function]`, `load_data` by default), Polygraphy's convention."""
-    from polygraphy import mod
+    """Feeds from a data loader script (`script.py[:function]`, `load_data` by default), Polygraphy's convention.
+
+    The script is the user's code, run in this process as `polygraphy run --data-loader-script` runs it;
+    what goes wrong in it is said as what it is (a syntax error and its line, an exception, a call of
+    sys.exit); Ctrl-C stops verify (exit 130). At most MAX_SCRIPT_FEEDS feeds and FEEDS_MAX_BYTES are read.
+    """
     from polygraphy.tools.args import util as args_util
 
     path, function = args_util.parse_script_and_func_name(spec, default_func_name="load_data")
-    if not Path(path).is_file():
-        raise SurgeonError(f"--data-loader-script {spec}: no such file {path}")
+    where = f"--data-loader-script {spec}"
+    source = bounded.read_text(path, where, bounded.SCRIPT_MAX_BYTES, "pass a Python script, SCRIPT.py[:FUNCTION]")
+    # as Polygraphy runs it: the script's folder first on sys.path, for the modules it keeps beside it
+    folder = str(Path(path).absolute().parent)
+    sys.path.insert(0, folder)
     try:
-        loader = mod.import_from_script(path, name=function)
-        loaded = list(loader())
-    except Exception as exc:  # the user's code: whatever it raises is their problem to see, in one line
-        raise SurgeonError(f"--data-loader-script {spec}: {function}() failed: {type(exc).__name__}: "
+        loader = getattr(_run_script(Path(path), source, where), function, None)
+        if not callable(loader):
+            raise SurgeonError(f"{where}: the script defines no function {function}(); name one with "
+                               "SCRIPT:FUNCTION")
+        feeds = _script_feeds(loader, f"{where}: {function}()")
+    finally:
+        if folder in sys.path:  # unless the script took it out itself
+            sys.path.remove(folder)
+    return _checked(feeds, specs, where)
+
+
+def _run_script(path: Path, source: str, where: str):
+    """The module of the script `source` (read from `path`), under a name of its own (no module it shadows
+    is imported instead)."""
+    module_spec = importlib.util.spec_from_file_location(f"_hps_surgeon_data_loader_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        code = compile(source, str(path), "exec")
+        exec(code, module.__dict__)  # noqa: S102 (the user's own data loader, as Polygraphy runs it)
+    except SyntaxError as exc:
+        raise SurgeonError(f"{where}: syntax error at line {exc.lineno} ({exc.msg}); fix the script") from None
+    except SystemExit as exc:
+        raise SurgeonError(f"{where}: the script called sys.exit({exc.code!r}) while loading; a data loader defines "
+                           "a function verify calls") from None
+    except Exception as exc:
+        raise SurgeonError(f"{where}: the script failed while loading: {type(exc).__name__}: "
                            f"{_first_line(exc)}") from None
-    return _checked(loaded, specs, f"--data-loader-script {spec}")
+    return module
+
+
+def _script_feeds(loader, where: str) -> list:
+    produced = _users_code(loader, where)
+    if not hasattr(produced, "__iter__") or isinstance(produced, (str, bytes, dict)):
+        raise SurgeonError(f"{where} returned {type(produced).__name__}, not a list or generator of feeds (input "
+                           "name -> array)")
+    iterator = iter(produced)
+    feeds, total = [], 0
+    while (feed := _users_code(lambda: next(iterator, None), where)) is not None:
+        if len(feeds) == MAX_SCRIPT_FEEDS:
+            raise SurgeonError(f"{where}: yielded more than {MAX_SCRIPT_FEEDS} feeds, the most verify reads; yield "
+                               "fewer")
+        total += sum(v.nbytes for v in feed.values() if isinstance(v, np.ndarray)) if isinstance(feed, dict) else 0
+        if total > FEEDS_MAX_BYTES:
+            raise SurgeonError(f"{where}: yielded more than {_size(FEEDS_MAX_BYTES)} of feeds, the most verify "
+                               "holds; yield fewer or smaller feeds")
+        feeds.append(feed)
+    return feeds
+
+
+def _users_code(call, where: str):
+    """`call()`, with what the user's code raises said in one line (Ctrl-C still stops verify)."""
+    try:
+        return call()
+    except SystemExit as exc:
+        raise SurgeonError(f"{where} called sys.exit({exc.code!r}); a data loader returns or yields its feeds") \
+            from None
+    except Exception as exc:
+        raise SurgeonError(f"{where} failed: {type(exc).__name__}: {_first_line(exc)}") from None
 
 
 def _checked(loaded, specs: InputSpecs, where: str) -> list[Feed]:
-    if not isinstance(loaded, (list, tuple)) or not all(isinstance(f, dict) for f in loaded):
+    if not isinstance(loaded, (list, tuple)):
         got = "a mapping" if isinstance(loaded, dict) else type(loaded).__name__
         raise SurgeonError(f"{where}: expected a list of feeds (input name -> array), got {got}")
+    bad = next((i for i, f in enumerate(loaded) if not isinstance(f, dict)), None)
+    if bad is not None:
+        raise SurgeonError(f"{where}: feed {bad} is {type(loaded[bad]).__name__}, not a mapping of input name -> "
+                           "array")
     if not loaded:
         raise SurgeonError(f"{where}: holds no feeds")
     feeds = []

@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -433,33 +432,6 @@ class KeyRange:
     high: int
 
 
-def rewritten_key_ranges(model: onnx.ModelProto, config: Path) -> list[KeyRange]:
-    """Per numeric column of a rewritten model's inputs, the span of input values found to reach
-    existing keys (empty when the key subgraph cannot be traced)."""
-    from .feeds import InputSpecs, trace_model  # feeds imports this module
-
-    from ..hps.contract import MODEL_NAME
-    from .split import SplitRunner
-
-    try:
-        specs = InputSpecs.of(model, Path(config))
-        # the rewrite folder's model file when there is one: its external data resolves next to it
-        beside = Path(config).parent / MODEL_NAME
-        split = SplitRunner(beside if beside.is_file() else model, None)
-        space = trace_model(model, Path(config), specs, batch=8, seed=0, split=split)
-    except Exception:  # perf data is a convenience: without traced keys, deploy falls back to zeros
-        return []
-    ranges = {}
-    for found in space.columns:
-        if found.values.size and not is_text(found.values.dtype):
-            key = (found.column.input, found.column.index)
-            low, high = int(found.values.min()), int(found.values.max())
-            old = ranges.get(key, (low, high))
-            ranges[key] = (min(low, old[0]), max(high, old[1]))
-    return [KeyRange(name, column, low, high) for (name, column), (low, high) in sorted(
-        ranges.items(), key=lambda item: (item[0][0], -1 if item[0][1] is None else item[0][1]))]
-
-
 def by_input(ranges: list[KeyRange]) -> dict[str, list[KeyRange]]:
     """The ranges grouped by the input they constrain (what `draw_keys` takes for one input)."""
     grouped: dict[str, list[KeyRange]] = {}
@@ -482,4 +454,4 @@ def draw_keys(shape: tuple[int, ...], dtype: np.dtype, ranges: list[KeyRange], r
 
 
 __all__ = ["Column", "ColumnKeys", "KeyRange", "KeySpace", "by_input", "columns_of", "draw_keys",
-           "rewritten_key_ranges", "trace_keys", "vocabularies"]
+           "trace_keys", "vocabularies"]

@@ -23,7 +23,7 @@ from polygraphy.tools.args import DataLoaderArgs, ModelArgs
 from polygraphy.tools.args.base import BaseRunnerArgs
 from polygraphy.tools.script import make_invocable
 
-from ..errors import EXIT_INPUT, SurgeonError
+from ..errors import EXIT_INPUT, SurgeonError, one_line
 from .coverage import MIN_DISTINCT_KEYS
 from .runner import BACKENDS, HpsRunner
 
@@ -74,7 +74,7 @@ class HpsRunnerArgs(BaseRunnerArgs):
             batch_sizes = self._checked(model)
         except SurgeonError as exc:
             # Polygraphy would print a traceback for anything but its own exception: one line, as our CLI does.
-            print(f"hps-surgeon: error: {exc}", file=sys.stderr)
+            print(f"hps-surgeon: error: {one_line(str(exc))}", file=sys.stderr)
             sys.exit(EXIT_INPUT)
         if self.original:
             script.add_import(imports=["OriginalRunner"], frm="hps_surgeon.verify.runner")
