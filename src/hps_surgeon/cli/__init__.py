@@ -15,10 +15,10 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import DEBUG_ENV, EXIT_BUG, EXIT_INPUT, EXIT_OK, SurgeonError
-from . import build_engine, check, deploy, publish, rewrite, scan, verify
+from . import build_engine, build_native, check, deploy, doctor, publish, rewrite, scan, verify
 
 #: every command, in the order `hps-surgeon -h` lists them
-COMMANDS = (scan, rewrite, verify, check, deploy, build_engine, publish)
+COMMANDS = (scan, rewrite, verify, check, deploy, build_engine, publish, doctor, build_native)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
