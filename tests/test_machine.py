@@ -191,3 +191,10 @@ def test_libraries_built_elsewhere_are_named_for_the_environment(tmp_path, monke
     in_tree = native_build.NativeBuild(source=ROOT / "plugin", build_dir=native_build.default_build_dir(ROOT / "plugin"))
     if (in_tree.build_dir / "libhps_plugin.so").exists() and (in_tree.build_dir / "libhps_storage.so").exists():
         assert native_build.where_found(in_tree) == []
+
+
+def test_build_native_refuses_a_cuda_root_without_nvcc(cli, tmp_path):
+    result = cli("build-native", "--cuda-root", tmp_path, "--cuda-arch", "70", "--build-dir", tmp_path / "b")
+    assert result.code == 2
+    assert result.error_line.endswith(f"; --cuda-root {tmp_path}: no bin/nvcc there")
+    assert not (tmp_path / "b").exists()

@@ -81,15 +81,13 @@ def default_build_dir(source: Path) -> Path:
 
 def preflight(build: NativeBuild) -> None:
     """Everything the build needs that is missing, in one SurgeonError, before CMake starts."""
-    tools = probes.toolchain()
+    tools = probes.toolchain(build.cuda_root)
     problems = [] if tools.ok else [f"{tools.summary} ({tools.fix})"]
-    if build.cuda_root is not None and probes.find_nvcc(build.cuda_root) is None:
+    if build.cuda_root is not None and tools.facts["nvcc"] is None:
         problems.append(f"--cuda-root {build.cuda_root}: no bin/nvcc there")
     if build.tensorrt_root is not None and not (build.tensorrt_root / "include" / "NvInfer.h").is_file():
         problems.append(f"--tensorrt-root {build.tensorrt_root}: no include/NvInfer.h there (TensorRT's headers: the "
                         "TensorRT SDK's include/ or github.com/NVIDIA/TensorRT's include/)")
-    if build.cuda_root is None and problems == [] and tools.facts.get("nvcc") is None:
-        problems.append("no nvcc")
     if problems:
         raise SurgeonError("build-native cannot start: " + "; ".join(problems))
 

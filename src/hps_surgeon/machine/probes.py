@@ -123,6 +123,11 @@ def gpus() -> Finding:
     """The GPUs nvidia-smi lists, each checked against the architectures in the plugin library."""
     smi = shutil.which("nvidia-smi")
     if smi is None:
+        # containers often have the driver's libcuda but not nvidia-smi: ask the CUDA runtime through our library
+        seen = _plugin_device_count()
+        if seen:
+            return Finding("GPUs", OK, f"{seen} device(s) visible to libhps_plugin.so (no nvidia-smi to name them)",
+                           facts={"gpus": seen})
         return Finding("GPUs", MISSING, "none visible (no nvidia-smi)",
                        "nothing to do for scan/rewrite/verify --backend reference/build-engine with TensorRT-RTX; "
                        "verify --backend native and serving need an NVIDIA GPU and its driver")
@@ -147,6 +152,15 @@ def gpus() -> Finding:
                        + ", ".join(g["compute_capability"] for g in uncovered),
                        f"{BUILD_NATIVE} --cuda-arch '{ccs}' (or the default set)", {"gpus": listed})
     return Finding("GPUs", OK, summary, facts={"gpus": listed})
+
+
+def _plugin_device_count() -> int:
+    from ..hps import native
+
+    try:
+        return native.device_count()
+    except SurgeonError:  # no library, or it failed to ask the driver
+        return 0
 
 
 def builders() -> Finding:
@@ -201,8 +215,9 @@ def polygraphy_extension() -> Finding:
                    facts={"entry_point": points[0].value})
 
 
-def toolchain() -> Finding:
-    """What `hps-surgeon build-native` needs: cmake, a C++ compiler, nvcc, pkg-config and the C++ libraries."""
+def toolchain(cuda_root: Path | None = None) -> Finding:
+    """What `hps-surgeon build-native` needs: cmake, a C++ compiler, nvcc (CUDA_ROOT's when given), pkg-config
+    and the C++ libraries."""
     facts: dict = {}
     lacking: list[str] = []
     cmake = shutil.which("cmake")
@@ -212,7 +227,7 @@ def toolchain() -> Finding:
     facts["c++"] = shutil.which("c++") or shutil.which("g++")
     if not facts["c++"]:
         lacking.append("c++")
-    nvcc = find_nvcc()
+    nvcc = find_nvcc(cuda_root)
     facts["nvcc"] = str(nvcc) if nvcc else None
     facts["cuda"] = _tool_version(str(nvcc), r"release (\d+\.\d+)") if nvcc else None
     facts["pkg-config"] = shutil.which("pkg-config")
