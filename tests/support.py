@@ -24,6 +24,7 @@ REQUIRE_NATIVE_ENV = "HPS_SURGEON_REQUIRE_NATIVE"
 
 def skip_unless_required(reason: str) -> NoReturn:
     """Skip a test whose native part (library, server, tool, builder) is absent, or fail where it is required."""
+    __tracebackhide__ = True  # the skip is reported at the caller's line
     if os.environ.get(REQUIRE_NATIVE_ENV):
         pytest.fail(f"{reason} (${REQUIRE_NATIVE_ENV} is set: this run requires it)")
     pytest.skip(reason)
