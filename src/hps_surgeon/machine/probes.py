@@ -241,8 +241,12 @@ def toolchain(cuda_root: Path | None = None) -> Finding:
     trt = os.environ.get(TENSORRT_ENV, "")
     facts["tensorrt_headers"] = trt if trt and (Path(trt) / "include" / "NvInfer.h").is_file() else None
     have = f"cmake {facts['cmake']}, CUDA {facts['cuda']}" if cmake and nvcc else ""
-    glue = (f"TensorRT headers: {facts['tensorrt_headers']}" if facts["tensorrt_headers"]
-            else f"TensorRT headers: none (${TENSORRT_ENV} or --tensorrt-root; without them no TensorRT glue)")
+    if facts["tensorrt_headers"]:
+        glue = f"TensorRT headers: {trt}"
+    elif trt:
+        glue = f"TensorRT headers: none, ${TENSORRT_ENV}={trt} has no include/NvInfer.h (no TensorRT glue)"
+    else:
+        glue = f"TensorRT headers: none (${TENSORRT_ENV} or --tensorrt-root; without them no TensorRT glue)"
     apt = sorted({APT_PACKAGES[n] for n in lacking})
     fixes = [f"apt-get install {' '.join(apt)}"] if apt else []
     if not nvcc:
