@@ -117,6 +117,12 @@ def test_read_library_refuses_a_file_that_is_not_a_library(tmp_path):
         read_library(tmp_path / "lib.so")
 
 
+def test_read_library_refuses_a_truncated_library(tmp_path):
+    (tmp_path / "lib.so").write_bytes(Path(sys.executable).resolve().read_bytes()[:256])
+    with pytest.raises(NotASharedLibrary, match=f"^{tmp_path}/lib.so is a damaged ELF file \\("):
+        read_library(tmp_path / "lib.so")
+
+
 def test_build_native_default_commands(cli, monkeypatch):
     monkeypatch.delenv("TENSORRT_ROOT", raising=False)
     result = cli("build-native", "--print-commands", "-j", "2")

@@ -59,14 +59,20 @@ class LibraryContents:
 def read_library(path: Path) -> LibraryContents:
     """The contents of a shared library; NotASharedLibrary if it is not a 64-bit little-endian ELF file."""
     data = Path(path).read_bytes()
-    sections = _sections(data, path)
-    sass: set[int] = set()
-    ptx: set[int] = set()
-    for name, _, offset, size, _ in sections:
-        if name == ".nv_fatbin":
-            for kind, arch in _fatbin_entries(data[offset:offset + size]):
-                (sass if kind == _KIND_CUBIN else ptx).add(arch)
-    return LibraryContents(Path(path), tuple(sorted(sass)), tuple(sorted(ptx)), _exports(data, sections))
+    try:
+        sections = _sections(data, path)
+        sass: set[int] = set()
+        ptx: set[int] = set()
+        for name, _, offset, size, _ in sections:
+            if name == ".nv_fatbin":
+                for kind, arch in _fatbin_entries(data[offset:offset + size]):
+                    (sass if kind == _KIND_CUBIN else ptx).add(arch)
+        exports = _exports(data, sections)
+    except NotASharedLibrary:
+        raise
+    except (struct.error, IndexError, ValueError) as exc:  # offsets past the end: a truncated or damaged file
+        raise NotASharedLibrary(f"{path} is a damaged ELF file ({exc})") from None
+    return LibraryContents(Path(path), tuple(sorted(sass)), tuple(sorted(ptx)), exports)
 
 
 def _sections(data: bytes, path: Path) -> list[tuple[str, int, int, int, int]]:
