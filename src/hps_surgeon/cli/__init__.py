@@ -1,8 +1,8 @@
 """`hps-surgeon` command line: one module per command, each with `add_parser(commands)` and `run(args)`;
 no logic of its own (the library does the work).
 
-Exit codes: 0 success; 1 findings (verify mismatch, check problems, an engine the builder refused);
-2 bad input or usage; 3 verify INCONCLUSIVE (too few distinct keys reached a table); 4 a bug (an
+Exit codes: 0 success; 1 findings (verify mismatch, check problems, an engine the builder refused, a failed
+build-native step); 2 bad input or usage; 3 verify INCONCLUSIVE (too few distinct keys reached a table); 4 a bug (an
 unexpected exception, reported as one line; HPS_SURGEON_DEBUG=1 shows its traceback). publish also
 exits 130 when interrupted.
 """
@@ -47,8 +47,8 @@ def parser() -> argparse.ArgumentParser:
         prog="hps-surgeon",
         description="Rewrite the embedding lookups of ONNX recommendation models into HPS_TRT nodes for "
                     "NVIDIA's Hierarchical Parameter Server, export the tables, verify and deploy the result.",
-        epilog="exit codes: 0 success; 1 verify found a mismatch, check found a problem or the builder refused the "
-               "model; 2 bad input or usage; 3 verify INCONCLUSIVE (too few distinct keys reached a table); "
+        epilog="exit codes: 0 success; 1 verify found a mismatch, check found a problem, the builder refused the "
+               "model or a build-native step failed; 2 bad input or usage; 3 verify INCONCLUSIVE (too few distinct keys reached a table); "
                "4 a bug in hps-surgeon (please report it)")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:

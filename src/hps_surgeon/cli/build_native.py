@@ -33,7 +33,8 @@ def add_parser(commands) -> argparse.ArgumentParser:
     p.add_argument("--test", action="store_true", help="also build and run the plugin's host-only tests (ctest)")
     p.add_argument("--fresh", action="store_true", help="configure from scratch (another --cuda-root, a stale cache)")
     p.add_argument("--print-commands", action="store_true", help="print the cmake commands, run nothing")
-    p.add_argument("--quiet", action="store_true", help="show a failing step's last lines only")
+    p.add_argument("--quiet", action="store_true",
+                   help="no build output; a failing step is one line with its first error (CMake's, the compiler's)")
     return p
 
 
