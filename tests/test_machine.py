@@ -204,3 +204,26 @@ def test_build_native_refuses_a_cuda_root_without_nvcc(cli, tmp_path):
     assert result.code == 2
     assert result.error_line.endswith(f"; --cuda-root {tmp_path}: no bin/nvcc there")
     assert not (tmp_path / "b").exists()
+
+
+def test_doctor_flags_a_gpu_the_plugin_has_no_code_for(tmp_path):
+    """A stand-in nvidia-smi lists a V100 and an H100 (no GPU here); the plugin built here has the default fatbin,
+    which has code for 9.0 and not for 7.0."""
+    lib = native.library_path()[0]
+    if not lib.is_file():
+        skip_unless_required(f"{lib} is not built (hps-surgeon build-native)")
+    smi = tmp_path / "bin" / "nvidia-smi"
+    smi.parent.mkdir()
+    smi.write_text("#!/bin/sh\nprintf '0, Tesla V100-SXM2-32GB, 7.0\\n1, NVIDIA H100 80GB HBM3, 9.0\\n'\n")
+    smi.chmod(0o755)
+    env = {**os.environ, "PATH": f"{smi.parent}{os.pathsep}{os.environ['PATH']}", "HPS_SURGEON_PLUGIN_LIB": str(lib)}
+    report = json.loads(hps_surgeon("doctor", "--json", env=env).stdout)
+    gpus = finding(report, "GPUs")
+    assert gpus["gpus"] == [{"index": 0, "name": "Tesla V100-SXM2-32GB", "compute_capability": "7.0"},
+                            {"index": 1, "name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}]
+    covers = read_library(lib)
+    if covers.runs_on(7, 0) or not covers.runs_on(9, 0):
+        pytest.skip(f"{lib} was built for {covers.sass}: this test needs 9.0 without 7.0 (the default fatbin)")
+    assert (gpus["status"], gpus["summary"], gpus["fix"]) == (
+        "partial", "0: Tesla V100-SXM2-32GB (7.0); 1: NVIDIA H100 80GB HBM3 (9.0); libhps_plugin.so has no code for 7.0",
+        "hps-surgeon build-native --cuda-arch '70' --cuda-root <CUDA 12 toolkit>")

@@ -147,10 +147,12 @@ def gpus() -> Finding:
         g for g in listed if not contents.runs_on(*map(int, g["compute_capability"].split(".")))]
     summary = "; ".join(f"{g['index']}: {g['name']} ({g['compute_capability']})" for g in listed)
     if uncovered:
-        ccs = ";".join(sorted({g["compute_capability"].replace(".", "") for g in uncovered}))
+        archs = sorted({int(g["compute_capability"].replace(".", "")) for g in uncovered})
+        # CUDA 13 stopped at 75 (plugin/cmake/CudaArchitectures.cmake): older GPUs need a CUDA 12 toolkit
+        toolkit = " --cuda-root <CUDA 12 toolkit>" if archs[0] < 75 else ""
         return Finding("GPUs", PARTIAL, f"{summary}; libhps_plugin.so has no code for "
                        + ", ".join(g["compute_capability"] for g in uncovered),
-                       f"{BUILD_NATIVE} --cuda-arch '{ccs}' (or the default set)", {"gpus": listed})
+                       f"{BUILD_NATIVE} --cuda-arch '{';'.join(map(str, archs))}'{toolkit}", {"gpus": listed})
     return Finding("GPUs", OK, summary, facts={"gpus": listed})
 
 
