@@ -6,6 +6,7 @@ here sets up its own machine (library paths, PATH).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -227,3 +228,14 @@ def test_doctor_flags_a_gpu_the_plugin_has_no_code_for(tmp_path):
     assert (gpus["status"], gpus["summary"], gpus["fix"]) == (
         "partial", "0: Tesla V100-SXM2-32GB (7.0); 1: NVIDIA H100 80GB HBM3 (9.0); libhps_plugin.so has no code for 7.0",
         "hps-surgeon build-native --cuda-arch '70' --cuda-root <CUDA 12 toolkit>")
+
+
+def test_doctor_imports_the_builder_build_engine_would_use(bare_machine):
+    report = json.loads(hps_surgeon("doctor", "--json", env=bare_machine).stdout)
+    builders = finding(report, "builders")
+    if importlib.util.find_spec("tensorrt_rtx") is None:
+        assert (builders["status"], builders["summary"]) == ("missing", "neither tensorrt nor tensorrt_rtx is installed")
+        skip_unless_required("TensorRT-RTX is not installed: only the report of its absence was checked")
+    assert builders["status"] == ("ok" if importlib.util.find_spec("tensorrt") else "partial")
+    assert re.fullmatch(r"tensorrt_rtx 1\.7\.1\.116 \(tensorrt_rtx_cu13\); imports \(build-engine, check --engine; "
+                        r"not deploy --build-engine\)", builders["summary"]), builders["summary"]

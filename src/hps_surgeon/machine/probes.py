@@ -176,7 +176,15 @@ def builders() -> Finding:
                        "pip install tensorrt-rtx-cu13==1.7.1.116 (builds ahead of time, no GPU needed); tensorrt "
                        "(the version your Triton serves) builds on a GPU for deploy --build-engine",
                        {"builders": found})
+    from ..deploy.builders import find_builder
+
+    try:
+        used = find_builder().title  # imports it: a broken or stub install fails here, as build-engine would
+    except SurgeonError as exc:
+        return Finding("builders", MISSING, str(exc), "reinstall it: pip install tensorrt-rtx-cu13==1.7.1.116",
+                       {"builders": found})
     summary = ", ".join(f"{m} {v}" for m, v in found.items())
+    summary += f"; build-engine uses {used}" if len(found) > 1 else "; imports"
     if "tensorrt" not in found:
         return Finding("builders", PARTIAL, f"{summary} (build-engine, check --engine; not deploy --build-engine)",
                        "pip install tensorrt (the version your Triton serves) for deploy --build-engine",
