@@ -236,6 +236,9 @@ def test_doctor_imports_the_builder_build_engine_would_use(bare_machine):
     if importlib.util.find_spec("tensorrt_rtx") is None:
         assert (builders["status"], builders["summary"]) == ("missing", "neither tensorrt nor tensorrt_rtx is installed")
         skip_unless_required("TensorRT-RTX is not installed: only the report of its absence was checked")
-    assert builders["status"] == ("ok" if importlib.util.find_spec("tensorrt") else "partial")
+    if importlib.util.find_spec("tensorrt") is not None:
+        assert builders["status"] == "ok" and "; build-engine uses TensorRT " in builders["summary"]
+        return
+    assert builders["status"] == "partial"
     assert re.fullmatch(r"tensorrt_rtx 1\.7\.1\.116 \(tensorrt_rtx_cu13\); imports \(build-engine, check --engine; "
                         r"not deploy --build-engine\)", builders["summary"]), builders["summary"]
