@@ -29,11 +29,16 @@ import pytest
 import hps_surgeon
 from hps_surgeon.deploy import engine, rewrite_folder, triton
 from hps_surgeon.hps.native import library_path
+from hps_surgeon.machine.libraries import read_library
 
-from support import FIXTURES
+from support import FIXTURES, skip_unless_required
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("tensorrt_rtx") is None,
-                                reason="TensorRT-RTX is not installed (pip install tensorrt-rtx-cu13; .ci/run does)")
+
+@pytest.fixture(autouse=True)
+def _builder_installed():
+    if importlib.util.find_spec("tensorrt_rtx") is None:
+        skip_unless_required("TensorRT-RTX is not installed (pip install tensorrt-rtx-cu13==1.7.1.116; .ci/run does)")
+
 
 NOTHING_TO_REWRITE = {"torch/embedding_max_norm_dynamo.onnx", "hugectr/dlrm_nonconstant_default.onnx",
                       "hugectr/dlrm_sparse_input.onnx",
@@ -77,10 +82,10 @@ HIDE_BUILDERS = ("import importlib.machinery, sys\n"
 def plugin_with_glue() -> str:
     lib = library_path()[0]
     if not lib.is_file():
-        pytest.skip(f"{lib} is not built (cmake -S plugin -B build/plugin -DTENSORRT_ROOT=...)")
-    if b"getCreators" not in lib.read_bytes():
-        pytest.skip(f"{lib} has no TensorRT glue: it was built without TensorRT headers (NvInfer.h), which no "
-                    "package registry ships; see README 'What runs where'")
+        skip_unless_required(f"{lib} is not built (hps-surgeon build-native --tensorrt-root DIR)")
+    if not read_library(lib).tensorrt_glue:
+        skip_unless_required(f"{lib} has no TensorRT glue: it was built without TensorRT headers (NvInfer.h), which "
+                             "no package registry ships; see README 'What runs where'")
     return str(lib)
 
 
@@ -255,7 +260,7 @@ def test_library_without_glue_is_named(tmp_path):
     with pytest.raises(hps_surgeon.SurgeonError) as info:
         engine.plugin_library(str(libm))
     assert str(info.value) == (f"{libm}: built without the TensorRT glue (no getCreators) — rebuild it with "
-                               "-DTENSORRT_ROOT=<folder with include/NvInfer.h>")
+                               "hps-surgeon build-native --tensorrt-root <folder with include/NvInfer.h>")
     with pytest.raises(hps_surgeon.SurgeonError, match=r"plugin library not found — build it"):
         engine.plugin_library(str(tmp_path / "nothing.so"))
 

@@ -18,6 +18,7 @@ from hps_surgeon.storage.config import parse_redis_url
 
 import hugectr_reference as ref
 from conftest import redis_client, set_model_name
+from support import skip_unless_required
 
 
 def _table(rewrite_dir: Path, table_id: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -96,7 +97,7 @@ def test_publish_writes_config_sections_read_back_by_the_native_parser(rewrite_c
 def test_rocksdb_round_trip_read_back_with_ldb(rewrite_copy, tmp_path, storage_lib):
     ldb = shutil.which("ldb") or shutil.which("rocksdb_ldb")
     if ldb is None:
-        pytest.skip("ldb (rocksdb-tools) not installed")
+        skip_unless_required("ldb is not installed (apt-get install rocksdb-tools); .ci/run installs it")
     set_model_name(rewrite_copy, "rocks")
     rocks = tmp_path / "rocks"
     assert cli.main(["publish", str(rewrite_copy), "--persistent-db", str(rocks), "--quiet"]) == 0

@@ -1,10 +1,10 @@
 """`hps-surgeon` command line: one module per command, each with `add_parser(commands)` and `run(args)`;
 no logic of its own (the library does the work).
 
-Exit codes: 0 success; 1 findings (verify mismatch, check problems, an engine the builder refused);
-2 bad input or usage; 3 verify INCONCLUSIVE (too few distinct keys reached a table); 4 a bug (an
-unexpected exception, reported as one line; HPS_SURGEON_DEBUG=1 shows its traceback); 130 interrupted
-(Ctrl-C).
+Exit codes: 0 success; 1 findings (verify mismatch, check problems, an engine the builder refused, a failed
+build-native step); 2 bad input or usage; 3 verify INCONCLUSIVE (too few distinct keys reached a table); 4 a
+bug (an unexpected exception, reported as one line; HPS_SURGEON_DEBUG=1 shows its traceback); 130
+interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from collections.abc import Sequence
 from .. import bounded, confine
 from ..errors import (DEBUG_ENV, EXIT_BUG, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK, SurgeonError, one_line,
                       shown)
-from . import build_engine, check, deploy, publish, rewrite, scan, verify
+from . import build_engine, build_native, check, deploy, doctor, publish, rewrite, scan, verify
 
 #: every command, in the order `hps-surgeon -h` lists them
-COMMANDS = (scan, rewrite, verify, check, deploy, build_engine, publish)
+COMMANDS = (scan, rewrite, verify, check, deploy, build_engine, publish, doctor, build_native)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -98,9 +98,9 @@ def parser() -> argparse.ArgumentParser:
         prog="hps-surgeon",
         description="Rewrite the embedding lookups of ONNX recommendation models into HPS_TRT nodes for "
                     "NVIDIA's Hierarchical Parameter Server, export the tables, verify and deploy the result.",
-        epilog="exit codes: 0 success; 1 verify found a mismatch, check found a problem or the builder refused the "
-               "model; 2 bad input or usage; 3 verify INCONCLUSIVE (too few distinct keys reached a table); "
-               "4 a bug in hps-surgeon (please report it); 130 interrupted")
+        epilog="exit codes: 0 success; 1 verify found a mismatch, check found a problem, the builder refused the "
+               "model or a build-native step failed; 2 bad input or usage; 3 verify INCONCLUSIVE (too few "
+               "distinct keys reached a table); 4 a bug in hps-surgeon (please report it); 130 interrupted")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.add_parser(commands).set_defaults(run=command.run)

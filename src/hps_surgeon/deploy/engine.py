@@ -165,8 +165,8 @@ def plugin_library(path: str | None) -> Path:
 
     lib = Path(path) if path else library_path()[0]
     if not lib.is_file():
-        raise SurgeonError(f"{lib}: plugin library not found — build it (cmake -S plugin -B build/plugin "
-                           "-DTENSORRT_ROOT=<TensorRT>) or pass --plugin-lib")
+        raise SurgeonError(f"{lib}: plugin library not found — build it (hps-surgeon build-native --tensorrt-root "
+                           "<TensorRT>) or pass --plugin-lib")
     try:
         loaded = ctypes.CDLL(str(lib))
     except OSError as exc:
@@ -174,7 +174,7 @@ def plugin_library(path: str | None) -> Path:
                            "--plugin-lib") from None
     if not hasattr(loaded, "getCreators"):
         raise SurgeonError(f"{lib}: built without the TensorRT glue (no getCreators) — rebuild it with "
-                           "-DTENSORRT_ROOT=<folder with include/NvInfer.h>")
+                           "hps-surgeon build-native --tensorrt-root <folder with include/NvInfer.h>")
     return lib
 
 

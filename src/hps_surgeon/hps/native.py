@@ -137,7 +137,8 @@ _LIBRARY = NativeLibrary(
     "libhps_plugin.so",
     env=ENV_LIBRARY,
     label="native HPS library",
-    build_hint="build it with `cmake -S plugin -B build/plugin && cmake --build build/plugin` or set " + ENV_LIBRARY,
+    build_hint=("build it with `hps-surgeon build-native` (`hps-surgeon doctor` lists what it needs) or set "
+                + ENV_LIBRARY),
     unavailable=NativeUnavailableError,
     signatures=_signatures(),
 )

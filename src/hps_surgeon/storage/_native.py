@@ -11,6 +11,7 @@ import ctypes
 import json
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Self
 
 import numpy as np
@@ -80,11 +81,16 @@ _LIBRARY = NativeLibrary(
     "libhps_storage.so",
     env=ENV_LIBRARY,
     label="storage library",
-    build_hint=("build it with `cmake -S plugin -B build/plugin && cmake --build build/plugin` (needs "
-                "libhiredis-dev and librocksdb-dev) or set " + ENV_LIBRARY),
+    build_hint=("build it with `hps-surgeon build-native` (needs libhiredis-dev and librocksdb-dev; "
+                "`hps-surgeon doctor` lists what is missing) or set " + ENV_LIBRARY),
     unavailable=StorageUnavailableError,
     signatures=_signatures(),
 )
+
+
+def library_path() -> tuple[Path, str]:
+    """The library path that would be loaded and where it came from (for messages)."""
+    return _LIBRARY.path()
 
 
 def load() -> ctypes.CDLL:
