@@ -181,7 +181,7 @@ def test_publish_without_its_library_is_one_line_naming_the_config(rw, tmp_path)
                            str(tmp_path / "db")], capture_output=True, text=True, env=env)
     assert (proc.returncode, proc.stdout) == (2, "")
     assert proc.stderr == (f"hps-surgeon: error: {rw / 'hps_config.json'}: cannot publish its tables: storage library "
-                           f"not found (tried {tmp_path / 'missing/libhps_storage.so'}); build it with `cmake -S plugin "
-                           "-B build/plugin && cmake --build build/plugin` (needs libhiredis-dev and librocksdb-dev) or "
-                           "set HPS_SURGEON_STORAGE_LIB\n")
+                           f"not found (tried {tmp_path / 'missing/libhps_storage.so'}); build it with `hps-surgeon "
+                           "build-native` (needs libhiredis-dev and librocksdb-dev; `hps-surgeon doctor` lists what is "
+                           "missing) or set HPS_SURGEON_STORAGE_LIB\n")
     assert not (tmp_path / "db").exists()
