@@ -477,20 +477,27 @@ public:
     }
 
 private:
+    // Median time of `reps` copies of n bytes, after 3 warm-up copies.
+    double median_copy_ms(void* dst, const void* src, size_t n, cudaMemcpyKind kind, int reps) {
+        std::vector<float> t;
+        for (int r = 0; r < reps + 3; ++r) {
+            const float ms = timed([&] { BENCH_CK(cudaMemcpyAsync(dst, src, n, kind, s_)); });
+            if (r >= 3) t.push_back(ms);
+        }
+        return median(t);
+    }
+
+    // A 2 GiB device-to-device copy, read + write: the copy floor's bandwidth.
     double copy_bandwidth() {
         const size_t n = size_t(2) << 30;
         void *a = nullptr, *b = nullptr;
         BENCH_CK(cudaMalloc(&a, n));
         BENCH_CK(cudaMalloc(&b, n));
         BENCH_CK(cudaMemsetAsync(a, 0x5a, n, s_));
-        std::vector<float> t;
-        for (int r = 0; r < 23; ++r) {
-            const float ms = timed([&] { BENCH_CK(cudaMemcpyAsync(b, a, n, cudaMemcpyDeviceToDevice, s_)); });
-            if (r >= 3) t.push_back(ms);
-        }
+        const double ms = median_copy_ms(b, a, n, cudaMemcpyDeviceToDevice, 20);
         BENCH_CK(cudaFree(a));
         BENCH_CK(cudaFree(b));
-        return 2.0 * n / (median(t) * 1e-3);
+        return 2.0 * n / (ms * 1e-3);
     }
 
     // The copy engine moving 1 GiB of pinned host memory to the device: the PCIe floor's bandwidth.
@@ -500,14 +507,10 @@ private:
         BENCH_CK(cudaHostAlloc(&h, n, cudaHostAllocDefault));
         BENCH_CK(cudaMalloc(&d, n));
         std::memset(h, 0x5a, n);
-        std::vector<float> t;
-        for (int r = 0; r < 13; ++r) {
-            const float ms = timed([&] { BENCH_CK(cudaMemcpyAsync(d, h, n, cudaMemcpyHostToDevice, s_)); });
-            if (r >= 3) t.push_back(ms);
-        }
+        const double ms = median_copy_ms(d, h, n, cudaMemcpyHostToDevice, 10);
         BENCH_CK(cudaFree(d));
         BENCH_CK(cudaFreeHost(h));
-        return n / (median(t) * 1e-3);
+        return n / (ms * 1e-3);
     }
 
     // Distinct rows of a key set (for the PCIe floor).
